@@ -1,0 +1,1 @@
+"""fastvae: fused C++/CUDA kernels for variational autoencoder losses."""

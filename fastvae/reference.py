@@ -1,0 +1,117 @@
+"""Plain-PyTorch twins of every fused op, written the way users write them in eager code.
+
+They are the oracle for the tests and the baseline for the benchmarks, so they stay
+deliberately naive: no fusion, no custom autograd, the standard torch formulas.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+__all__ = [
+    "reparameterize",
+    "kl_standard_normal",
+    "bernoulli_log_likelihood",
+    "gaussian_log_likelihood",
+    "gaussian_log_density",
+    "standard_normal_log_density",
+    "elbo",
+]
+
+
+def _sum_event(t: torch.Tensor, event_dims: Optional[int]) -> torch.Tensor:
+    if t.dim() == 0:
+        return t
+    if event_dims is None:
+        event_dims = max(t.dim() - 1, 1) if t.dim() > 1 else 1
+    return t.sum(dim=tuple(range(t.dim() - event_dims, t.dim())))
+
+
+def reparameterize(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    num_samples: Optional[int] = None,
+    eps: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """z = mu + exp(logvar / 2) * eps with eps ~ N(0, I) (or the given ``eps``)."""
+    shape = torch.broadcast_shapes(mu.shape, logvar.shape)
+    if num_samples is not None:
+        shape = (num_samples, *shape)
+    if eps is None:
+        eps = torch.randn(shape, dtype=mu.dtype, device=mu.device)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) summed over the last dim."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
+
+
+def bernoulli_log_likelihood(
+    logits: torch.Tensor, x: torch.Tensor, event_dims: Optional[int] = None
+) -> torch.Tensor:
+    """sum x*log(sigmoid(l)) + (1-x)*log(1-sigmoid(l)) over every dim after the first."""
+    x = x.to(logits.dtype)
+    logits, x = torch.broadcast_tensors(logits, x)
+    ll = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    return _sum_event(ll, event_dims)
+
+
+def gaussian_log_likelihood(
+    mean: torch.Tensor,
+    x: torch.Tensor,
+    logvar: Union[float, torch.Tensor] = 0.0,
+    event_dims: Optional[int] = None,
+) -> torch.Tensor:
+    """log N(x | mean, exp(logvar)) summed over every dim after the first."""
+    if not isinstance(logvar, torch.Tensor):
+        logvar = torch.tensor(float(logvar), dtype=mean.dtype, device=mean.device)
+    x = x.to(mean.dtype)
+    ll = -0.5 * (LOG_2PI + logvar + (x - mean).pow(2) * torch.exp(-logvar))
+    ll = ll.expand(torch.broadcast_shapes(mean.shape, x.shape, logvar.shape))
+    return _sum_event(ll, event_dims)
+
+
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z | mu, diag exp(logvar)) summed over the last dim (log q(z|x))."""
+    return -0.5 * torch.sum(LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar), dim=-1)
+
+
+def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+    """log N(z | 0, I) summed over the last dim (log p(z))."""
+    return -0.5 * torch.sum(LOG_2PI + z.pow(2), dim=-1)
+
+
+def elbo(
+    recon: torch.Tensor,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    likelihood: str = "bernoulli",
+    obs_logvar: Union[float, torch.Tensor] = 0.0,
+    beta: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Negative ELBO as users write it: summed BCE-with-logits (or Gaussian NLL) + beta * KL."""
+    if likelihood == "bernoulli":
+        rec = F.binary_cross_entropy_with_logits(
+            recon, x.to(recon.dtype).expand_as(recon), reduction="none"
+        ).flatten(1).sum(1)
+    elif likelihood == "gaussian":
+        rec = -gaussian_log_likelihood(recon, x, obs_logvar)
+    else:
+        raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+    kl = kl_standard_normal(mu, logvar)
+    loss = rec + beta * kl
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
