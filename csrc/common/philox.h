@@ -1,0 +1,76 @@
+// Counter-based normal draws shared by the CPU and CUDA sampling kernels.
+//
+// eps for element i of a sampling call is a pure function of (seed, offset, i), so the backward
+// pass regenerates it instead of storing it, and CPU and CUDA draw the same stream:
+//   group = i / 4, lane = i % 4
+//   r[0..3] = Philox4x32-10(counter = {group_lo, group_hi, offset_lo, offset_hi},
+//                          key = {seed_lo, seed_hi})
+//   (r0, r1) -> Box-Muller -> eps of lanes 0, 1;  (r2, r3) -> lanes 2, 3.
+#pragma once
+
+#include <cstdint>
+
+#include "vae_math.h"
+
+namespace fastvae {
+
+struct PhiloxState {
+  uint64_t seed;
+  uint64_t offset;
+};
+
+FV_HD void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1) {
+  constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
+  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = static_cast<uint64_t>(kMul0) * c[0];
+    const uint64_t p1 = static_cast<uint64_t>(kMul1) * c[2];
+    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+    c[0] = hi1 ^ c[1] ^ k0;
+    c[1] = lo1;
+    c[2] = hi0 ^ c[3] ^ k1;
+    c[3] = lo0;
+    k0 += kWeyl0;
+    k1 += kWeyl1;
+  }
+}
+
+FV_HD float fv_log(float v) { return ::logf(v); }
+FV_HD double fv_log(double v) { return ::log(v); }
+FV_HD float fv_sqrt(float v) { return ::sqrtf(v); }
+FV_HD double fv_sqrt(double v) { return ::sqrt(v); }
+FV_HD void fv_sincos_2pi(float u, float* s, float* c) {
+  const float a = 6.2831853071795864f * u;
+  *s = ::sinf(a);
+  *c = ::cosf(a);
+}
+FV_HD void fv_sincos_2pi(double u, double* s, double* c) {
+  const double a = 6.2831853071795864 * u;
+  *s = ::sin(a);
+  *c = ::cos(a);
+}
+
+// The four standard normals of one Philox group, in precision T (float or double).
+template <typename T>
+FV_HD void philox_normal4(PhiloxState st, uint64_t group, T out[4]) {
+  uint32_t c[4] = {static_cast<uint32_t>(group), static_cast<uint32_t>(group >> 32),
+                   static_cast<uint32_t>(st.offset), static_cast<uint32_t>(st.offset >> 32)};
+  philox4x32_10(c, static_cast<uint32_t>(st.seed), static_cast<uint32_t>(st.seed >> 32));
+  constexpr T kTwoNeg32 = T(2.3283064365386963e-10);  // 2^-32
+  for (int pair = 0; pair < 2; ++pair) {
+    // u1 in (0, 1]: never 0, so log(u1) stays finite.
+    const T u1 = (static_cast<T>(c[2 * pair]) + T(1)) * kTwoNeg32;
+    const T u2 = static_cast<T>(c[2 * pair + 1]) * kTwoNeg32;
+    const T radius = fv_sqrt(T(-2) * fv_log(u1));
+    T s, co;
+    fv_sincos_2pi(u2, &s, &co);
+    out[2 * pair] = radius * co;
+    out[2 * pair + 1] = radius * s;
+  }
+}
+
+}  // namespace fastvae

@@ -1,0 +1,143 @@
+// log q(z|x) = log N(z | mu, diag e^logvar) and log p(z) = log N(z | 0, I) per row, and their
+// backward passes. z may carry a leading sample dim: its rows read mu/logvar row r % mu.rows.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+
+#include "common/checks.h"
+#include "cpu/row_reduce.h"
+#include "ops.h"
+
+namespace fastvae {
+namespace cpu {
+
+namespace {
+
+void check_density(const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar) {
+  check_matrix(z, "z");
+  check_matrix(mu, "mu");
+  check_matrix(logvar, "logvar");
+  check_same_shape(mu, "mu", logvar, "logvar");
+  TORCH_CHECK(mu.scalar_type() == z.scalar_type() && logvar.scalar_type() == z.scalar_type(),
+              "fastvae: z, mu and logvar must share a dtype");
+  check_row_broadcast(z, "z", mu, "mu");
+}
+
+void check_row_grad(const at::Tensor& grad, const at::Tensor& like) {
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == like.size(0) && grad.is_contiguous() &&
+                  grad.scalar_type() == acc_dtype(like.scalar_type()),
+              "fastvae: grad must be a contiguous (rows,) tensor of the accumulation dtype");
+  check_same_device(grad, "grad", like, "z");
+}
+
+}  // namespace
+
+at::Tensor gaussian_log_density(const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar) {
+  check_density(z, mu, logvar);
+  auto out = at::empty({z.size(0)}, z.options().dtype(acc_dtype(z.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "gaussian_density", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t cols = z.size(1), mu_rows = mu.size(0);
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const scalar_t* m = mu.const_data_ptr<scalar_t>();
+    const scalar_t* lv = logvar.const_data_ptr<scalar_t>();
+    row_sums<acc_t>(
+        z.size(0), cols, out.mutable_data_ptr<acc_t>(),
+        [&](int64_t r, int64_t j) {
+          const int64_t p = (r % mu_rows) * cols + j;
+          const auto lvv = load_widened<acc_t>(lv + p);
+          return gaussian_ll(load_widened<acc_t>(zp + r * cols + j), load_widened<acc_t>(m + p), lvv,
+                             fv_exp(Vec<acc_t>(0) - lvv));
+        },
+        [&](int64_t r, int64_t j) {
+          const int64_t p = (r % mu_rows) * cols + j;
+          const acc_t lvv = static_cast<acc_t>(lv[p]);
+          return gaussian_ll(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]), lvv,
+                             fv_exp(-lvv));
+        });
+  });
+  return out;
+}
+
+TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Tensor& z,
+                                           const at::Tensor& mu, const at::Tensor& logvar) {
+  check_density(z, mu, logvar);
+  check_row_grad(grad, z);
+  auto grad_z = at::empty_like(z);
+  at::Tensor grad_mu, grad_logvar;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "gaussian_density_bwd", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t rows = z.size(0), cols = z.size(1), mu_rows = mu.size(0);
+    const acc_t* g = grad.const_data_ptr<acc_t>();
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const scalar_t* m = mu.const_data_ptr<scalar_t>();
+    const scalar_t* lv = logvar.const_data_ptr<scalar_t>();
+    scalar_t* gz = grad_z.mutable_data_ptr<scalar_t>();
+    // d/dz = -(z - mu) / var; d/dmu is its negative, summed over the sample rows.
+    auto dz = [&](int64_t r, int64_t j) {
+      const int64_t p = (r % mu_rows) * cols + j;
+      return -g[r] * gaussian_ll_grad_mean(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]),
+                                           fv_exp(-static_cast<acc_t>(lv[p])));
+    };
+    row_map<acc_t>(
+        rows, cols,
+        [&](int64_t r, int64_t j) {
+          const int64_t p = (r % mu_rows) * cols + j;
+          const auto d = gaussian_ll_grad_mean(load_widened<acc_t>(zp + r * cols + j), load_widened<acc_t>(m + p),
+                                               fv_exp(Vec<acc_t>(0) - load_widened<acc_t>(lv + p)));
+          store_narrowed<acc_t>(gz + r * cols + j, Vec<acc_t>(-g[r]) * d);
+        },
+        [&](int64_t r, int64_t j) { gz[r * cols + j] = static_cast<scalar_t>(dz(r, j)); });
+    auto acc_opts = mu.options().dtype(acc_dtype(mu.scalar_type()));
+    auto gmu = at::empty(mu.sizes(), acc_opts);
+    auto glv = at::empty(mu.sizes(), acc_opts);
+    repeat_sums<acc_t>(rows, mu_rows, cols, gmu.mutable_data_ptr<acc_t>(),
+                       [&](int64_t r, int64_t j) { return -dz(r, j); });
+    repeat_sums<acc_t>(rows, mu_rows, cols, glv.mutable_data_ptr<acc_t>(), [&](int64_t r, int64_t j) {
+      const int64_t p = (r % mu_rows) * cols + j;
+      return g[r] * gaussian_ll_grad_logvar(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]),
+                                            fv_exp(-static_cast<acc_t>(lv[p])));
+    });
+    grad_mu = gmu.to(mu.scalar_type());
+    grad_logvar = glv.to(logvar.scalar_type());
+  });
+  return {grad_z, grad_mu, grad_logvar};
+}
+
+at::Tensor standard_normal_log_density(const at::Tensor& z) {
+  check_matrix(z, "z");
+  auto out = at::empty({z.size(0)}, z.options().dtype(acc_dtype(z.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "std_normal_density", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t cols = z.size(1);
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    row_sums<acc_t>(
+        z.size(0), cols, out.mutable_data_ptr<acc_t>(),
+        [&](int64_t r, int64_t j) { return standard_normal_ll(load_widened<acc_t>(zp + r * cols + j)); },
+        [&](int64_t r, int64_t j) { return standard_normal_ll(static_cast<acc_t>(zp[r * cols + j])); });
+  });
+  return out;
+}
+
+at::Tensor standard_normal_log_density_backward(const at::Tensor& grad, const at::Tensor& z) {
+  check_matrix(z, "z");
+  check_row_grad(grad, z);
+  auto grad_z = at::empty_like(z);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "std_normal_density_bwd", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t cols = z.size(1);
+    const acc_t* g = grad.const_data_ptr<acc_t>();
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    scalar_t* gz = grad_z.mutable_data_ptr<scalar_t>();
+    row_map<acc_t>(
+        z.size(0), cols,
+        [&](int64_t r, int64_t j) {
+          store_narrowed<acc_t>(gz + r * cols + j, Vec<acc_t>(-g[r]) * load_widened<acc_t>(zp + r * cols + j));
+        },
+        [&](int64_t r, int64_t j) { gz[r * cols + j] = static_cast<scalar_t>(-g[r] * static_cast<acc_t>(zp[r * cols + j])); });
+  });
+  return grad_z;
+}
+
+}  // namespace cpu
+}  // namespace fastvae

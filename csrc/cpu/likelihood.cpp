@@ -1,0 +1,153 @@
+// Bernoulli and Gaussian log-likelihoods of the data, one row per example, summed over columns.
+// x may broadcast over the leading rows of the decoder output (row r reads x row r % x.rows).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+
+#include "common/checks.h"
+#include "cpu/row_reduce.h"
+#include "ops.h"
+
+namespace fastvae {
+namespace cpu {
+
+namespace {
+
+template <typename scalar_t, typename x_t>
+void bernoulli_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll,
+                       at::Tensor& grad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = logits.size(0), cols = logits.size(1), x_rows = x.size(0);
+  const scalar_t* l = logits.const_data_ptr<scalar_t>();
+  const x_t* xp = x.const_data_ptr<x_t>();
+  scalar_t* g = grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr;
+  auto x_at = [&](int64_t r, int64_t j) { return xp + (r % x_rows) * cols + j; };
+  // The gradient x - sigmoid(l) is written in the same pass (it is what backward needs).
+  row_sums<acc_t>(
+      rows, cols, ll.mutable_data_ptr<acc_t>(),
+      [&](int64_t r, int64_t j) {
+        const auto lv = load_widened<acc_t>(l + r * cols + j);
+        const auto xv = load_widened<acc_t>(x_at(r, j));
+        if (g) store_narrowed<acc_t>(g + r * cols + j, bernoulli_ll_grad(lv, xv));
+        return bernoulli_ll(lv, xv);
+      },
+      [&](int64_t r, int64_t j) {
+        const acc_t lv = static_cast<acc_t>(l[r * cols + j]);
+        const acc_t xv = static_cast<acc_t>(*x_at(r, j));
+        if (g) g[r * cols + j] = static_cast<scalar_t>(bernoulli_ll_grad(lv, xv));
+        return bernoulli_ll(lv, xv);
+      });
+}
+
+}  // namespace
+
+TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x,
+                                    bool compute_grad) {
+  check_matrix(logits, "logits");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "fastvae: x must be a contiguous 2-D tensor");
+  TORCH_CHECK(x.scalar_type() == logits.scalar_type() || x.scalar_type() == at::kByte ||
+                  x.scalar_type() == at::kBool,
+              "fastvae: x must have the dtype of logits (", logits.scalar_type(),
+              "), uint8 or bool, got ", x.scalar_type());
+  check_row_broadcast(logits, "logits", x, "x");
+  auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
+  at::Tensor grad = compute_grad ? at::empty_like(logits) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "bernoulli_ll", [&] {
+    switch (x.scalar_type()) {
+      case at::kByte: bernoulli_forward<scalar_t, uint8_t>(logits, x, ll, grad); break;
+      case at::kBool: bernoulli_forward<scalar_t, bool>(logits, x, ll, grad); break;
+      default: bernoulli_forward<scalar_t, scalar_t>(logits, x, ll, grad);
+    }
+  });
+  return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
+}
+
+namespace {
+
+void check_gaussian(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar) {
+  check_matrix(mean, "mean");
+  check_matrix(x, "x");
+  check_matrix(logvar, "logvar");
+  TORCH_CHECK(x.scalar_type() == mean.scalar_type() && logvar.scalar_type() == mean.scalar_type(),
+              "fastvae: mean, x and logvar must share a dtype, got ", mean.scalar_type(), ", ",
+              x.scalar_type(), ", ", logvar.scalar_type());
+  check_row_broadcast(mean, "mean", x, "x");
+  check_row_broadcast(mean, "mean", logvar, "logvar");
+}
+
+}  // namespace
+
+at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x,
+                                   const at::Tensor& logvar) {
+  check_gaussian(mean, x, logvar);
+  auto ll = at::empty({mean.size(0)}, mean.options().dtype(acc_dtype(mean.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "gaussian_ll", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t cols = mean.size(1), x_rows = x.size(0), lv_rows = logvar.size(0);
+    const scalar_t* m = mean.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* lvp = logvar.const_data_ptr<scalar_t>();
+    row_sums<acc_t>(
+        mean.size(0), cols, ll.mutable_data_ptr<acc_t>(),
+        [&](int64_t r, int64_t j) {
+          const auto lv = load_widened<acc_t>(lvp + (r % lv_rows) * cols + j);
+          return gaussian_ll(load_widened<acc_t>(xp + (r % x_rows) * cols + j),
+                             load_widened<acc_t>(m + r * cols + j), lv, fv_exp(Vec<acc_t>(0) - lv));
+        },
+        [&](int64_t r, int64_t j) {
+          const acc_t lv = static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]);
+          return gaussian_ll(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
+                             static_cast<acc_t>(m[r * cols + j]), lv, fv_exp(-lv));
+        });
+  });
+  return ll;
+}
+
+TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Tensor& mean,
+                                            const at::Tensor& x, const at::Tensor& logvar,
+                                            bool logvar_grad) {
+  check_gaussian(mean, x, logvar);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == mean.size(0) && grad.is_contiguous() &&
+                  grad.scalar_type() == acc_dtype(mean.scalar_type()),
+              "fastvae: grad must be a contiguous (rows,) tensor of the accumulation dtype");
+  auto grad_mean = at::empty_like(mean);
+  at::Tensor grad_logvar;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "gaussian_ll_bwd", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t rows = mean.size(0), cols = mean.size(1), x_rows = x.size(0);
+    const int64_t lv_rows = logvar.size(0);
+    const acc_t* gp = grad.const_data_ptr<acc_t>();
+    const scalar_t* m = mean.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* lvp = logvar.const_data_ptr<scalar_t>();
+    scalar_t* gm = grad_mean.mutable_data_ptr<scalar_t>();
+    row_map<acc_t>(
+        rows, cols,
+        [&](int64_t r, int64_t j) {
+          const auto inv_var = fv_exp(Vec<acc_t>(0) - load_widened<acc_t>(lvp + (r % lv_rows) * cols + j));
+          const auto d = gaussian_ll_grad_mean(load_widened<acc_t>(xp + (r % x_rows) * cols + j),
+                                               load_widened<acc_t>(m + r * cols + j), inv_var);
+          store_narrowed<acc_t>(gm + r * cols + j, d * Vec<acc_t>(gp[r]));
+        },
+        [&](int64_t r, int64_t j) {
+          const acc_t inv_var = fv_exp(-static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
+          gm[r * cols + j] = static_cast<scalar_t>(
+              gp[r] * gaussian_ll_grad_mean(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
+                                            static_cast<acc_t>(m[r * cols + j]), inv_var));
+        });
+    if (logvar_grad) {
+      // Summed over every row that read this logvar row (per-dim and scalar variances).
+      auto acc = at::empty(logvar.sizes(), logvar.options().dtype(acc_dtype(logvar.scalar_type())));
+      repeat_sums<acc_t>(rows, lv_rows, cols, acc.mutable_data_ptr<acc_t>(), [&](int64_t r, int64_t j) {
+        const acc_t inv_var = fv_exp(-static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
+        return gp[r] * gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
+                                               static_cast<acc_t>(m[r * cols + j]), inv_var);
+      });
+      grad_logvar = acc.to(logvar.scalar_type());
+    }
+  });
+  return {grad_mean, logvar_grad ? grad_logvar : at::empty({0}, logvar.options())};
+}
+
+}  // namespace cpu
+}  // namespace fastvae

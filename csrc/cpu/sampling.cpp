@@ -1,0 +1,124 @@
+// Reparameterised sampling z = mu + e^(logvar/2) * eps with eps drawn from the Philox stream of
+// csrc/common/philox.h. eps is never stored: the backward pass draws it again from rng_state.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <mutex>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/philox.h"
+#include "ops.h"
+
+namespace fastvae {
+namespace cpu {
+
+namespace {
+
+PhiloxState read_state(const at::Tensor& rng_state) {
+  const int64_t* s = rng_state.const_data_ptr<int64_t>();
+  return {static_cast<uint64_t>(s[0]), static_cast<uint64_t>(s[1])};
+}
+
+// Calls fn(i, eps_i) for every flat index i in [begin, end), one Philox call per group of four.
+template <typename acc_t, typename Fn>
+void for_each_eps(PhiloxState st, int64_t begin, int64_t end, const Fn& fn) {
+  acc_t eps[4];
+  for (int64_t group = begin / 4; group * 4 < end; ++group) {
+    philox_normal4<acc_t>(st, static_cast<uint64_t>(group), eps);
+    const int64_t lo = std::max(begin, group * 4), hi = std::min(end, group * 4 + 4);
+    for (int64_t i = lo; i < hi; ++i) fn(i, eps[i - group * 4]);
+  }
+}
+
+void check_sampling_inputs(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state) {
+  TORCH_CHECK(is_reduced_or_float(mu.scalar_type()), "fastvae: mu must be floating point, got ",
+              mu.scalar_type());
+  TORCH_CHECK(mu.scalar_type() == logvar.scalar_type(), "fastvae: mu and logvar must share a dtype");
+  check_same_shape(mu, "mu", logvar, "logvar");
+  TORCH_CHECK(mu.is_contiguous() && logvar.is_contiguous(), "fastvae: mu and logvar must be contiguous");
+  check_rng_state(rng_state, mu);
+}
+
+}  // namespace
+
+at::Tensor philox_state(const at::Tensor& like, std::optional<at::Generator> generator) {
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+  uint64_t seed;
+  {
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    seed = gen->random64();
+  }
+  auto state = at::empty({2}, like.options().dtype(at::kLong));
+  state.mutable_data_ptr<int64_t>()[0] = static_cast<int64_t>(seed);
+  state.mutable_data_ptr<int64_t>()[1] = 0;
+  return state;
+}
+
+at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state,
+                          int64_t num_samples) {
+  check_sampling_inputs(mu, logvar, rng_state);
+  TORCH_CHECK(num_samples >= 1, "fastvae: num_samples must be >= 1, got ", num_samples);
+  std::vector<int64_t> shape{num_samples};
+  shape.insert(shape.end(), mu.sizes().begin(), mu.sizes().end());
+  auto z = at::empty(shape, mu.options());
+  const PhiloxState st = read_state(rng_state);
+  const int64_t n = mu.numel(), total = n * num_samples;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* m = mu.const_data_ptr<scalar_t>();
+    const scalar_t* lv = logvar.const_data_ptr<scalar_t>();
+    scalar_t* zp = z.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, (total + 3) / 4, 2048, [&](int64_t gb, int64_t ge) {
+      for_each_eps<acc_t>(st, gb * 4, std::min(total, ge * 4), [&](int64_t i, acc_t eps) {
+        const int64_t p = i % n;
+        zp[i] = static_cast<scalar_t>(static_cast<acc_t>(m[p]) +
+                                      fv_exp(acc_t(0.5) * static_cast<acc_t>(lv[p])) * eps);
+      });
+    });
+  });
+  return z;
+}
+
+TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& mu, const at::Tensor& logvar,
+                                   const at::Tensor& rng_state) {
+  check_sampling_inputs(mu, logvar, rng_state);
+  const int64_t n = mu.numel();
+  TORCH_CHECK(grad_z.dim() == mu.dim() + 1 && grad_z.numel() == grad_z.size(0) * n &&
+                  grad_z.scalar_type() == mu.scalar_type() && grad_z.is_contiguous(),
+              "fastvae: grad_z must be a contiguous (num_samples, *mu.shape) tensor of mu's dtype");
+  auto grad_mu = at::empty_like(mu);
+  auto grad_logvar = at::empty_like(logvar);
+  const PhiloxState st = read_state(rng_state);
+  const int64_t samples = grad_z.size(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_bwd", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = grad_z.const_data_ptr<scalar_t>();
+    const scalar_t* lv = logvar.const_data_ptr<scalar_t>();
+    scalar_t* gm = grad_mu.mutable_data_ptr<scalar_t>();
+    scalar_t* glv = grad_logvar.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+      // Sums over the samples in sample order, so the result is the same for any thread count.
+      std::vector<acc_t> sum_g(e - b, acc_t(0)), sum_g_eps(e - b, acc_t(0));
+      for (int64_t k = 0; k < samples; ++k) {
+        for_each_eps<acc_t>(st, k * n + b, k * n + e, [&](int64_t i, acc_t eps) {
+          const acc_t gi = static_cast<acc_t>(g[i]);
+          sum_g[i - k * n - b] += gi;
+          sum_g_eps[i - k * n - b] += gi * eps;
+        });
+      }
+      for (int64_t p = b; p < e; ++p) {
+        gm[p] = static_cast<scalar_t>(sum_g[p - b]);
+        // dz/dlogvar = eps * e^(logvar/2) / 2.
+        glv[p] = static_cast<scalar_t>(sum_g_eps[p - b] * acc_t(0.5) * fv_exp(acc_t(0.5) * static_cast<acc_t>(lv[p])));
+      }
+    });
+  });
+  return {grad_mu, grad_logvar};
+}
+
+}  // namespace cpu
+}  // namespace fastvae

@@ -1,0 +1,50 @@
+// Declarations of every kernel entry point; csrc/register.cpp binds them to the dispatcher.
+// csrc/cpu/<family>.cpp and csrc/cuda/<family>.cu implement the same list, file for file.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+#include <ATen/core/Generator.h>
+
+#include <tuple>
+
+namespace fastvae {
+
+using TensorPair = std::tuple<at::Tensor, at::Tensor>;
+using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+#define FASTVAE_DECLARE_KERNELS(ns)                                                              \
+  namespace ns {                                                                                 \
+  /* sampling */                                                                                 \
+  at::Tensor philox_state(const at::Tensor& like, std::optional<at::Generator> generator);       \
+  at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar,                      \
+                            const at::Tensor& rng_state, int64_t num_samples);                   \
+  TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& mu,             \
+                                     const at::Tensor& logvar, const at::Tensor& rng_state);     \
+  /* kl */                                                                                       \
+  at::Tensor kl_standard_normal(const at::Tensor& mu, const at::Tensor& logvar);                 \
+  TensorPair kl_standard_normal_backward(const at::Tensor& grad, const at::Tensor& mu,           \
+                                         const at::Tensor& logvar);                              \
+  /* likelihood */                                                                               \
+  TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x,             \
+                                      bool compute_grad);                                        \
+  at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x,                \
+                                     const at::Tensor& logvar);                                  \
+  TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Tensor& mean,    \
+                                              const at::Tensor& x, const at::Tensor& logvar,     \
+                                              bool logvar_grad);                                 \
+  /* density */                                                                                  \
+  at::Tensor gaussian_log_density(const at::Tensor& z, const at::Tensor& mu,                     \
+                                  const at::Tensor& logvar);                                     \
+  TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Tensor& z,        \
+                                             const at::Tensor& mu, const at::Tensor& logvar);    \
+  at::Tensor standard_normal_log_density(const at::Tensor& z);                                   \
+  at::Tensor standard_normal_log_density_backward(const at::Tensor& grad, const at::Tensor& z);  \
+  }
+
+FASTVAE_DECLARE_KERNELS(cpu)
+FASTVAE_DECLARE_KERNELS(cuda)
+
+#undef FASTVAE_DECLARE_KERNELS
+
+}  // namespace fastvae

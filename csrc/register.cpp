@@ -1,0 +1,60 @@
+// The one place that declares every fastvae op to the PyTorch dispatcher and binds the CPU (and,
+// when built, CUDA) kernels to it. Fake tensors and autograd are registered from Python
+// (fastvae/ops.py), next to the Python wrappers.
+#include <torch/library.h>
+#ifndef FASTVAE_NO_PYTHON
+#include <torch/extension.h>
+#endif
+
+#include "ops.h"
+
+// Bumped whenever a schema changes, so that fastvae/_extension.py can refuse a stale build.
+#define FASTVAE_OPS_VERSION 1
+
+TORCH_LIBRARY(fastvae, m) {
+  m.def("philox_state(Tensor like, Generator? generator=None) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
+  m.def("reparameterize(Tensor mu, Tensor logvar, Tensor rng_state, int num_samples) -> Tensor");
+  m.def("reparameterize_backward(Tensor grad_z, Tensor mu, Tensor logvar, Tensor rng_state) -> (Tensor, Tensor)");
+  m.def("kl_standard_normal(Tensor mu, Tensor logvar) -> Tensor");
+  m.def("kl_standard_normal_backward(Tensor grad, Tensor mu, Tensor logvar) -> (Tensor, Tensor)");
+  m.def("bernoulli_log_likelihood(Tensor logits, Tensor x, bool compute_grad) -> (Tensor, Tensor)");
+  m.def("gaussian_log_likelihood(Tensor mean, Tensor x, Tensor logvar) -> Tensor");
+  m.def("gaussian_log_likelihood_backward(Tensor grad, Tensor mean, Tensor x, Tensor logvar, bool logvar_grad) -> (Tensor, Tensor)");
+  m.def("gaussian_log_density(Tensor z, Tensor mu, Tensor logvar) -> Tensor");
+  m.def("gaussian_log_density_backward(Tensor grad, Tensor z, Tensor mu, Tensor logvar) -> (Tensor, Tensor, Tensor)");
+  m.def("standard_normal_log_density(Tensor z) -> Tensor");
+  m.def("standard_normal_log_density_backward(Tensor grad, Tensor z) -> Tensor");
+}
+
+#define FASTVAE_IMPL_ALL(ns)                                                                   \
+  m.impl("philox_state", &fastvae::ns::philox_state);                                          \
+  m.impl("reparameterize", &fastvae::ns::reparameterize);                                      \
+  m.impl("reparameterize_backward", &fastvae::ns::reparameterize_backward);                    \
+  m.impl("kl_standard_normal", &fastvae::ns::kl_standard_normal);                              \
+  m.impl("kl_standard_normal_backward", &fastvae::ns::kl_standard_normal_backward);            \
+  m.impl("bernoulli_log_likelihood", &fastvae::ns::bernoulli_log_likelihood);                  \
+  m.impl("gaussian_log_likelihood", &fastvae::ns::gaussian_log_likelihood);                    \
+  m.impl("gaussian_log_likelihood_backward", &fastvae::ns::gaussian_log_likelihood_backward);  \
+  m.impl("gaussian_log_density", &fastvae::ns::gaussian_log_density);                          \
+  m.impl("gaussian_log_density_backward", &fastvae::ns::gaussian_log_density_backward);        \
+  m.impl("standard_normal_log_density", &fastvae::ns::standard_normal_log_density);            \
+  m.impl("standard_normal_log_density_backward", &fastvae::ns::standard_normal_log_density_backward);
+
+TORCH_LIBRARY_IMPL(fastvae, CPU, m) { FASTVAE_IMPL_ALL(cpu) }
+
+#ifdef FASTVAE_WITH_CUDA
+TORCH_LIBRARY_IMPL(fastvae, CUDA, m) { FASTVAE_IMPL_ALL(cuda) }
+#endif
+
+#ifndef FASTVAE_NO_PYTHON
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastvae compiled kernels; the ops live in torch.ops.fastvae";
+  m.attr("ops_version") = FASTVAE_OPS_VERSION;
+#ifdef FASTVAE_WITH_CUDA
+  m.attr("cuda_built") = true;
+#else
+  m.attr("cuda_built") = false;
+#endif
+}
+#endif

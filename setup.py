@@ -1,0 +1,103 @@
+"""Build fastvae's extension: CPU kernels always, CUDA kernels when a CUDA toolchain is found.
+
+Environment:
+  FASTVAE_CUDA=0|1      force the CUDA build off / on (default: on when nvcc and a CUDA build of
+                        torch are found; a GPU is never required to build).
+  TORCH_CUDA_ARCH_LIST  CUDA architectures (default "8.0;9.0" when no GPU is visible).
+  FASTVAE_CPU_AVX2=0|1  compile the CPU kernels for AVX2+FMA (default: when this CPU has them).
+  MAX_JOBS              parallel compile jobs (ninja).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+import warnings
+
+from setuptools import setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    if value not in ("0", "1"):
+        sys.exit(f"setup.py: {name} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def _find_cuda_home() -> str | None:
+    # torch guesses /usr/local when nvcc is not on PATH; prefer an explicit, existing toolkit.
+    for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if candidate and os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+            return candidate
+    nvcc = shutil.which("nvcc")
+    return os.path.dirname(os.path.dirname(nvcc)) if nvcc else None
+
+
+def _want_cuda() -> bool:
+    forced = _flag("FASTVAE_CUDA")
+    has_torch_cuda = torch.version.cuda is not None
+    cuda_home = _find_cuda_home()
+    if forced is False:
+        return False
+    if forced is True and not (has_torch_cuda and cuda_home):
+        sys.exit("setup.py: FASTVAE_CUDA=1 but no CUDA toolkit (nvcc) or no CUDA build of torch found")
+    if not (has_torch_cuda and cuda_home):
+        return False
+    os.environ["CUDA_HOME"] = cuda_home
+    cpp_extension.CUDA_HOME = cuda_home  # torch read CUDA_HOME at import; point it at the real toolkit
+    return True
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+def _extension():
+    with_cuda = _want_cuda()
+    sources = ["csrc/register.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3", "-fvisibility=hidden", "-Wno-unknown-pragmas"]  # torch adds the -std it needs (C++20 since 2.12)
+    avx2 = _flag("FASTVAE_CPU_AVX2")
+    if avx2 is None:
+        avx2 = _cpu_has_avx2() and os.uname().machine == "x86_64"
+    if avx2:
+        # ATen's Vectorized uses its AVX2 specialisations only under this macro.
+        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    define_macros = []
+    if not with_cuda:
+        return cpp_extension.CppExtension(
+            "fastvae._C", sources, include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx}, define_macros=define_macros,
+        )
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    # pip's CUDA wheels carry the library headers (curand, cusparse) a bare toolkit may lack.
+    nvidia_include = os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "include")
+    if os.path.isdir(nvidia_include):
+        include_dirs.append(os.path.abspath(nvidia_include))
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    define_macros.append(("FASTVAE_WITH_CUDA", None))
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    return cpp_extension.CUDAExtension(
+        "fastvae._C", sources, include_dirs=include_dirs, define_macros=define_macros,
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+    )
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
