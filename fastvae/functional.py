@@ -1,0 +1,301 @@
+"""Fused VAE loss terms: the public, user-facing functions.
+
+Each function checks its arguments (raising ``ValueError`` that names the bad one), broadcasts,
+flattens to the ``(rows, cols)`` layout the kernels use and reshapes the result back. Operands
+that broadcast only over leading dims (targets ``x`` shared by K samples of the decoder output, a
+per-dim variance) are read in place by the kernels, not copied.
+
+Results are float32 for float32/bf16/fp16 inputs (accumulated in float32) and float64 for
+float64 inputs. Every floating input that requires grad gets its gradient.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from .ops import ops
+
+__all__ = [
+    "reparameterize",
+    "kl_standard_normal",
+    "bernoulli_log_likelihood",
+    "gaussian_log_likelihood",
+    "gaussian_log_density",
+    "standard_normal_log_density",
+    "elbo",
+]
+
+_FLOATS = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+_LIKELIHOODS = ("bernoulli", "gaussian")
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# ---------------------------------------------------------------- argument checks
+def _check_float(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOATS:
+        raise ValueError(
+            f"{name} must be a floating-point tensor (float64, float32, bfloat16 or float16), "
+            f"got {t.dtype}"
+        )
+    return t
+
+
+def _check_devices(**tensors: torch.Tensor) -> None:
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}")
+
+
+def _broadcast_shape(**tensors: torch.Tensor) -> torch.Size:
+    try:
+        return torch.broadcast_shapes(*(t.shape for t in tensors.values()))
+    except RuntimeError:
+        shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in tensors.items())
+        raise ValueError(f"shapes do not broadcast: {shapes}") from None
+
+
+def _check_nonempty(shape: Sequence[int], what: str) -> None:
+    if math.prod(shape) == 0:
+        raise ValueError(f"{what} is empty (shape {tuple(shape)}); fastvae ops need at least one element")
+
+
+def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _event_dims(event_dims: Optional[int], ndim: int, name: str) -> int:
+    if event_dims is None:
+        return max(ndim - 1, 1)
+    if not isinstance(event_dims, int) or isinstance(event_dims, bool) or not 1 <= event_dims <= ndim:
+        raise ValueError(f"event_dims must be an int in [1, {ndim}] for a {ndim}-D {name}, got {event_dims!r}")
+    return event_dims
+
+
+# ---------------------------------------------------------------- layout
+def _as_rows(t: torch.Tensor, shape: torch.Size, event_ndim: int, full: bool = False) -> torch.Tensor:
+    """``t`` (broadcastable to ``shape``) as a contiguous (rows, D) matrix for the kernels.
+
+    D is the product of the last ``event_ndim`` dims of ``shape``. If ``t`` lacks only leading
+    dims of ``shape`` it keeps its own, fewer rows, which the kernels broadcast without a copy;
+    any other broadcast (or ``full=True``) expands it to every row.
+    """
+    lead, event = shape[: len(shape) - event_ndim], shape[len(shape) - event_ndim:]
+    while t.dim() > event_ndim and t.shape[0] == 1:
+        t = t.squeeze(0)
+    if t.shape[max(t.dim() - event_ndim, 0):] != event:
+        # Broadcast inside the event (a 0-dim or per-channel variance): widening costs D elements
+        # when t has no leading dims, a full copy otherwise.
+        t = t.expand(event) if t.dim() <= event_ndim else t.expand(shape)
+    own_lead = t.shape[: t.dim() - event_ndim]
+    if full or own_lead != lead[len(lead) - len(own_lead):]:
+        t = t.expand(shape)
+    return t.reshape(-1, math.prod(event)).contiguous()
+
+
+def _split_event(shape: torch.Size, event_ndim: int) -> Tuple[int, ...]:
+    return tuple(shape[: len(shape) - event_ndim])
+
+
+# ---------------------------------------------------------------- sampling
+def reparameterize(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    num_samples: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Draw z = mu + exp(logvar / 2) * eps, eps ~ N(0, I), by the reparameterisation trick.
+
+    eps comes from a counter-based Philox stream inside the kernel, seeded from ``generator``
+    (default: torch's default generator for mu's device, so ``torch.manual_seed`` reproduces a
+    run). It is not stored: the backward pass draws it again.
+
+    Args:
+        mu, logvar: mean and log-variance of q(z|x), broadcastable to each other.
+        num_samples: K; when given the result has shape (K, *shape), otherwise ``shape``.
+        generator: a ``torch.Generator`` on mu's device.
+    """
+    _check_float("mu", mu)
+    _check_float("logvar", logvar)
+    _check_devices(mu=mu, logvar=logvar)
+    if num_samples is not None and (
+        not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1
+    ):
+        raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != mu.device.type:
+            raise ValueError(f"generator is on {generator.device} but mu is on {mu.device}")
+    shape = _broadcast_shape(mu=mu, logvar=logvar)
+    _check_nonempty(shape, "mu")
+    dtype = _common_dtype(mu, logvar)
+    mu_c = mu.to(dtype).expand(shape).contiguous()
+    logvar_c = logvar.to(dtype).expand(shape).contiguous()
+    rng_state = ops.philox_state(mu_c, generator)
+    z = ops.reparameterize(mu_c, logvar_c, rng_state, 1 if num_samples is None else num_samples)
+    return z.squeeze(0) if num_samples is None else z
+
+
+# ---------------------------------------------------------------- KL
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)), summed over the last dim."""
+    _check_float("mu", mu)
+    _check_float("logvar", logvar)
+    _check_devices(mu=mu, logvar=logvar)
+    shape = _broadcast_shape(mu=mu, logvar=logvar)
+    if len(shape) == 0:
+        raise ValueError("mu and logvar need a latent dim (at least 1-D)")
+    _check_nonempty(shape, "mu")
+    dtype = _common_dtype(mu, logvar)
+    kl = ops.kl_standard_normal(
+        _as_rows(mu.to(dtype), shape, 1, full=True), _as_rows(logvar.to(dtype), shape, 1, full=True)
+    )
+    return kl.view(_split_event(shape, 1))
+
+
+# ---------------------------------------------------------------- likelihoods
+def bernoulli_log_likelihood(
+    logits: torch.Tensor, x: torch.Tensor, event_dims: Optional[int] = None
+) -> torch.Tensor:
+    """sum x log sigmoid(l) + (1 - x) log(1 - sigmoid(l)), stable for |l| up to 1e4.
+
+    Summed over the last ``event_dims`` dims (default: every dim after the first). ``x`` may be
+    float (cast to the logits' dtype), bool or uint8 (read as one byte per element) and may
+    broadcast over leading dims of ``logits`` (e.g. K samples of logits against one batch).
+    The gradient for ``logits`` is computed in the forward pass, when logits require grad.
+    """
+    _check_float("logits", logits)
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not (x.dtype in _FLOATS or x.dtype in (torch.bool, torch.uint8)):
+        raise ValueError(f"x must be float, bool or uint8, got {x.dtype}")
+    _check_devices(logits=logits, x=x)
+    shape = _broadcast_shape(logits=logits, x=x)
+    if len(shape) == 0:
+        raise ValueError("logits must be at least 1-D")
+    e = _event_dims(event_dims, len(shape), "logits")
+    _check_nonempty(shape, "logits")
+    if x.dtype in _FLOATS:
+        x = x.to(logits.dtype)
+    compute_grad = logits.requires_grad and torch.is_grad_enabled()
+    ll, _ = ops.bernoulli_log_likelihood(
+        _as_rows(logits, shape, e, full=True), _as_rows(x, shape, e), compute_grad
+    )
+    return ll.view(_split_event(shape, e))
+
+
+def gaussian_log_likelihood(
+    mean: torch.Tensor,
+    x: torch.Tensor,
+    logvar: Union[float, torch.Tensor] = 0.0,
+    event_dims: Optional[int] = None,
+) -> torch.Tensor:
+    """log N(x | mean, exp(logvar)), summed over the last ``event_dims`` dims (default: all but the first).
+
+    ``logvar`` is a Python float (fixed variance), a 0-dim tensor (one learned variance), a
+    per-dim tensor shaped like the trailing dims, or a tensor shaped like ``mean`` (decoder
+    output). ``x`` and ``logvar`` are cast to mean's dtype.
+    """
+    _check_float("mean", mean)
+    _check_float("x", x)
+    if isinstance(logvar, (int, float)) and not isinstance(logvar, bool):
+        logvar_t = torch.full((), float(logvar), dtype=mean.dtype, device=mean.device)
+    else:
+        logvar_t = _check_float("logvar", logvar)
+    _check_devices(mean=mean, x=x, logvar=logvar_t)
+    shape = _broadcast_shape(mean=mean, x=x, logvar=logvar_t)
+    if len(shape) == 0:
+        raise ValueError("mean must be at least 1-D")
+    e = _event_dims(event_dims, len(shape), "mean")
+    _check_nonempty(shape, "mean")
+    ll = ops.gaussian_log_likelihood(
+        _as_rows(mean, shape, e, full=True),
+        _as_rows(x.to(mean.dtype), shape, e),
+        _as_rows(logvar_t.to(mean.dtype), shape, e),
+    )
+    return ll.view(_split_event(shape, e))
+
+
+# ---------------------------------------------------------------- densities
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z | mu, diag exp(logvar)) summed over the last dim: log q(z|x).
+
+    ``z`` may carry leading sample dims, e.g. (K, B, Z) against mu/logvar (B, Z); mu and logvar
+    are then read once per sample without being copied.
+    """
+    for name, t in (("z", z), ("mu", mu), ("logvar", logvar)):
+        _check_float(name, t)
+    _check_devices(z=z, mu=mu, logvar=logvar)
+    params = _broadcast_shape(mu=mu, logvar=logvar)
+    shape = _broadcast_shape(z=z, mu=mu, logvar=logvar)
+    if len(shape) == 0:
+        raise ValueError("z needs a latent dim (at least 1-D)")
+    _check_nonempty(shape, "z")
+    dtype = _common_dtype(z, mu, logvar)
+    mu_rows = _as_rows(mu.to(dtype).expand(params), shape, 1)
+    logvar_rows = _as_rows(logvar.to(dtype).expand(params), shape, 1)
+    out = ops.gaussian_log_density(_as_rows(z.to(dtype), shape, 1, full=True), mu_rows, logvar_rows)
+    return out.view(_split_event(shape, 1))
+
+
+def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+    """log N(z | 0, I) summed over the last dim: log p(z)."""
+    _check_float("z", z)
+    if z.dim() == 0:
+        raise ValueError("z needs a latent dim (at least 1-D)")
+    _check_nonempty(z.shape, "z")
+    return ops.standard_normal_log_density(_as_rows(z, z.shape, 1, full=True)).view(z.shape[:-1])
+
+
+# ---------------------------------------------------------------- ELBO
+def elbo(
+    recon: torch.Tensor,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    likelihood: str = "bernoulli",
+    obs_logvar: Union[float, torch.Tensor] = 0.0,
+    beta: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Negative ELBO: -log p(x|z) + beta * KL(q(z|x) || N(0, I)), per example then reduced.
+
+    A drop-in for the loss written by hand as summed BCE-with-logits (``likelihood="bernoulli"``,
+    ``recon`` = decoder logits) or Gaussian NLL (``"gaussian"``, ``recon`` = decoder mean with
+    log-variance ``obs_logvar``) plus the analytic KL. The per-example sums run over every dim of
+    ``recon`` after the first; ``reduction`` is "mean" (over examples), "sum" or "none".
+    """
+    if likelihood not in _LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {_LIKELIHOODS}, got {likelihood!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not math.isfinite(beta):
+        raise ValueError(f"beta must be a finite float, got {beta!r}")
+    _check_float("recon", recon)
+    if recon.dim() < 1:
+        raise ValueError("recon must have a batch dim")
+    if likelihood == "bernoulli":
+        rec = bernoulli_log_likelihood(recon, x, event_dims=max(recon.dim() - 1, 1))
+    else:
+        rec = gaussian_log_likelihood(recon, x, obs_logvar, event_dims=max(recon.dim() - 1, 1))
+    kl = kl_standard_normal(mu, logvar)
+    if rec.shape != kl.shape:
+        raise ValueError(
+            f"recon gives per-example terms of shape {tuple(rec.shape)} but mu/logvar give "
+            f"{tuple(kl.shape)}: the batch dims must agree"
+        )
+    loss = kl.mul(beta).sub_(rec) if beta != 1.0 else kl - rec
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss

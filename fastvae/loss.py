@@ -1,0 +1,62 @@
+"""``ELBOLoss``: the fused negative ELBO as an ``nn.Module``."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from . import functional as F
+
+
+class ELBOLoss(nn.Module):
+    """Negative ELBO, a drop-in for the hand-written BCE/Gaussian-NLL + KL loss.
+
+    Args:
+        likelihood: "bernoulli" (recon = logits) or "gaussian" (recon = mean).
+        obs_logvar: observation log-variance for "gaussian": float, 0-dim, per-dim or
+            per-element tensor. ``forward``'s ``obs_logvar`` overrides it (learned variances).
+        beta: weight of the KL term (beta-VAE; KL warm-up).
+        reduction: "mean" over examples, "sum" or "none".
+
+    Example::
+
+        loss_fn = fastvae.ELBOLoss()
+        loss = loss_fn(decoder(z), x, mu, logvar)
+    """
+
+    def __init__(
+        self,
+        likelihood: str = "bernoulli",
+        obs_logvar: Union[float, torch.Tensor] = 0.0,
+        beta: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.likelihood = likelihood
+        self.obs_logvar = obs_logvar
+        self.beta = beta
+        self.reduction = reduction
+
+    def forward(
+        self,
+        recon: torch.Tensor,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        obs_logvar: Optional[Union[float, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        return F.elbo(
+            recon, x, mu, logvar,
+            likelihood=self.likelihood,
+            obs_logvar=self.obs_logvar if obs_logvar is None else obs_logvar,
+            beta=self.beta,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        return f"likelihood={self.likelihood!r}, beta={self.beta}, reduction={self.reduction!r}"

@@ -1,0 +1,187 @@
+"""The dispatcher ops (``torch.ops.fastvae.*``) with their fake-tensor and autograd rules.
+
+Each op works on 2-D contiguous ``(rows, cols)`` operands; an operand with fewer rows than the
+output broadcasts over the leading rows (row ``r`` reads its row ``r % rows``). Row outputs are
+float32 for float32/bf16/fp16 inputs and float64 for float64. Argument checking, reshaping and
+broadcasting for users live one layer up, in :mod:`fastvae.functional`.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _extension  # noqa: F401  (loads the kernels and the op schemas)
+
+ops = torch.ops.fastvae
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _rows_out(t: torch.Tensor) -> torch.Tensor:
+    return t.new_empty((t.shape[0],), dtype=_acc_dtype(t.dtype))
+
+
+def _sum_repeats(grad: torch.Tensor, rows: int) -> torch.Tensor:
+    """Sums a (R, D) gradient down to an operand that broadcast with ``rows`` rows."""
+    if grad.shape[0] == rows:
+        return grad
+    return grad.view(grad.shape[0] // rows, rows, grad.shape[1]).sum(0)
+
+
+# ---------------------------------------------------------------- fake (meta) implementations
+@torch.library.register_fake("fastvae::philox_state")
+def _(like, generator=None):
+    return like.new_empty((2,), dtype=torch.int64)
+
+
+@torch.library.register_fake("fastvae::reparameterize")
+def _(mu, logvar, rng_state, num_samples):
+    return mu.new_empty((num_samples, *mu.shape))
+
+
+@torch.library.register_fake("fastvae::reparameterize_backward")
+def _(grad_z, mu, logvar, rng_state):
+    return torch.empty_like(mu), torch.empty_like(logvar)
+
+
+@torch.library.register_fake("fastvae::kl_standard_normal")
+def _(mu, logvar):
+    return _rows_out(mu)
+
+
+@torch.library.register_fake("fastvae::kl_standard_normal_backward")
+def _(grad, mu, logvar):
+    return torch.empty_like(mu), torch.empty_like(logvar)
+
+
+@torch.library.register_fake("fastvae::bernoulli_log_likelihood")
+def _(logits, x, compute_grad):
+    grad = torch.empty_like(logits) if compute_grad else logits.new_empty((0,))
+    return _rows_out(logits), grad
+
+
+@torch.library.register_fake("fastvae::gaussian_log_likelihood")
+def _(mean, x, logvar):
+    return _rows_out(mean)
+
+
+@torch.library.register_fake("fastvae::gaussian_log_likelihood_backward")
+def _(grad, mean, x, logvar, logvar_grad):
+    return torch.empty_like(mean), (torch.empty_like(logvar) if logvar_grad else logvar.new_empty((0,)))
+
+
+@torch.library.register_fake("fastvae::gaussian_log_density")
+def _(z, mu, logvar):
+    return _rows_out(z)
+
+
+@torch.library.register_fake("fastvae::gaussian_log_density_backward")
+def _(grad, z, mu, logvar):
+    return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
+
+
+@torch.library.register_fake("fastvae::standard_normal_log_density")
+def _(z):
+    return _rows_out(z)
+
+
+@torch.library.register_fake("fastvae::standard_normal_log_density_backward")
+def _(grad, z):
+    return torch.empty_like(z)
+
+
+# ---------------------------------------------------------------- autograd
+def _reparameterize_setup(ctx, inputs, output):
+    mu, logvar, rng_state, _ = inputs
+    ctx.save_for_backward(mu, logvar, rng_state)
+
+
+def _reparameterize_backward(ctx, grad_z):
+    mu, logvar, rng_state = ctx.saved_tensors
+    # eps is drawn again from rng_state rather than kept from the forward pass.
+    grad_mu, grad_logvar = ops.reparameterize_backward(grad_z.contiguous(), mu, logvar, rng_state)
+    return grad_mu, grad_logvar, None, None
+
+
+torch.library.register_autograd(
+    "fastvae::reparameterize", _reparameterize_backward, setup_context=_reparameterize_setup
+)
+
+
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _kl_backward(ctx, grad):
+    mu, logvar = ctx.saved_tensors
+    return ops.kl_standard_normal_backward(grad.contiguous(), mu, logvar)
+
+
+torch.library.register_autograd("fastvae::kl_standard_normal", _kl_backward, setup_context=_save_inputs)
+
+
+def _bernoulli_setup(ctx, inputs, output):
+    logits, x, _ = inputs
+    # The forward pass already wrote d ll / d logits; the logits are kept only if x needs a
+    # gradient (d ll / d x = logits), which soft targets rarely do.
+    ctx.save_for_backward(output[1], logits if x.requires_grad else None)
+    ctx.x_rows = x.shape[0]
+
+
+def _bernoulli_backward(ctx, grad_ll, _grad_of_grad):
+    dlogits, logits = ctx.saved_tensors
+    grad_logits = grad_x = None
+    if ctx.needs_input_grad[0]:
+        if dlogits.numel() == 0:
+            raise RuntimeError(
+                "fastvae::bernoulli_log_likelihood was called with compute_grad=False, "
+                "so it has no gradient for logits"
+            )
+        grad_logits = dlogits * grad_ll.unsqueeze(1).to(dlogits.dtype)
+    if ctx.needs_input_grad[1]:
+        grad_x = _sum_repeats(logits * grad_ll.unsqueeze(1).to(logits.dtype), ctx.x_rows)
+    return grad_logits, grad_x, None
+
+
+torch.library.register_autograd(
+    "fastvae::bernoulli_log_likelihood", _bernoulli_backward, setup_context=_bernoulli_setup
+)
+
+
+def _gaussian_ll_backward(ctx, grad):
+    mean, x, logvar = ctx.saved_tensors
+    grad_mean, grad_logvar = ops.gaussian_log_likelihood_backward(
+        grad.contiguous(), mean, x, logvar, ctx.needs_input_grad[2]
+    )
+    grad_x = _sum_repeats(-grad_mean, x.shape[0]) if ctx.needs_input_grad[1] else None
+    return (
+        grad_mean if ctx.needs_input_grad[0] else None,
+        grad_x,
+        grad_logvar if ctx.needs_input_grad[2] else None,
+    )
+
+
+torch.library.register_autograd(
+    "fastvae::gaussian_log_likelihood", _gaussian_ll_backward, setup_context=_save_inputs
+)
+
+
+def _gaussian_density_backward(ctx, grad):
+    z, mu, logvar = ctx.saved_tensors
+    return ops.gaussian_log_density_backward(grad.contiguous(), z, mu, logvar)
+
+
+torch.library.register_autograd(
+    "fastvae::gaussian_log_density", _gaussian_density_backward, setup_context=_save_inputs
+)
+
+
+def _standard_normal_backward(ctx, grad):
+    (z,) = ctx.saved_tensors
+    return ops.standard_normal_log_density_backward(grad.contiguous(), z)
+
+
+torch.library.register_autograd(
+    "fastvae::standard_normal_log_density", _standard_normal_backward, setup_context=_save_inputs
+)
