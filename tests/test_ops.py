@@ -1,0 +1,299 @@
+"""Every fused op against its plain-PyTorch twin in fastvae.reference.
+
+Forward: relative error ||out - ref|| / ||ref|| against the float64 reference on the same
+(rounded) inputs, per dtype (TOL in conftest). Backward: float64 gradcheck, and autograd of the
+reference for the other dtypes. Sizes 1, 7, 1025, 100003; non-contiguous and broadcast inputs.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastvae import functional as F
+from fastvae import reference as R
+
+from .conftest import TOL, cpu_and_cuda, rel_err
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+COLS = [1, 7, 1025, 100003]
+
+
+def _rows_for(cols: int) -> int:
+    return 3 if cols > 5000 else 5
+
+
+def _inputs(*shapes, dtype, device, scale=1.0):
+    return [(torch.randn(s, dtype=torch.float64) * scale).to(device=device, dtype=dtype) for s in shapes]
+
+
+def _check_forward_and_backward(fused, ref, inputs, dtype, out_tol=None, grad_tol=None):
+    """Compares values and input gradients of fused(*inputs) with ref on float64 copies."""
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    leaves64 = [t.detach().double().requires_grad_(t.is_floating_point()) for t in inputs]
+    out = fused(*leaves)
+    expect = ref(*leaves64)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert out.shape == expect.shape
+    assert rel_err(out, expect) <= (out_tol or TOL[dtype])
+    w = torch.randn_like(expect)  # a random incoming gradient, not just ones
+    out.backward(w.to(out.dtype))
+    expect.backward(w)
+    for a, b in zip(leaves, leaves64):
+        if a.requires_grad:
+            assert a.grad is not None and a.grad.dtype == a.dtype and a.grad.shape == a.shape
+            assert rel_err(a.grad, b.grad) <= (grad_tol or TOL[dtype] * 4)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", COLS)
+class TestAgainstReference:
+    def test_kl(self, device, dtype, cols):
+        mu, lv = _inputs((_rows_for(cols), cols), (_rows_for(cols), cols), dtype=dtype, device=device)
+        _check_forward_and_backward(F.kl_standard_normal, R.kl_standard_normal, [mu, lv], dtype)
+
+    def test_bernoulli(self, device, dtype, cols):
+        rows = _rows_for(cols)
+        (logits,) = _inputs((rows, cols), dtype=dtype, device=device, scale=4.0)
+        x = torch.rand(rows, cols, device=device).to(dtype)  # soft targets, so x gets a gradient too
+        _check_forward_and_backward(F.bernoulli_log_likelihood, R.bernoulli_log_likelihood, [logits, x], dtype)
+
+    def test_gaussian_per_element(self, device, dtype, cols):
+        shape = (_rows_for(cols), cols)
+        mean, x, lv = _inputs(shape, shape, shape, dtype=dtype, device=device)
+        _check_forward_and_backward(F.gaussian_log_likelihood, R.gaussian_log_likelihood, [mean, x, lv], dtype)
+
+    def test_gaussian_density(self, device, dtype, cols):
+        shape = (_rows_for(cols), cols)
+        z, mu, lv = _inputs(shape, shape, shape, dtype=dtype, device=device)
+        _check_forward_and_backward(F.gaussian_log_density, R.gaussian_log_density, [z, mu, lv], dtype)
+
+    def test_standard_normal_density(self, device, dtype, cols):
+        (z,) = _inputs((_rows_for(cols), cols), dtype=dtype, device=device)
+        _check_forward_and_backward(F.standard_normal_log_density, R.standard_normal_log_density, [z], dtype)
+
+
+# ---------------------------------------------------------------- variances and broadcasting
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("form", ["float", "scalar", "per_dim", "per_element"])
+def test_gaussian_variance_forms(device, dtype, form):
+    mean, x = _inputs((9, 7, 13), (9, 7, 13), dtype=dtype, device=device)
+    logvar = {
+        "float": 0.3,
+        "scalar": torch.randn((), device=device).to(dtype),
+        "per_dim": torch.randn(7, 13, device=device).to(dtype),
+        "per_element": torch.randn(9, 7, 13, device=device).to(dtype),
+    }[form]
+    if form == "float":
+        fused = lambda m, xx: F.gaussian_log_likelihood(m, xx, logvar)  # noqa: E731
+        ref = lambda m, xx: R.gaussian_log_likelihood(m, xx, logvar)  # noqa: E731
+        _check_forward_and_backward(fused, ref, [mean, x], dtype)
+    else:
+        _check_forward_and_backward(F.gaussian_log_likelihood, R.gaussian_log_likelihood, [mean, x, logvar], dtype)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_broadcast_targets_over_samples(device):
+    """K samples of decoder output against one batch of x: x is read in place, grads sum back."""
+    logits, xg = _inputs((4, 6, 33), (6, 33), dtype=torch.float64, device=device)
+    xb = torch.rand(6, 33, device=device, dtype=torch.float64)
+    f = lambda l, xx: F.bernoulli_log_likelihood(l, xx, event_dims=1)  # noqa: E731
+    r = lambda l, xx: R.bernoulli_log_likelihood(l, xx, event_dims=1)  # noqa: E731
+    _check_forward_and_backward(f, r, [logits, xb], torch.float64)
+    g = lambda m, xx: F.gaussian_log_likelihood(m, xx, 0.5, event_dims=1)  # noqa: E731
+    gr = lambda m, xx: R.gaussian_log_likelihood(m, xx, 0.5, event_dims=1)  # noqa: E731
+    _check_forward_and_backward(g, gr, [logits, xg], torch.float64)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_density_broadcasts_samples(device):
+    z, mu, lv = _inputs((5, 3, 8), (3, 8), (3, 8), dtype=torch.float64, device=device)
+    _check_forward_and_backward(F.gaussian_log_density, R.gaussian_log_density, [z, mu, lv], torch.float64)
+    # mu broadcast inside the latent dim and logvar with a size-1 batch dim
+    z, mu, lv = _inputs((5, 3, 8), (3, 1), (1, 8), dtype=torch.float64, device=device)
+    _check_forward_and_backward(F.gaussian_log_density, R.gaussian_log_density, [z, mu, lv], torch.float64)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_non_contiguous_inputs(device):
+    base = torch.randn(40, 26, dtype=torch.float64, device=device)
+    mu, lv = base[::2, :13], base[1::2, 13:].t().t()  # strided slices
+    assert not mu.is_contiguous() and not lv.is_contiguous()
+    _check_forward_and_backward(F.kl_standard_normal, R.kl_standard_normal, [mu, lv], torch.float64)
+    logits = torch.randn(13, 20, dtype=torch.float64, device=device).t()  # transposed
+    x = torch.rand(13, 20, dtype=torch.float64, device=device).t()
+    _check_forward_and_backward(F.bernoulli_log_likelihood, R.bernoulli_log_likelihood, [logits, x], torch.float64)
+    _check_forward_and_backward(F.gaussian_log_density, R.gaussian_log_density, [logits, x, logits.flip(0)], torch.float64)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("xdtype", [torch.bool, torch.uint8])
+def test_binary_targets_stay_one_byte(device, xdtype):
+    logits = torch.randn(7, 1025, device=device, requires_grad=True)
+    x = torch.rand(7, 1025, device=device) > 0.5
+    out = F.bernoulli_log_likelihood(logits, x.to(xdtype))
+    ref = R.bernoulli_log_likelihood(logits.detach().double(), x.double())
+    assert rel_err(out, ref) < 1e-6
+    out.sum().backward()
+    assert rel_err(logits.grad, x.float() - torch.sigmoid(logits.detach())) < 1e-6
+
+
+# ---------------------------------------------------------------- float64 gradcheck
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_gradcheck_all_ops(device):
+    kw = dict(dtype=torch.float64, device=device)
+
+    def leaf(*shape):
+        return torch.randn(shape, **kw).requires_grad_()
+
+    gc = torch.autograd.gradcheck
+    assert gc(F.kl_standard_normal, (leaf(3, 7), leaf(3, 7)))
+    assert gc(F.bernoulli_log_likelihood, (leaf(3, 7), torch.rand(3, 7, **kw).requires_grad_()))
+    assert gc(lambda m, x, v: F.gaussian_log_likelihood(m, x, v, event_dims=1), (leaf(2, 3, 7), leaf(3, 7), leaf(7)))
+    assert gc(F.gaussian_log_likelihood, (leaf(3, 7), leaf(3, 7), leaf()))
+    assert gc(F.gaussian_log_density, (leaf(4, 3, 7), leaf(3, 7), leaf(3, 7)))
+    assert gc(F.standard_normal_log_density, (leaf(4, 3, 7),))
+    x = torch.rand(3, 7, **kw)
+    assert gc(lambda a, b: F.elbo(a, x, b, b * 0.5), (leaf(3, 7), leaf(3, 4)))
+
+    gen = torch.Generator(device=device)
+
+    def sample(mu, lv):
+        gen.manual_seed(11)  # the same eps on every call, as gradcheck requires
+        return F.reparameterize(mu, lv, num_samples=3, generator=gen)
+
+    assert gc(sample, (leaf(2, 5), leaf(2, 5)))
+
+
+# ---------------------------------------------------------------- numerics
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_bernoulli_stable_for_huge_logits(device):
+    logits = torch.tensor([[-1e4, -50.0, 0.0, 50.0, 1e4]], device=device, requires_grad=True)
+    x = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0]], device=device)
+    ll = F.bernoulli_log_likelihood(logits, x)
+    # -1e4 (x=1): -1e4; -50 (x=0): ~0; 0: log 0.5; 50 (x=1): ~0; 1e4 (x=0): -1e4.
+    expected = -1e4 + torch.log(torch.tensor(0.5)).item() - 1e4
+    assert torch.isfinite(ll).all() and abs(ll.item() - expected) < 1e-2
+    ll.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_nan_and_inf_propagate(device):
+    mu = torch.randn(3, 4, device=device)
+    lv = torch.randn(3, 4, device=device)
+    mu[1, 2] = float("nan")
+    mu[2, 0] = float("inf")
+    lv[3 - 1, 3] = -float("inf")  # exp(-inf) - (-inf) = +inf as well
+    kl = F.kl_standard_normal(mu, lv)
+    assert torch.isfinite(kl[0]) and torch.isnan(kl[1]) and kl[2] == float("inf")
+    lv[0, 0] = float("inf")  # exp(inf) - inf: IEEE says NaN, as the reference does
+    assert torch.isnan(F.kl_standard_normal(mu, lv)[0]) and torch.isnan(R.kl_standard_normal(mu, lv)[0])
+    logits = torch.randn(2, 5, device=device)
+    logits[0, 1] = float("nan")
+    ll = F.bernoulli_log_likelihood(logits, torch.rand(2, 5, device=device))
+    assert torch.isnan(ll[0]) and torch.isfinite(ll[1])
+
+
+# ---------------------------------------------------------------- sampling
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_reparameterize_moments_and_shape(device):
+    mu = torch.randn(4, 16, device=device)
+    lv = torch.randn(4, 16, device=device)
+    z = F.reparameterize(mu, lv, num_samples=20000)
+    assert z.shape == (20000, 4, 16)
+    eps = (z - mu) / torch.exp(0.5 * lv)
+    # 1.28M draws: mean within ~5 sigma of 0, std and kurtosis of a standard normal.
+    assert abs(eps.mean().item()) < 5 / (eps.numel() ** 0.5)
+    assert abs(eps.std().item() - 1) < 5e-3
+    assert abs((eps**4).mean().item() - 3) < 0.05
+    # Different elements are not correlated (lag-1 over the flat stream, across Philox groups).
+    flat = eps.flatten()
+    assert abs(torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()) < 5e-3
+    assert F.reparameterize(mu, lv).shape == (4, 16)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_reparameterize_reproducible_under_manual_seed(device):
+    mu, lv = torch.randn(3, 9, device=device), torch.randn(3, 9, device=device)
+    torch.manual_seed(1234)
+    a = F.reparameterize(mu, lv, num_samples=2)
+    b = F.reparameterize(mu, lv, num_samples=2)
+    torch.manual_seed(1234)
+    c = F.reparameterize(mu, lv, num_samples=2)
+    assert torch.equal(a, c)
+    assert not torch.equal(a, b)  # consecutive calls draw fresh noise
+    g1 = torch.Generator(device=device).manual_seed(5)
+    g2 = torch.Generator(device=device).manual_seed(5)
+    assert torch.equal(F.reparameterize(mu, lv, generator=g1), F.reparameterize(mu, lv, generator=g2))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reparameterize_backward_regenerates_eps(device, dtype):
+    mu = torch.randn(5, 1025, device=device).to(dtype).requires_grad_()
+    lv = torch.randn(5, 1025, device=device).to(dtype).requires_grad_()
+    z = F.reparameterize(mu, lv, num_samples=3)
+    # The autograd graph holds mu, logvar and the 2-element rng state, never eps or z.
+    saved = [t for t in z.grad_fn._saved_tensors] if hasattr(z.grad_fn, "_saved_tensors") else []
+    assert all(t.numel() in (2, mu.numel()) for t in saved)
+    w = torch.randn_like(z, dtype=torch.float64)
+    z.backward(w.to(dtype))
+    eps = (z.detach().double() - mu.detach().double()) / torch.exp(0.5 * lv.detach().double())
+    grad_mu = w.sum(0)
+    grad_lv = (w * eps * 0.5 * torch.exp(0.5 * lv.detach().double())).sum(0)
+    tol = 3e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-5
+    assert rel_err(mu.grad, grad_mu) < tol
+    assert rel_err(lv.grad, grad_lv) < tol
+
+
+# ---------------------------------------------------------------- the ELBO
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_elbo_matches_hand_written_loss(device, reduction, likelihood):
+    import fastvae
+
+    recon, mu, lv = _inputs((17, 1, 7, 7), (17, 6), (17, 6), dtype=torch.float32, device=device)
+    x = torch.rand(17, 1, 7, 7, device=device)
+    obs = torch.randn(1, 7, 7, device=device)
+    kwargs = dict(likelihood=likelihood, obs_logvar=obs, beta=0.7, reduction=reduction)
+    fused = lambda a, b, c: fastvae.ELBOLoss(**kwargs)(a, x, b, c)  # noqa: E731
+    ref = lambda a, b, c: R.elbo(a, x.double(), b, c, **{**kwargs, "obs_logvar": obs.double()})  # noqa: E731
+    _check_forward_and_backward(fused, ref, [recon, mu, lv], torch.float32)
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: F.kl_standard_normal(torch.randn(3, 4), torch.randn(3, 5)), "broadcast"),
+        (lambda: F.kl_standard_normal(torch.arange(12).view(3, 4), torch.randn(3, 4)), "mu must be a floating"),
+        (lambda: F.kl_standard_normal(torch.randn(0, 4), torch.randn(0, 4)), "empty"),
+        (lambda: F.reparameterize(torch.randn(3), torch.randn(3), num_samples=0), "num_samples"),
+        (lambda: F.bernoulli_log_likelihood(torch.randn(3, 4), torch.randint(0, 2, (3, 4))), "x must be"),
+        (lambda: F.bernoulli_log_likelihood(torch.randn(3, 4), torch.rand(3, 4), event_dims=3), "event_dims"),
+        (lambda: F.gaussian_log_likelihood(torch.randn(3, 4), torch.randn(3, 4), "1"), "logvar"),
+        (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(3, 2), torch.randn(3, 2), reduction="avg"), "reduction"),
+        (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(3, 2), torch.randn(3, 2), likelihood="poisson"), "likelihood"),
+        (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(5, 2), torch.randn(5, 2)), "batch dims"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.needs_cuda
+def test_mixed_devices_raise():
+    with pytest.raises(ValueError, match="logvar is on"):
+        F.kl_standard_normal(torch.randn(3, 4, device="cuda"), torch.randn(3, 4))
+
+
+def test_raw_ops_reject_bad_layouts():
+    ops = torch.ops.fastvae
+    with pytest.raises(RuntimeError, match="must be 2-D"):
+        ops.kl_standard_normal(torch.randn(3), torch.randn(3))
+    with pytest.raises(RuntimeError, match="must divide"):
+        ops.bernoulli_log_likelihood(torch.randn(6, 4), torch.rand(4, 4), False)
