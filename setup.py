@@ -6,6 +6,9 @@ Environment:
   TORCH_CUDA_ARCH_LIST  CUDA architectures (default "8.0;9.0" when no GPU is visible).
   FASTVAE_CPU_AVX2=0|1  compile the CPU kernels for AVX2+FMA (default: when this CPU has them).
   MAX_JOBS              parallel compile jobs (ninja).
+  FASTVAE_SKIP_EXT=1    install the Python package only, reusing an extension already built in
+                        place (`python setup.py build_ext --inplace`); the Makefile uses this so
+                        that `pip install -e .` does not compile everything a second time.
 """
 from __future__ import annotations
 
@@ -98,6 +101,6 @@ def _extension():
 
 
 setup(
-    ext_modules=[_extension()],
+    ext_modules=[] if _flag("FASTVAE_SKIP_EXT") else [_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

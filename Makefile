@@ -1,0 +1,49 @@
+# One-command set-up on a fresh machine: `make demo` (the main job) and `make test` (the tests).
+# Both create .venv, install torch and the tools, and build the extension incrementally.
+# CUDA kernels are compiled whenever nvcc is found (a GPU is not needed to build them).
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= 2.14.1
+CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+export CUDA_HOME
+MAX_JOBS ?= 2
+export MAX_JOBS
+TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
+NVIDIA_LIB = $(shell $(PY) -c 'import os, torch; print(os.path.abspath(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")))')
+
+.PHONY: setup build demo test bench cmake-check clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel
+	$(PY) -m pip install -q torch==$(TORCH) ninja numpy tqdm matplotlib pytest pytest-benchmark scikit-learn
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Incremental (ninja) in-place build, then an editable install for the `fastvae` command.
+build: setup
+	$(PY) setup.py -q build_ext --inplace
+	FASTVAE_SKIP_EXT=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -c "import fastvae; print('fastvae built; CUDA kernels:', fastvae.CUDA_BUILT)"
+
+demo: build
+	$(VENV)/bin/fastvae train --out runs/demo
+
+test: build
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+bench: build
+	$(VENV)/bin/fastvae bench
+
+# Configure, build and run the C++ smoke test of the CMake (libtorch) build.
+cmake-check: setup
+	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX)" \
+	  -DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME) -DCUDAToolkit_ROOT=$(CUDA_HOME) \
+	  $(if $(wildcard $(NVIDIA_LIB)/libnvrtc.so.13),-DCUDA_nvrtc_LIBRARY=$(NVIDIA_LIB)/libnvrtc.so.13,)
+	cmake --build build/cmake -j $(MAX_JOBS)
+	LD_LIBRARY_PATH=$(NVIDIA_LIB):$$LD_LIBRARY_PATH ./build/cmake/fastvae_smoke
+
+clean:
+	rm -rf build fastvae/_C*.so *.egg-info
