@@ -127,11 +127,17 @@ def _bernoulli_setup(ctx, inputs, output):
     # gradient (d ll / d x = logits), which soft targets rarely do.
     ctx.save_for_backward(output[1], logits if x.requires_grad else None)
     ctx.x_rows = x.shape[0]
+    # The second output is the saved gradient itself: no gradient flows into it, and autograd
+    # must not fill a zero tensor of the data's size for it on every backward pass.
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _bernoulli_backward(ctx, grad_ll, _grad_of_grad):
     dlogits, logits = ctx.saved_tensors
     grad_logits = grad_x = None
+    if grad_ll is None:  # grads are not materialised: nothing flowed into the log-likelihood
+        return None, None, None
     if ctx.needs_input_grad[0]:
         if dlogits.numel() == 0:
             raise RuntimeError(

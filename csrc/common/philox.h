@@ -39,8 +39,6 @@ FV_HD void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1) {
   }
 }
 
-FV_HD float fv_log(float v) { return ::logf(v); }
-FV_HD double fv_log(double v) { return ::log(v); }
 FV_HD float fv_sqrt(float v) { return ::sqrtf(v); }
 FV_HD double fv_sqrt(double v) { return ::sqrt(v); }
 FV_HD void fv_sincos_2pi(float u, float* s, float* c) {

@@ -21,8 +21,13 @@ constexpr double kLog2Pi = 1.8378770664093453;  // log(2*pi)
 
 FV_HD float fv_exp(float v) { return ::expf(v); }
 FV_HD double fv_exp(double v) { return ::exp(v); }
+FV_HD float fv_log(float v) { return ::logf(v); }
+FV_HD double fv_log(double v) { return ::log(v); }
 FV_HD float fv_log1p(float v) { return ::log1pf(v); }
 FV_HD double fv_log1p(double v) { return ::log1p(v); }
+// log(1 + e) for e in [0, 1]; the CPU kernels overload it with a cheaper series for float vectors.
+FV_HD float fv_log1p_unit(float e) { return ::log1pf(e); }
+FV_HD double fv_log1p_unit(double e) { return ::log1p(e); }
 FV_HD float fv_abs(float v) { return ::fabsf(v); }
 FV_HD double fv_abs(double v) { return ::fabs(v); }
 FV_HD float fv_max(float a, float b) { return a > b ? a : b; }
@@ -37,30 +42,29 @@ FV_HD double fv_div(double a, double b) { return a / b; }
 FV_HD float fv_select_nonneg(float c, float a, float b) { return c >= 0.f ? a : b; }
 FV_HD double fv_select_nonneg(double c, double a, double b) { return c >= 0.0 ? a : b; }
 
-// softplus(l) = log(1 + e^l), written so that neither branch overflows for |l| up to 1e4.
+// x*log(sigmoid(l)) + (1-x)*log(1-sigmoid(l)) == x*l - softplus(l), and its derivative
+// x - sigmoid(l), from one exp: with e = exp(-|l|) in (0, 1] and r = 1/(1+e) = sigmoid(|l|),
+// softplus(l) = max(l, 0) + log1p(e) and sigmoid(l) = r (l >= 0) or e*r (l < 0). Nothing
+// overflows for any finite l.
 template <typename T>
-FV_HD T softplus(T l) {
-  return fv_max(l, T(0)) + fv_log1p(fv_exp(T(0) - fv_abs(l)));
+FV_HD T bernoulli_ll_with_grad(T l, T x, T* grad) {
+  const T e = fv_exp(T(0) - fv_abs(l));
+  const T r = fv_div(T(1), T(1) + e);
+  *grad = x - fv_select_nonneg(l, r, e * r);
+  return x * l - fv_max(l, T(0)) - fv_log1p_unit(e);
 }
 
-// x*log(sigmoid(l)) + (1-x)*log(1-sigmoid(l)) == x*l - softplus(l).
 template <typename T>
 FV_HD T bernoulli_ll(T l, T x) {
-  return x * l - softplus(l);
+  T unused;
+  return bernoulli_ll_with_grad(l, x, &unused);
 }
 
-// sigmoid(l) without overflow: e = exp(-|l|) in (0, 1]; sigmoid = 1/(1+e) for l >= 0, e/(1+e) else.
-template <typename T>
-FV_HD T sigmoid_stable(T l) {
-  T e = fv_exp(T(0) - fv_abs(l));
-  T r = fv_div(T(1), T(1) + e);
-  return fv_select_nonneg(l, r, e * r);
-}
-
-// d/dl of bernoulli_ll.
 template <typename T>
 FV_HD T bernoulli_ll_grad(T l, T x) {
-  return x - sigmoid_stable(l);
+  T grad;
+  bernoulli_ll_with_grad(l, x, &grad);
+  return grad;
 }
 
 // log N(x | m, e^lv) for one element, given inv_var = e^-lv.

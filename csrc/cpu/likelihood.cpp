@@ -26,16 +26,18 @@ void bernoulli_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor
   row_sums<acc_t>(
       rows, cols, ll.mutable_data_ptr<acc_t>(),
       [&](int64_t r, int64_t j) {
-        const auto lv = load_widened<acc_t>(l + r * cols + j);
-        const auto xv = load_widened<acc_t>(x_at(r, j));
-        if (g) store_narrowed<acc_t>(g + r * cols + j, bernoulli_ll_grad(lv, xv));
-        return bernoulli_ll(lv, xv);
+        Vec<acc_t> dl;
+        const auto ll = bernoulli_ll_with_grad(load_widened<acc_t>(l + r * cols + j),
+                                               load_widened<acc_t>(x_at(r, j)), &dl);
+        if (g) store_narrowed<acc_t>(g + r * cols + j, dl);
+        return ll;
       },
       [&](int64_t r, int64_t j) {
-        const acc_t lv = static_cast<acc_t>(l[r * cols + j]);
-        const acc_t xv = static_cast<acc_t>(*x_at(r, j));
-        if (g) g[r * cols + j] = static_cast<scalar_t>(bernoulli_ll_grad(lv, xv));
-        return bernoulli_ll(lv, xv);
+        acc_t dl;
+        const acc_t ll = bernoulli_ll_with_grad(static_cast<acc_t>(l[r * cols + j]),
+                                                static_cast<acc_t>(*x_at(r, j)), &dl);
+        if (g) g[r * cols + j] = static_cast<scalar_t>(dl);
+        return ll;
       });
 }
 

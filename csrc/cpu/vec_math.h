@@ -12,10 +12,28 @@ namespace fastvae {
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
+// exp_u20 (2 ulp) costs about half of the 1-ulp exp; the row sums cannot see the difference.
 template <typename T>
-inline Vec<T> fv_exp(const Vec<T>& v) { return v.exp(); }
+inline Vec<T> fv_exp(const Vec<T>& v) { return v.exp_u20(); }
+template <typename T>
+inline Vec<T> fv_log(const Vec<T>& v) { return v.log(); }
 template <typename T>
 inline Vec<T> fv_log1p(const Vec<T>& v) { return v.log1p(); }
+// log(1 + e) for e in [0, 1] as 2 atanh(s), s = e / (2 + e) in [0, 1/3], by the odd series of
+// atanh to s^13 (truncation < 5e-9 relative): a third of the cost of Sleef's log1p for float.
+inline Vec<float> fv_log1p_unit(const Vec<float>& e) {
+  const Vec<float> s = e / (Vec<float>(2.f) + e);
+  const Vec<float> s2 = s * s;
+  Vec<float> p(1.f / 13.f);
+  p = at::vec::fmadd(p, s2, Vec<float>(1.f / 11.f));
+  p = at::vec::fmadd(p, s2, Vec<float>(1.f / 9.f));
+  p = at::vec::fmadd(p, s2, Vec<float>(1.f / 7.f));
+  p = at::vec::fmadd(p, s2, Vec<float>(1.f / 5.f));
+  p = at::vec::fmadd(p, s2, Vec<float>(1.f / 3.f));
+  p = at::vec::fmadd(p, s2, Vec<float>(1.f));
+  return Vec<float>(2.f) * s * p;
+}
+inline Vec<double> fv_log1p_unit(const Vec<double>& e) { return e.log1p(); }
 template <typename T>
 inline Vec<T> fv_abs(const Vec<T>& v) { return v.abs(); }
 template <typename T>
