@@ -27,7 +27,7 @@ using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
                                          const at::Tensor& logvar);                              \
   /* likelihood */                                                                               \
   TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x,             \
-                                      bool compute_grad);                                        \
+                                      bool compute_grad, double grad_scale);                     \
   at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x,                \
                                      const at::Tensor& logvar);                                  \
   TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Tensor& mean,    \

@@ -173,6 +173,14 @@ def bernoulli_log_likelihood(
     broadcast over leading dims of ``logits`` (e.g. K samples of logits against one batch).
     The gradient for ``logits`` is computed in the forward pass, when logits require grad.
     """
+    return _bernoulli_log_likelihood(logits, x, event_dims, grad_scale=1.0)
+
+
+def _bernoulli_log_likelihood(
+    logits: torch.Tensor, x: torch.Tensor, event_dims: Optional[int], grad_scale: float
+) -> torch.Tensor:
+    """bernoulli_log_likelihood whose saved logits-gradient is pre-multiplied by grad_scale,
+    the gradient the caller's loss will send back for each row (see fastvae/ops.py)."""
     _check_float("logits", logits)
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -188,7 +196,7 @@ def bernoulli_log_likelihood(
         x = x.to(logits.dtype)
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
     ll, _ = ops.bernoulli_log_likelihood(
-        _as_rows(logits, shape, e, full=True), _as_rows(x, shape, e), compute_grad
+        _as_rows(logits, shape, e, full=True), _as_rows(x, shape, e), compute_grad, grad_scale
     )
     return ll.view(_split_event(shape, e))
 
@@ -284,7 +292,10 @@ def elbo(
     if recon.dim() < 1:
         raise ValueError("recon must have a batch dim")
     if likelihood == "bernoulli":
-        rec = bernoulli_log_likelihood(recon, x, event_dims=max(recon.dim() - 1, 1))
+        # d loss / d ll_row is -1/B for the mean and -1 for the sum: folded into the kernel.
+        rows = recon.shape[0] if recon.dim() > 1 else 1
+        scale = {"mean": -1.0 / rows, "sum": -1.0, "none": 1.0}[reduction]
+        rec = _bernoulli_log_likelihood(recon, x, max(recon.dim() - 1, 1), grad_scale=scale)
     else:
         rec = gaussian_log_likelihood(recon, x, obs_logvar, event_dims=max(recon.dim() - 1, 1))
     kl = kl_standard_normal(mu, logvar)

@@ -8,6 +8,7 @@ broadcasting for users live one layer up, in :mod:`fastvae.functional`.
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from . import _extension  # noqa: F401  (loads the kernels and the op schemas)
 
@@ -56,7 +57,7 @@ def _(grad, mu, logvar):
 
 
 @torch.library.register_fake("fastvae::bernoulli_log_likelihood")
-def _(logits, x, compute_grad):
+def _(logits, x, compute_grad, grad_scale=1.0):
     grad = torch.empty_like(logits) if compute_grad else logits.new_empty((0,))
     return _rows_out(logits), grad
 
@@ -122,32 +123,48 @@ torch.library.register_autograd("fastvae::kl_standard_normal", _kl_backward, set
 
 
 def _bernoulli_setup(ctx, inputs, output):
-    logits, x, _ = inputs
+    logits, x, _, grad_scale = inputs
     # The forward pass already wrote d ll / d logits; the logits are kept only if x needs a
     # gradient (d ll / d x = logits), which soft targets rarely do.
     ctx.save_for_backward(output[1], logits if x.requires_grad else None)
     ctx.x_rows = x.shape[0]
+    ctx.grad_scale = grad_scale
     # The second output is the saved gradient itself: no gradient flows into it, and autograd
     # must not fill a zero tensor of the data's size for it on every backward pass.
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
 
 
+def _is_exactly(grad: torch.Tensor, value: float) -> bool:
+    """True when every entry of grad equals value; False whenever checking would need a sync
+    that is not allowed (CUDA graph capture) or a data-dependent branch (torch.compile)."""
+    if torch.compiler.is_compiling() or is_fake(grad):  # traced: no data to look at
+        return False
+    if grad.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
+    return bool((grad == value).all())
+
+
 def _bernoulli_backward(ctx, grad_ll, _grad_of_grad):
     dlogits, logits = ctx.saved_tensors
     grad_logits = grad_x = None
     if grad_ll is None:  # grads are not materialised: nothing flowed into the log-likelihood
-        return None, None, None
+        return None, None, None, None
     if ctx.needs_input_grad[0]:
         if dlogits.numel() == 0:
             raise RuntimeError(
                 "fastvae::bernoulli_log_likelihood was called with compute_grad=False, "
                 "so it has no gradient for logits"
             )
-        grad_logits = dlogits * grad_ll.unsqueeze(1).to(dlogits.dtype)
+        if _is_exactly(grad_ll, ctx.grad_scale):
+            # The forward pass already applied exactly this gradient (the loss's own -1/B or
+            # -1): hand the saved tensor on instead of a rescaled copy, a pass over B x D saved.
+            grad_logits = dlogits
+        else:
+            grad_logits = dlogits * (grad_ll / ctx.grad_scale).unsqueeze(1).to(dlogits.dtype)
     if ctx.needs_input_grad[1]:
         grad_x = _sum_repeats(logits * grad_ll.unsqueeze(1).to(logits.dtype), ctx.x_rows)
-    return grad_logits, grad_x, None
+    return grad_logits, grad_x, None, None
 
 
 torch.library.register_autograd(

@@ -297,3 +297,22 @@ def test_raw_ops_reject_bad_layouts():
         ops.kl_standard_normal(torch.randn(3), torch.randn(3))
     with pytest.raises(RuntimeError, match="must divide"):
         ops.bernoulli_log_likelihood(torch.randn(6, 4), torch.rand(4, 4), False)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_elbo_plain_backward_reuses_forward_gradient(device, reduction):
+    """loss.backward() sends back exactly the gradient the kernel pre-applied: the saved tensor
+    is handed on as is; a second, scaled backward must still be right (retain_graph)."""
+    recon = torch.randn(33, 50, device=device, requires_grad=True)
+    x = (torch.rand(33, 50, device=device) > 0.5).to(torch.uint8)
+    mu, lv = torch.randn(33, 4, device=device), torch.randn(33, 4, device=device)
+    loss = F.elbo(recon, x, mu, lv, reduction=reduction)
+    loss.backward(retain_graph=True)
+    first = recon.grad.clone()
+    recon.grad = None
+    (loss * 3.0).backward()
+    recon64 = recon.detach().double().requires_grad_()
+    R.elbo(recon64, x.double(), mu.double(), lv.double(), reduction=reduction).backward()
+    assert rel_err(first, recon64.grad) < 1e-6
+    assert rel_err(recon.grad, 3.0 * recon64.grad) < 1e-6

@@ -15,28 +15,30 @@ namespace {
 
 template <typename scalar_t, typename x_t>
 void bernoulli_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll,
-                       at::Tensor& grad) {
+                       at::Tensor& grad, at::opmath_type<scalar_t> scale) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = logits.size(0), cols = logits.size(1), x_rows = x.size(0);
   const scalar_t* l = logits.const_data_ptr<scalar_t>();
   const x_t* xp = x.const_data_ptr<x_t>();
   scalar_t* g = grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr;
   auto x_at = [&](int64_t r, int64_t j) { return xp + (r % x_rows) * cols + j; };
-  // The gradient x - sigmoid(l) is written in the same pass (it is what backward needs).
+  // The gradient (x - sigmoid(l)) * scale is written in the same pass: with scale set to what
+  // the loss will send back (-1/B for a mean), backward can hand it on untouched.
+  const Vec<acc_t> vscale(scale);
   row_sums<acc_t>(
       rows, cols, ll.mutable_data_ptr<acc_t>(),
       [&](int64_t r, int64_t j) {
         Vec<acc_t> dl;
         const auto ll = bernoulli_ll_with_grad(load_widened<acc_t>(l + r * cols + j),
                                                load_widened<acc_t>(x_at(r, j)), &dl);
-        if (g) store_narrowed<acc_t>(g + r * cols + j, dl);
+        if (g) store_narrowed<acc_t>(g + r * cols + j, dl * vscale);
         return ll;
       },
       [&](int64_t r, int64_t j) {
         acc_t dl;
         const acc_t ll = bernoulli_ll_with_grad(static_cast<acc_t>(l[r * cols + j]),
                                                 static_cast<acc_t>(*x_at(r, j)), &dl);
-        if (g) g[r * cols + j] = static_cast<scalar_t>(dl);
+        if (g) g[r * cols + j] = static_cast<scalar_t>(dl * scale);
         return ll;
       });
 }
@@ -44,8 +46,9 @@ void bernoulli_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor
 }  // namespace
 
 TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x,
-                                    bool compute_grad) {
+                                    bool compute_grad, double grad_scale) {
   check_matrix(logits, "logits");
+  TORCH_CHECK(grad_scale != 0.0, "fastvae: grad_scale must be non-zero");
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "fastvae: x must be a contiguous 2-D tensor");
   TORCH_CHECK(x.scalar_type() == logits.scalar_type() || x.scalar_type() == at::kByte ||
                   x.scalar_type() == at::kBool,
@@ -56,9 +59,9 @@ TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& 
   at::Tensor grad = compute_grad ? at::empty_like(logits) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "bernoulli_ll", [&] {
     switch (x.scalar_type()) {
-      case at::kByte: bernoulli_forward<scalar_t, uint8_t>(logits, x, ll, grad); break;
-      case at::kBool: bernoulli_forward<scalar_t, bool>(logits, x, ll, grad); break;
-      default: bernoulli_forward<scalar_t, scalar_t>(logits, x, ll, grad);
+      case at::kByte: bernoulli_forward<scalar_t, uint8_t>(logits, x, ll, grad, grad_scale); break;
+      case at::kBool: bernoulli_forward<scalar_t, bool>(logits, x, ll, grad, grad_scale); break;
+      default: bernoulli_forward<scalar_t, scalar_t>(logits, x, ll, grad, grad_scale);
     }
   });
   return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
