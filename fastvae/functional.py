@@ -53,6 +53,9 @@ def _check_devices(**tensors: torch.Tensor) -> None:
 
 
 def _broadcast_shape(**tensors: torch.Tensor) -> torch.Size:
+    shapes = [t.shape for t in tensors.values()]
+    if all(s == shapes[0] for s in shapes[1:]):  # the common case, without torch's slow path
+        return shapes[0]
     try:
         return torch.broadcast_shapes(*(t.shape for t in tensors.values()))
     except RuntimeError:
@@ -63,6 +66,10 @@ def _broadcast_shape(**tensors: torch.Tensor) -> torch.Size:
 def _check_nonempty(shape: Sequence[int], what: str) -> None:
     if math.prod(shape) == 0:
         raise ValueError(f"{what} is empty (shape {tuple(shape)}); fastvae ops need at least one element")
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -89,6 +96,8 @@ def _as_rows(t: torch.Tensor, shape: torch.Size, event_ndim: int, full: bool = F
     any other broadcast (or ``full=True``) expands it to every row.
     """
     lead, event = shape[: len(shape) - event_ndim], shape[len(shape) - event_ndim:]
+    if t.shape == shape and t.is_contiguous():  # the common case: a free view
+        return t if t.dim() == 2 and event_ndim == 1 else t.view(-1, math.prod(event))
     while t.dim() > event_ndim and t.shape[0] == 1:
         t = t.squeeze(0)
     if t.shape[max(t.dim() - event_ndim, 0):] != event:
@@ -138,8 +147,8 @@ def reparameterize(
     shape = _broadcast_shape(mu=mu, logvar=logvar)
     _check_nonempty(shape, "mu")
     dtype = _common_dtype(mu, logvar)
-    mu_c = mu.to(dtype).expand(shape).contiguous()
-    logvar_c = logvar.to(dtype).expand(shape).contiguous()
+    mu_c = _cast(mu, dtype).expand(shape).contiguous()
+    logvar_c = _cast(logvar, dtype).expand(shape).contiguous()
     rng_state = ops.philox_state(mu_c, generator)
     z = ops.reparameterize(mu_c, logvar_c, rng_state, 1 if num_samples is None else num_samples)
     return z.squeeze(0) if num_samples is None else z
@@ -157,7 +166,7 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     _check_nonempty(shape, "mu")
     dtype = _common_dtype(mu, logvar)
     kl = ops.kl_standard_normal(
-        _as_rows(mu.to(dtype), shape, 1, full=True), _as_rows(logvar.to(dtype), shape, 1, full=True)
+        _as_rows(_cast(mu, dtype), shape, 1, full=True), _as_rows(_cast(logvar, dtype), shape, 1, full=True)
     )
     return kl.view(_split_event(shape, 1))
 
@@ -193,7 +202,7 @@ def _bernoulli_log_likelihood(
     e = _event_dims(event_dims, len(shape), "logits")
     _check_nonempty(shape, "logits")
     if x.dtype in _FLOATS:
-        x = x.to(logits.dtype)
+        x = _cast(x, logits.dtype)
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
     ll, _ = ops.bernoulli_log_likelihood(
         _as_rows(logits, shape, e, full=True), _as_rows(x, shape, e), compute_grad, grad_scale
@@ -227,8 +236,8 @@ def gaussian_log_likelihood(
     _check_nonempty(shape, "mean")
     ll = ops.gaussian_log_likelihood(
         _as_rows(mean, shape, e, full=True),
-        _as_rows(x.to(mean.dtype), shape, e),
-        _as_rows(logvar_t.to(mean.dtype), shape, e),
+        _as_rows(_cast(x, mean.dtype), shape, e),
+        _as_rows(_cast(logvar_t, mean.dtype), shape, e),
     )
     return ll.view(_split_event(shape, e))
 
@@ -249,9 +258,9 @@ def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
         raise ValueError("z needs a latent dim (at least 1-D)")
     _check_nonempty(shape, "z")
     dtype = _common_dtype(z, mu, logvar)
-    mu_rows = _as_rows(mu.to(dtype).expand(params), shape, 1)
-    logvar_rows = _as_rows(logvar.to(dtype).expand(params), shape, 1)
-    out = ops.gaussian_log_density(_as_rows(z.to(dtype), shape, 1, full=True), mu_rows, logvar_rows)
+    mu_rows = _as_rows(_cast(mu, dtype).expand(params), shape, 1)
+    logvar_rows = _as_rows(_cast(logvar, dtype).expand(params), shape, 1)
+    out = ops.gaussian_log_density(_as_rows(_cast(z, dtype), shape, 1, full=True), mu_rows, logvar_rows)
     return out.view(_split_event(shape, 1))
 
 
