@@ -56,4 +56,44 @@ inline void check_rng_state(const at::Tensor& s, const at::Tensor& like) {
   check_same_device(s, "rng_state", like, "mu");
 }
 
+// (rows,) incoming gradient of a row-sum op: contiguous, of the accumulation dtype.
+inline void check_row_grad(const at::Tensor& grad, const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == like.size(0) && grad.is_contiguous() &&
+                  grad.scalar_type() == acc_dtype(like.scalar_type()),
+              "fastvae: grad must be a contiguous (rows,) tensor of the accumulation dtype");
+  check_same_device(grad, "grad", like, like_name);
+}
+
+// mean (rows, D); x and logvar broadcast over its rows; one dtype for all three.
+inline void check_gaussian(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar) {
+  check_matrix(mean, "mean");
+  check_matrix(x, "x");
+  check_matrix(logvar, "logvar");
+  TORCH_CHECK(x.scalar_type() == mean.scalar_type() && logvar.scalar_type() == mean.scalar_type(),
+              "fastvae: mean, x and logvar must share a dtype, got ", mean.scalar_type(), ", ",
+              x.scalar_type(), ", ", logvar.scalar_type());
+  check_row_broadcast(mean, "mean", x, "x");
+  check_row_broadcast(mean, "mean", logvar, "logvar");
+}
+
+// z (rows, Z); mu and logvar of one shape, broadcast over z's rows; one dtype for all three.
+inline void check_density(const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar) {
+  check_matrix(z, "z");
+  check_matrix(mu, "mu");
+  check_matrix(logvar, "logvar");
+  check_same_shape(mu, "mu", logvar, "logvar");
+  TORCH_CHECK(mu.scalar_type() == z.scalar_type() && logvar.scalar_type() == z.scalar_type(),
+              "fastvae: z, mu and logvar must share a dtype");
+  check_row_broadcast(z, "z", mu, "mu");
+}
+
+inline void check_sampling_inputs(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state) {
+  TORCH_CHECK(is_reduced_or_float(mu.scalar_type()), "fastvae: mu must be floating point, got ",
+              mu.scalar_type());
+  TORCH_CHECK(mu.scalar_type() == logvar.scalar_type(), "fastvae: mu and logvar must share a dtype");
+  check_same_shape(mu, "mu", logvar, "logvar");
+  TORCH_CHECK(mu.is_contiguous() && logvar.is_contiguous(), "fastvae: mu and logvar must be contiguous");
+  check_rng_state(rng_state, mu);
+}
+
 }  // namespace fastvae

@@ -11,27 +11,6 @@
 namespace fastvae {
 namespace cpu {
 
-namespace {
-
-void check_density(const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar) {
-  check_matrix(z, "z");
-  check_matrix(mu, "mu");
-  check_matrix(logvar, "logvar");
-  check_same_shape(mu, "mu", logvar, "logvar");
-  TORCH_CHECK(mu.scalar_type() == z.scalar_type() && logvar.scalar_type() == z.scalar_type(),
-              "fastvae: z, mu and logvar must share a dtype");
-  check_row_broadcast(z, "z", mu, "mu");
-}
-
-void check_row_grad(const at::Tensor& grad, const at::Tensor& like) {
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == like.size(0) && grad.is_contiguous() &&
-                  grad.scalar_type() == acc_dtype(like.scalar_type()),
-              "fastvae: grad must be a contiguous (rows,) tensor of the accumulation dtype");
-  check_same_device(grad, "grad", like, "z");
-}
-
-}  // namespace
-
 at::Tensor gaussian_log_density(const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar) {
   check_density(z, mu, logvar);
   auto out = at::empty({z.size(0)}, z.options().dtype(acc_dtype(z.scalar_type())));
@@ -62,7 +41,7 @@ at::Tensor gaussian_log_density(const at::Tensor& z, const at::Tensor& mu, const
 TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Tensor& z,
                                            const at::Tensor& mu, const at::Tensor& logvar) {
   check_density(z, mu, logvar);
-  check_row_grad(grad, z);
+  check_row_grad(grad, z, "z");
   auto grad_z = at::empty_like(z);
   at::Tensor grad_mu, grad_logvar;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "gaussian_density_bwd", [&] {
@@ -121,7 +100,7 @@ at::Tensor standard_normal_log_density(const at::Tensor& z) {
 
 at::Tensor standard_normal_log_density_backward(const at::Tensor& grad, const at::Tensor& z) {
   check_matrix(z, "z");
-  check_row_grad(grad, z);
+  check_row_grad(grad, z, "z");
   auto grad_z = at::empty_like(z);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "std_normal_density_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;

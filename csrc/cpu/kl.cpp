@@ -37,9 +37,7 @@ TensorPair kl_standard_normal_backward(const at::Tensor& grad, const at::Tensor&
                                        const at::Tensor& logvar) {
   check_matrix(mu, "mu");
   check_same_shape(mu, "mu", logvar, "logvar");
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == mu.size(0) && grad.is_contiguous() &&
-                  grad.scalar_type() == acc_dtype(mu.scalar_type()),
-              "fastvae: grad must be a contiguous (rows,) tensor of the accumulation dtype");
+  check_row_grad(grad, mu, "mu");
   auto grad_mu = at::empty_like(mu);
   auto grad_logvar = at::empty_like(logvar);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "kl_bwd", [&] {

@@ -67,21 +67,6 @@ TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& 
   return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
 }
 
-namespace {
-
-void check_gaussian(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar) {
-  check_matrix(mean, "mean");
-  check_matrix(x, "x");
-  check_matrix(logvar, "logvar");
-  TORCH_CHECK(x.scalar_type() == mean.scalar_type() && logvar.scalar_type() == mean.scalar_type(),
-              "fastvae: mean, x and logvar must share a dtype, got ", mean.scalar_type(), ", ",
-              x.scalar_type(), ", ", logvar.scalar_type());
-  check_row_broadcast(mean, "mean", x, "x");
-  check_row_broadcast(mean, "mean", logvar, "logvar");
-}
-
-}  // namespace
-
 at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x,
                                    const at::Tensor& logvar) {
   check_gaussian(mean, x, logvar);
@@ -112,9 +97,7 @@ TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Te
                                             const at::Tensor& x, const at::Tensor& logvar,
                                             bool logvar_grad) {
   check_gaussian(mean, x, logvar);
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == mean.size(0) && grad.is_contiguous() &&
-                  grad.scalar_type() == acc_dtype(mean.scalar_type()),
-              "fastvae: grad must be a contiguous (rows,) tensor of the accumulation dtype");
+  check_row_grad(grad, mean, "mean");
   auto grad_mean = at::empty_like(mean);
   at::Tensor grad_logvar;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "gaussian_ll_bwd", [&] {

@@ -34,15 +34,6 @@ void for_each_eps(PhiloxState st, int64_t begin, int64_t end, const Fn& fn) {
   }
 }
 
-void check_sampling_inputs(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state) {
-  TORCH_CHECK(is_reduced_or_float(mu.scalar_type()), "fastvae: mu must be floating point, got ",
-              mu.scalar_type());
-  TORCH_CHECK(mu.scalar_type() == logvar.scalar_type(), "fastvae: mu and logvar must share a dtype");
-  check_same_shape(mu, "mu", logvar, "logvar");
-  TORCH_CHECK(mu.is_contiguous() && logvar.is_contiguous(), "fastvae: mu and logvar must be contiguous");
-  check_rng_state(rng_state, mu);
-}
-
 }  // namespace
 
 at::Tensor philox_state(const at::Tensor& like, std::optional<at::Generator> generator) {
