@@ -93,7 +93,7 @@ def _extension():
         include_dirs.append(os.path.abspath(nvidia_include))
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     define_macros.append(("FASTVAE_WITH_CUDA", None))
-    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "--extended-lambda", "-lineinfo"]
     return cpp_extension.CUDAExtension(
         "fastvae._C", sources, include_dirs=include_dirs, define_macros=define_macros,
         extra_compile_args={"cxx": cxx, "nvcc": nvcc},

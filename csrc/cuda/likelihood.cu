@@ -1,0 +1,120 @@
+// Bernoulli and Gaussian log-likelihoods per row, mirroring csrc/cpu/likelihood.cpp; x may
+// broadcast over the leading rows (row r reads x row r % x.rows).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "common/checks.h"
+#include "cuda/launch.cuh"
+#include "ops.h"
+
+namespace fastvae {
+namespace cuda {
+
+using namespace cuda_detail;
+
+namespace {
+
+template <typename scalar_t, typename x_t>
+void bernoulli_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad,
+                       at::opmath_type<scalar_t> scale) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t cols = logits.size(1), x_rows = x.size(0);
+  const scalar_t* l = logits.const_data_ptr<scalar_t>();
+  const x_t* xp = x.const_data_ptr<x_t>();
+  scalar_t* g = grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr;
+  // (x - sigmoid(l)) * scale is written in the same pass, ready for backward.
+  row_sums<acc_t>(logits.size(0), cols, ll.mutable_data_ptr<acc_t>(), ll.options(),
+                  [=] __device__(int64_t r, int64_t j) {
+                    acc_t dl;
+                    const acc_t v = bernoulli_ll_with_grad(static_cast<acc_t>(l[r * cols + j]),
+                                                           static_cast<acc_t>(xp[(r % x_rows) * cols + j]), &dl);
+                    if (g) g[r * cols + j] = static_cast<scalar_t>(dl * scale);
+                    return v;
+                  });
+}
+
+}  // namespace
+
+TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad,
+                                    double grad_scale) {
+  check_matrix(logits, "logits");
+  TORCH_CHECK(grad_scale != 0.0, "fastvae: grad_scale must be non-zero");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "fastvae: x must be a contiguous 2-D tensor");
+  TORCH_CHECK(x.scalar_type() == logits.scalar_type() || x.scalar_type() == at::kByte ||
+                  x.scalar_type() == at::kBool,
+              "fastvae: x must have the dtype of logits (", logits.scalar_type(), "), uint8 or bool, got ",
+              x.scalar_type());
+  check_row_broadcast(logits, "logits", x, "x");
+  const c10::cuda::CUDAGuard guard(logits.device());
+  auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
+  at::Tensor grad = compute_grad ? at::empty_like(logits) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "bernoulli_ll_cuda", [&] {
+    switch (x.scalar_type()) {
+      case at::kByte: bernoulli_forward<scalar_t, uint8_t>(logits, x, ll, grad, grad_scale); break;
+      case at::kBool: bernoulli_forward<scalar_t, bool>(logits, x, ll, grad, grad_scale); break;
+      default: bernoulli_forward<scalar_t, scalar_t>(logits, x, ll, grad, grad_scale);
+    }
+  });
+  return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
+}
+
+at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar) {
+  check_gaussian(mean, x, logvar);
+  const c10::cuda::CUDAGuard guard(mean.device());
+  auto acc_opts = mean.options().dtype(acc_dtype(mean.scalar_type()));
+  auto ll = at::empty({mean.size(0)}, acc_opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "gaussian_ll_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t cols = mean.size(1), x_rows = x.size(0), lv_rows = logvar.size(0);
+    const scalar_t* m = mean.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* lvp = logvar.const_data_ptr<scalar_t>();
+    row_sums<acc_t>(mean.size(0), cols, ll.mutable_data_ptr<acc_t>(), acc_opts, [=] __device__(int64_t r, int64_t j) {
+      const acc_t lv = static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]);
+      return gaussian_ll(static_cast<acc_t>(xp[(r % x_rows) * cols + j]), static_cast<acc_t>(m[r * cols + j]), lv,
+                         fv_exp(-lv));
+    });
+  });
+  return ll;
+}
+
+TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Tensor& mean, const at::Tensor& x,
+                                            const at::Tensor& logvar, bool logvar_grad) {
+  check_gaussian(mean, x, logvar);
+  check_row_grad(grad, mean, "mean");
+  const c10::cuda::CUDAGuard guard(mean.device());
+  auto grad_mean = at::empty_like(mean);
+  at::Tensor grad_logvar;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "gaussian_ll_bwd_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t rows = mean.size(0), cols = mean.size(1), x_rows = x.size(0), lv_rows = logvar.size(0);
+    const acc_t* gp = grad.const_data_ptr<acc_t>();
+    const scalar_t* m = mean.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* lvp = logvar.const_data_ptr<scalar_t>();
+    scalar_t* gm = grad_mean.mutable_data_ptr<scalar_t>();
+    row_map(rows, cols, [=] __device__(int64_t r, int64_t j) {
+      const acc_t inv_var = fv_exp(-static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
+      gm[r * cols + j] = static_cast<scalar_t>(
+          gp[r] * gaussian_ll_grad_mean(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
+                                        static_cast<acc_t>(m[r * cols + j]), inv_var));
+    });
+    if (logvar_grad) {
+      auto acc_opts = logvar.options().dtype(acc_dtype(logvar.scalar_type()));
+      auto acc = at::empty(logvar.sizes(), acc_opts);
+      repeat_sums<acc_t>(rows, lv_rows, cols, acc.mutable_data_ptr<acc_t>(), acc_opts,
+                         [=] __device__(int64_t r, int64_t j) {
+                           const acc_t inv_var = fv_exp(-static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
+                           return gp[r] * gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
+                                                                  static_cast<acc_t>(m[r * cols + j]), inv_var);
+                         });
+      grad_logvar = acc.to(logvar.scalar_type());
+    }
+  });
+  return {grad_mean, logvar_grad ? grad_logvar : at::empty({0}, logvar.options())};
+}
+
+}  // namespace cuda
+}  // namespace fastvae
