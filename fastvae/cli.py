@@ -1,0 +1,444 @@
+"""Command line: ``fastvae train | sample | eval | bench`` (also ``python -m fastvae``).
+
+``fastvae train`` with no flags trains a small VAE with a 2-D latent space on scikit-learn's
+bundled 8x8 digits (no download) in seconds and writes a checkpoint, metrics and pictures.
+Under ``torchrun --nproc_per_node N -m fastvae train ...`` it trains with DistributedDataParallel.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+# Defaults of `train`, filled in after parsing so that a resumed run can tell which flags the
+# user actually gave ("auto" entries depend on the data set; see _resolve_auto).
+TRAIN_DEFAULTS: Dict[str, Any] = {
+    "data": "digits", "data_dir": None, "npz_key": "x", "binarize": "auto",
+    "epochs": "auto", "batch_size": 128, "lr": 1e-3, "max_steps": None,
+    "arch": "mlp", "hidden": "400", "channels": "32,64", "activation": "relu", "latent_dim": "auto",
+    "likelihood": "bernoulli", "obs_var": "fixed", "obs_logvar": 0.0,
+    "beta": 1.0, "warmup": 0, "warmup_unit": "epochs", "free_bits": 0.0,
+    "loss_impl": "fused", "seed": 0, "device": "auto", "amp": False, "compile": False,
+    "out": None, "eval_samples": 100, "eval_batch_size": 1000, "log_every": 0,
+    "checkpoint_every": 1, "progress": None, "plots": True, "num_images": 64,
+}
+# Flags that change the run itself; a resumed run takes them from the checkpoint.
+_FIXED_ON_RESUME = ("data", "data_dir", "npz_key", "binarize", "batch_size", "lr", "arch", "hidden",
+                    "channels", "activation", "latent_dim", "likelihood", "obs_var", "obs_logvar",
+                    "beta", "warmup", "warmup_unit", "free_bits", "loss_impl", "seed")
+
+
+def _csv_ints(text: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _default(name: str) -> str:
+    return f" (default: {TRAIN_DEFAULTS[name]})"
+
+
+def _add_data_args(p: argparse.ArgumentParser, for_train: bool) -> None:
+    where = "" if for_train else " (default: the data set the checkpoint was trained on)"
+    p.add_argument("--data", default=None,
+                   help="'digits' (scikit-learn's 8x8 digits, bundled), 'mnist' (IDX files in "
+                        "--data-dir) or a path to an .npz file" + (_default("data") if for_train else where))
+    p.add_argument("--data-dir", default=None,
+                   help="directory of the MNIST IDX files (default: $FASTVAE_MNIST_DIR, else "
+                        "../shared/data/mnist-t10k next to the repository), or base for a relative .npz path")
+    p.add_argument("--npz-key", default=None,
+                   help="array name in the .npz file (also looks for KEY_train/KEY_test and y/labels)"
+                        + (_default("npz_key") if for_train else where))
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    _add_data_args(p, for_train=True)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training set (default: 50 for digits, 10 otherwise)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="global minibatch size, split evenly over torchrun ranks" + _default("batch_size"))
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate" + _default("lr"))
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimizer steps in total (default: run all epochs)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="seed for weights, data order, binarisation and sampling noise" + _default("seed"))
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", choices=("mlp", "conv"), default=None,
+                   help="fully connected or convolutional encoder/decoder" + _default("arch"))
+    m.add_argument("--hidden", default=None,
+                   help="MLP hidden widths, comma-separated, e.g. 512,256" + _default("hidden"))
+    m.add_argument("--channels", default=None,
+                   help="conv channels per stride-2 layer, comma-separated" + _default("channels"))
+    m.add_argument("--activation", choices=("relu", "elu", "silu", "tanh"), default=None,
+                   help="hidden activation" + _default("activation"))
+    m.add_argument("--latent-dim", type=int, default=None,
+                   help="latent dimensions (default: 2 for digits, so latents.png shows the latent "
+                        "space; 20 otherwise)")
+    m.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=None,
+                   help="p(x|z): Bernoulli on logits or Gaussian on a mean" + _default("likelihood"))
+    m.add_argument("--obs-var", choices=("fixed", "scalar", "per_dim", "per_element"), default=None,
+                   help="Gaussian observation variance: fixed at --obs-logvar, one learned scalar, one "
+                        "learned per pixel, or predicted by the decoder" + _default("obs_var"))
+    m.add_argument("--obs-logvar", type=float, default=None,
+                   help="Gaussian observation log-variance (fixed value or initial value)" + _default("obs_logvar"))
+    o = p.add_argument_group("objective")
+    o.add_argument("--binarize", choices=("auto", "none", "static", "dynamic"), default=None,
+                   help="binarise grey levels: 'dynamic' redraws x ~ Bernoulli(grey) for every batch, "
+                        "'static' thresholds at 0.5; 'auto' is dynamic for a Bernoulli likelihood, "
+                        "none for a Gaussian" + _default("binarize"))
+    o.add_argument("--beta", type=float, default=None, help="weight of the KL term (beta-VAE)" + _default("beta"))
+    o.add_argument("--warmup", type=int, default=None,
+                   help="KL warm-up length: beta ramps linearly from 0 over this many --warmup-unit"
+                        + _default("warmup"))
+    o.add_argument("--warmup-unit", choices=("epochs", "steps"), default=None,
+                   help="unit of --warmup" + _default("warmup_unit"))
+    o.add_argument("--free-bits", type=float, default=None,
+                   help="KL floor per latent dimension, in nats" + _default("free_bits"))
+    o.add_argument("--loss-impl", choices=("fused", "reference"), default=None,
+                   help="fused kernels (fastvae.functional) or plain PyTorch (fastvae.reference)"
+                        + _default("loss_impl"))
+    r = p.add_argument_group("run")
+    r.add_argument("--device", default=None,
+                   help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'; under torchrun each "
+                        "rank uses cuda:LOCAL_RANK" + _default("device"))
+    r.add_argument("--amp", action="store_true", default=None,
+                   help="bf16 autocast for the networks (CUDA only)")
+    r.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the encoder and decoder (the first steps take longer)")
+    r.add_argument("--out", default=None,
+                   help="output directory (default: runs/<data set name>; with --resume, the "
+                        "checkpoint's directory)")
+    r.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                   help="continue the run saved in CHECKPOINT (a file or a directory; without a value: "
+                        "--out's checkpoint); data, model and objective come from the checkpoint and "
+                        "only --epochs, --max-steps and the flags of this group may change")
+    r.add_argument("--eval-samples", type=int, default=None,
+                   help="importance samples K for the test log-likelihood after training, 0 to skip"
+                        + _default("eval_samples"))
+    r.add_argument("--eval-batch-size", type=int, default=None,
+                   help="examples per evaluation chunk" + _default("eval_batch_size"))
+    r.add_argument("--log-every", type=int, default=None,
+                   help="also log a metrics line every N steps (0: once per epoch)" + _default("log_every"))
+    r.add_argument("--checkpoint-every", type=int, default=None,
+                   help="epochs between checkpoints (0: only at the end and on Ctrl-C)"
+                        + _default("checkpoint_every"))
+    r.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show a progress bar with the running ELBO (default: only on a terminal)")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
+    r.add_argument("--no-plots", dest="plots", action="store_false", default=None,
+                   help="skip samples.png, reconstructions.png, curve.png and latents.png")
+    r.add_argument("--num-images", type=int, default=None,
+                   help="images in samples.png" + _default("num_images"))
+
+
+def _add_sample_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint file, or the directory holding checkpoint.pt")
+    p.add_argument("--out", default=None, help="PNG to write (default: samples.png next to the checkpoint)")
+    p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--nrow", type=int, default=None, help="images per row (default: about square)")
+    p.add_argument("--draw", action="store_true",
+                   help="draw x ~ p(x|z) instead of showing the decoder mean")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default: 0)")
+    p.add_argument("--device", default="cpu", help="device to decode on (default: cpu)")
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint file, or the directory holding checkpoint.pt")
+    _add_data_args(p, for_train=False)
+    p.add_argument("--num-samples", "-k", type=int, default=5000,
+                   help="importance samples K per example for log p(x); cost grows linearly with K "
+                        "(default: 5000)")
+    p.add_argument("--max-examples", type=int, default=None,
+                   help="evaluate only the first N test examples (default: all)")
+    p.add_argument("--batch-size", type=int, default=100,
+                   help="examples per log-likelihood chunk (default: 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default: 0)")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N' (default: auto)")
+    p.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="progress bar over test chunks (default: only on a terminal)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
+
+def _bench_missing(args: argparse.Namespace) -> int:
+    print("fastvae bench: the benchmark module (fastvae.bench) is not installed in this build",
+          file=sys.stderr)
+    return 2
+
+
+def _add_bench(sub: Any, wanted: bool) -> None:
+    p = sub.add_parser("bench", help="time the fused losses against plain PyTorch (fastvae.bench)",
+                       description="Benchmarks from fastvae.bench.")
+    if not wanted:
+        # Importing the benchmarks costs time; only `fastvae bench ...` needs their flags.
+        return
+    try:
+        from . import bench
+    except ModuleNotFoundError as err:
+        if err.name != "fastvae.bench":
+            raise
+        p.set_defaults(func=_bench_missing)
+        return
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run)
+
+
+def build_parser(with_bench_args: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; ``with_bench_args`` imports fastvae.bench for its flags."""
+    parser = argparse.ArgumentParser(
+        prog="fastvae",
+        description="Train, sample from and evaluate VAEs on fastvae's fused loss kernels.",
+        epilog="Run `fastvae COMMAND --help` for a command's flags. Multi-process training: "
+               "torchrun --nproc_per_node N -m fastvae train ...",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = sub.add_parser("train", help="train a VAE; writes checkpoint, metrics and pictures",
+                       description="Train a VAE (Adam, minibatches) and write checkpoint.pt, metrics.jsonl, "
+                                   "samples.png, reconstructions.png, curve.png and, for a 2-D latent space, "
+                                   "latents.png to --out.")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG grid",
+                       description="Decode z ~ N(0, I) with a trained model and save a PNG grid.")
+    _add_sample_args(p)
+    p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("eval", help="test ELBO and importance-sampled log-likelihood of a checkpoint",
+                       description="Print the test ELBO and the importance-sampled estimate of log p(x) "
+                                   "(IWAE bound with K samples) of a trained model.")
+    _add_eval_args(p)
+    p.set_defaults(func=cmd_eval)
+    _add_bench(sub, with_bench_args)
+    return parser
+
+
+# ---------------------------------------------------------------------- helpers
+def _resolve_auto(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    digits = cfg["data"] == "digits"
+    if cfg["epochs"] == "auto":
+        cfg["epochs"] = 50 if digits else 10
+    if cfg["latent_dim"] == "auto":
+        cfg["latent_dim"] = 2 if digits else 20
+    if cfg["binarize"] == "auto":
+        cfg["binarize"] = "dynamic" if cfg["likelihood"] == "bernoulli" else None
+    elif cfg["binarize"] == "none":
+        cfg["binarize"] = None
+    return cfg
+
+
+def _load_data(name: str, data_dir: Optional[str], key: str):
+    from .data import load_dataset
+
+    return load_dataset(name, data_dir=data_dir, key=key)
+
+
+def _shaped(x, arch: str, image_shape):
+    # Conv nets take (N, C, H, W); MLPs flatten whatever they get.
+    return x.reshape(x.shape[0], *image_shape) if arch == "conv" else x
+
+
+def _build_model(cfg: Dict[str, Any], image_shape, input_dim: int):
+    from .models import build_conv_vae, build_mlp_vae
+
+    common = dict(latent_dim=cfg["latent_dim"], likelihood=cfg["likelihood"], activation=cfg["activation"],
+                  obs_var=cfg["obs_var"], obs_logvar=cfg["obs_logvar"], beta=cfg["beta"])
+    if cfg["arch"] == "conv":
+        if len(image_shape) != 3:
+            raise ValueError(f"--arch conv needs (C, H, W) images; this data set has shape {image_shape}")
+        return build_conv_vae(image_shape=image_shape, channels=_csv_ints(cfg["channels"]), **common)
+    return build_mlp_vae(input_dim=input_dim, hidden=_csv_ints(cfg["hidden"]), data_shape=image_shape, **common)
+
+
+def _write_pictures(model, data, cfg: Dict[str, Any], metrics_path: Path, out: Path) -> List[Path]:
+    from . import plots
+    from .training import eval_data
+
+    test = eval_data(_shaped(data.test, cfg["arch"], data.image_shape), cfg["binarize"], cfg["seed"])
+    paths = [plots.save_samples(model, out / "samples.png", n=cfg["num_images"], seed=cfg["seed"]),
+             plots.save_reconstructions(model, test, out / "reconstructions.png")]
+    if metrics_path.is_file() and metrics_path.stat().st_size:
+        paths.append(plots.save_training_curve(metrics_path, out / "curve.png"))
+    if model.latent_dim == 2:
+        paths.append(plots.save_latent_scatter(model, test, data.test_labels, out / "latents.png"))
+    return paths
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    """`fastvae train`: fresh run or --resume; returns the exit status."""
+    import torch
+
+    from .training import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, Trainer, load_checkpoint, seed_everything
+
+    given = {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None}
+    if args.resume is not None:
+        ckpt = Path(args.resume) if args.resume else Path(given.get("out") or "")
+        if not args.resume and "out" not in given:
+            raise ValueError("--resume without a value needs --out (the directory holding checkpoint.pt)")
+        fixed = sorted(k for k in given if k in _FIXED_ON_RESUME)
+        if fixed:
+            raise ValueError("cannot change " + ", ".join("--" + k.replace("_", "-") for k in fixed)
+                             + " when resuming: the checkpoint fixes them")
+        state = load_checkpoint(ckpt)
+        if "cli" not in state.get("extra", {}):
+            raise ValueError(f"{ckpt} was not written by `fastvae train`; continue it from Python "
+                             "with fastvae.training.Trainer.from_checkpoint")
+        cfg = {**TRAIN_DEFAULTS, **state["extra"]["cli"], **given}
+        if "out" not in given:
+            cfg["out"] = str(ckpt if ckpt.is_dir() else ckpt.parent)
+    else:
+        cfg = _resolve_auto({**TRAIN_DEFAULTS, **given})
+    if cfg["out"] is None:
+        cfg["out"] = str(Path("runs") / Path(str(cfg["data"])).stem)
+    out = Path(cfg["out"])
+
+    data = _load_data(cfg["data"], cfg["data_dir"], cfg["npz_key"])
+    train_x = _shaped(data.train, cfg["arch"], data.image_shape)
+    test_x = _shaped(data.test, cfg["arch"], data.image_shape)
+    run_keys = ("epochs", "max_steps", "device", "amp", "compile", "eval_samples", "eval_batch_size",
+                "log_every", "checkpoint_every", "progress")
+    if args.resume is not None:
+        overrides = {k: cfg[k] for k in run_keys}
+        trainer = Trainer.from_checkpoint(ckpt, train_x, test_x, out_dir=out, **overrides)
+        trainer.extra["cli"] = {k: v for k, v in cfg.items() if k not in ("out",)}
+        start = f"resuming at epoch {trainer.epoch}, step {trainer.step}"
+    else:
+        config = TrainConfig(
+            epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], beta=cfg["beta"],
+            warmup=cfg["warmup"], warmup_unit=cfg["warmup_unit"], free_bits=cfg["free_bits"],
+            seed=cfg["seed"], device=cfg["device"], amp=cfg["amp"], compile=cfg["compile"],
+            loss_impl=cfg["loss_impl"], binarize=cfg["binarize"], max_steps=cfg["max_steps"],
+            eval_batch_size=cfg["eval_batch_size"], eval_samples=cfg["eval_samples"],
+            log_every=cfg["log_every"], progress=cfg["progress"], checkpoint_every=cfg["checkpoint_every"],
+        )
+        seed_everything(cfg["seed"])  # the weights' initialisation
+        model = _build_model(cfg, data.image_shape, data.input_dim)
+        extra = {"cli": {k: v for k, v in cfg.items() if k != "out"}}
+        trainer = Trainer(model, train_x, test_x, config, out_dir=out, extra=extra)
+        start = "training"
+    main_rank = trainer.dist.is_main
+    say: Callable[..., None] = print if main_rank else (lambda *a, **k: None)
+    say(f"fastvae: {start} on {data.name} ({data.train.shape[0]} train / {data.test.shape[0]} test, "
+        f"image {tuple(data.image_shape)}), {trainer.dist.world_size} process(es) on {trainer.device}")
+    try:
+        try:
+            summary = trainer.fit()
+        except KeyboardInterrupt:
+            ckpt_path = out / CHECKPOINT_NAME
+            say(f"\ninterrupted at step {trainer.step}; checkpoint: {ckpt_path}\n"
+                f"continue with: fastvae train --resume {ckpt_path}", file=sys.stderr)
+            return 130
+        if not main_rank:
+            return 0
+        parts = [f"epoch {summary['epoch']}", f"step {summary['step']}"]
+        if "test_elbo" in summary:
+            parts.append(f"test ELBO {summary['test_elbo']:.3f} nats")
+        if "test_log_likelihood" in summary:
+            parts.append(f"test log p(x) ~ {summary['test_log_likelihood']:.3f} nats (K={cfg['eval_samples']})")
+        say("done: " + ", ".join(parts) + f" in {summary['time']:.1f} s")
+        written = [out / CHECKPOINT_NAME, out / METRICS_NAME]
+        if cfg["plots"]:
+            trainer.model.eval()
+            with torch.no_grad():
+                written += _write_pictures(trainer.model, data, cfg, out / METRICS_NAME, out)
+        for path in written:
+            say(f"wrote {path}")
+        return 0
+    finally:
+        trainer.close()
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """`fastvae sample`: a PNG grid of samples from a checkpoint."""
+    from . import plots
+    from .training import load_model
+
+    if args.num < 1:
+        raise ValueError(f"--num must be >= 1, got {args.num}")
+    model, _ = load_model(args.checkpoint, args.device)
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "samples.png"
+    path = plots.save_samples(model, out, n=args.num, seed=args.seed, mean=not args.draw, nrow=args.nrow)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """`fastvae eval`: test ELBO and importance-sampled log-likelihood of a checkpoint."""
+    import torch
+
+    from .training import eval_data, load_model, resolve_device
+
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = resolve_device(args.device)
+    model, state = load_model(args.checkpoint, device)
+    trained = {**TRAIN_DEFAULTS, **state["extra"].get("cli", {})}
+    name = args.data or trained["data"]
+    data_dir = args.data_dir if args.data else (args.data_dir or trained["data_dir"])
+    data = _load_data(name, data_dir, args.npz_key or trained["npz_key"])
+    tcfg = state["train_config"]
+    test = eval_data(data.test, tcfg["binarize"], tcfg["seed"])
+    if args.max_examples is not None:
+        if args.max_examples < 1:
+            raise ValueError(f"--max-examples must be >= 1, got {args.max_examples}")
+        test = test[:args.max_examples]
+    test = _shaped(test, model.config.get("arch") or "mlp", data.image_shape)
+
+    chunks = test.split(args.batch_size)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=f"eval (K={args.num_samples})", unit="chunk")
+    torch.manual_seed(args.seed)
+    elbo_sum, ll_sum = 0.0, 0.0
+    with torch.no_grad():
+        for chunk in chunks:
+            chunk = chunk.to(device)
+            elbo_sum += model.elbo(chunk).double().sum().item()
+            ll_sum += model.log_likelihood(chunk, num_samples=args.num_samples).double().sum().item()
+    n = test.shape[0]
+    result = {"checkpoint": str(args.checkpoint), "data": str(name), "examples": n,
+              "test_elbo": elbo_sum / n, "test_log_likelihood": ll_sum / n, "num_samples": args.num_samples}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"test examples:           {n} ({name})")
+        print(f"test ELBO:               {result['test_elbo']:.4f} nats")
+        print(f"test log p(x) (K={args.num_samples}): {result['test_log_likelihood']:.4f} nats")
+    return 0
+
+
+def _command_of(argv: Sequence[str]) -> Optional[str]:
+    for token in argv:
+        if not token.startswith("-"):
+            return token
+    return None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``fastvae`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(with_bench_args=_command_of(argv) == "bench")
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        # Bad flags or missing files: a one-line message, not a traceback.
+        parser.exit(2, f"fastvae {args.command}: error: {err}\n")
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
