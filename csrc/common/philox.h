@@ -52,20 +52,35 @@ FV_HD void fv_sincos_2pi(double u, double* s, double* c) {
   *c = ::cos(a);
 }
 
-// The four standard normals of one Philox group, in precision T (float or double).
+// The four raw 32-bit outputs of one Philox group.
+FV_HD void philox_group_bits(PhiloxState st, uint64_t group, uint32_t c[4]) {
+  c[0] = static_cast<uint32_t>(group);
+  c[1] = static_cast<uint32_t>(group >> 32);
+  c[2] = static_cast<uint32_t>(st.offset);
+  c[3] = static_cast<uint32_t>(st.offset >> 32);
+  philox4x32_10(c, static_cast<uint32_t>(st.seed), static_cast<uint32_t>(st.seed >> 32));
+}
+
+// Box-Muller inputs from a pair of outputs: u1 in (0, 1] (never 0, so log(u1) stays finite), u2 in [0, 1).
+template <typename T>
+FV_HD T philox_u1(uint32_t bits) {
+  return (static_cast<T>(bits) + T(1)) * T(2.3283064365386963e-10);
+}
+template <typename T>
+FV_HD T philox_u2(uint32_t bits) {
+  return static_cast<T>(bits) * T(2.3283064365386963e-10);
+}
+
+// The four standard normals of one Philox group, in precision T (float or double):
+// (c0, c1) -> lanes 0 (cos) and 1 (sin), (c2, c3) -> lanes 2 and 3.
 template <typename T>
 FV_HD void philox_normal4(PhiloxState st, uint64_t group, T out[4]) {
-  uint32_t c[4] = {static_cast<uint32_t>(group), static_cast<uint32_t>(group >> 32),
-                   static_cast<uint32_t>(st.offset), static_cast<uint32_t>(st.offset >> 32)};
-  philox4x32_10(c, static_cast<uint32_t>(st.seed), static_cast<uint32_t>(st.seed >> 32));
-  constexpr T kTwoNeg32 = T(2.3283064365386963e-10);  // 2^-32
+  uint32_t c[4];
+  philox_group_bits(st, group, c);
   for (int pair = 0; pair < 2; ++pair) {
-    // u1 in (0, 1]: never 0, so log(u1) stays finite.
-    const T u1 = (static_cast<T>(c[2 * pair]) + T(1)) * kTwoNeg32;
-    const T u2 = static_cast<T>(c[2 * pair + 1]) * kTwoNeg32;
-    const T radius = fv_sqrt(T(-2) * fv_log(u1));
+    const T radius = fv_sqrt(T(-2) * fv_log(philox_u1<T>(c[2 * pair])));
     T s, co;
-    fv_sincos_2pi(u2, &s, &co);
+    fv_sincos_2pi(philox_u2<T>(c[2 * pair + 1]), &s, &co);
     out[2 * pair] = radius * co;
     out[2 * pair + 1] = radius * s;
   }
