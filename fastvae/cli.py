@@ -32,13 +32,13 @@ _FIXED_ON_RESUME = ("data", "data_dir", "npz_key", "binarize", "batch_size", "lr
                     "beta", "warmup", "warmup_unit", "free_bits", "loss_impl", "seed")
 
 
-def _csv_ints(text: str) -> List[int]:
+def _csv_ints(text: str, flag: str) -> List[int]:
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        values = []
     if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        raise ValueError(f"{flag} must be comma-separated positive integers, got {text!r}")
     return values
 
 
@@ -253,8 +253,8 @@ def _build_model(cfg: Dict[str, Any], image_shape, input_dim: int):
     if cfg["arch"] == "conv":
         if len(image_shape) != 3:
             raise ValueError(f"--arch conv needs (C, H, W) images; this data set has shape {image_shape}")
-        return build_conv_vae(image_shape=image_shape, channels=_csv_ints(cfg["channels"]), **common)
-    return build_mlp_vae(input_dim=input_dim, hidden=_csv_ints(cfg["hidden"]), data_shape=image_shape, **common)
+        return build_conv_vae(image_shape=image_shape, channels=_csv_ints(cfg["channels"], "--channels"), **common)
+    return build_mlp_vae(input_dim=input_dim, hidden=_csv_ints(cfg["hidden"], "--hidden"), data_shape=image_shape, **common)
 
 
 def _write_pictures(model, data, cfg: Dict[str, Any], metrics_path: Path, out: Path) -> List[Path]:
@@ -274,9 +274,7 @@ def _write_pictures(model, data, cfg: Dict[str, Any], metrics_path: Path, out: P
 # ---------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
     """`fastvae train`: fresh run or --resume; returns the exit status."""
-    import torch
-
-    from .training import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, Trainer, load_checkpoint, seed_everything
+    from .training import CHECKPOINT_NAME, TrainConfig, Trainer, load_checkpoint, seed_everything
 
     given = {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None}
     if args.resume is not None:
@@ -329,31 +327,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     say(f"fastvae: {start} on {data.name} ({data.train.shape[0]} train / {data.test.shape[0]} test, "
         f"image {tuple(data.image_shape)}), {trainer.dist.world_size} process(es) on {trainer.device}")
     try:
-        try:
-            summary = trainer.fit()
-        except KeyboardInterrupt:
-            ckpt_path = out / CHECKPOINT_NAME
-            say(f"\ninterrupted at step {trainer.step}; checkpoint: {ckpt_path}\n"
-                f"continue with: fastvae train --resume {ckpt_path}", file=sys.stderr)
-            return 130
-        if not main_rank:
-            return 0
-        parts = [f"epoch {summary['epoch']}", f"step {summary['step']}"]
-        if "test_elbo" in summary:
-            parts.append(f"test ELBO {summary['test_elbo']:.3f} nats")
-        if "test_log_likelihood" in summary:
-            parts.append(f"test log p(x) ~ {summary['test_log_likelihood']:.3f} nats (K={cfg['eval_samples']})")
-        say("done: " + ", ".join(parts) + f" in {summary['time']:.1f} s")
-        written = [out / CHECKPOINT_NAME, out / METRICS_NAME]
-        if cfg["plots"]:
-            trainer.model.eval()
-            with torch.no_grad():
-                written += _write_pictures(trainer.model, data, cfg, out / METRICS_NAME, out)
-        for path in written:
-            say(f"wrote {path}")
-        return 0
-    finally:
-        trainer.close()
+        summary = trainer.fit()
+    except KeyboardInterrupt:
+        trainer.close(barrier=False)
+        ckpt_path = out / CHECKPOINT_NAME
+        say(f"\ninterrupted at step {trainer.step}; checkpoint: {ckpt_path}\n"
+            f"continue with: fastvae train --resume {ckpt_path}", file=sys.stderr)
+        return 130
+    except BaseException:
+        trainer.close(barrier=False)
+        raise
+    if main_rank:
+        _report(trainer, summary, data, cfg, out)
+    trainer.close()  # the other ranks wait here while rank 0 draws
+    return 0
+
+
+def _report(trainer, summary: Dict[str, Any], data, cfg: Dict[str, Any], out: Path) -> None:
+    """Print the results of a training run and write its pictures (rank 0)."""
+    import torch
+
+    from .training import CHECKPOINT_NAME, METRICS_NAME
+
+    parts = [f"epoch {summary['epoch']}", f"step {summary['step']}"]
+    if "test_elbo" in summary:
+        parts.append(f"test ELBO {summary['test_elbo']:.3f} nats")
+    if "test_log_likelihood" in summary:
+        parts.append(f"test log p(x) ~ {summary['test_log_likelihood']:.3f} nats (K={cfg['eval_samples']})")
+    print("done: " + ", ".join(parts) + f" in {summary['time']:.1f} s")
+    written = [out / CHECKPOINT_NAME, out / METRICS_NAME]
+    if cfg["plots"]:
+        trainer.model.eval()
+        with torch.no_grad():
+            written += _write_pictures(trainer.model, data, cfg, out / METRICS_NAME, out)
+    for path in written:
+        print(f"wrote {path}")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -409,6 +409,9 @@ class Trainer:
         if cfg.amp and device.type != "cuda":
             raise ValueError(f"amp=True (bf16 autocast) needs a CUDA device; device is {device}")
         self.dist, self.device = _setup_distributed(device)
+        if cfg.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
+                             f"({self.dist.world_size}): each rank takes an equal share of the global batch")
         self.model = model.to(self.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.extra = dict(extra or {})
@@ -475,6 +478,7 @@ class Trainer:
         idx = self._perm[index * b:(index + 1) * b]
         usable = len(idx) - len(idx) % w
         if usable != len(idx) and self.dist.is_main and not self._warned_drop:
+            # Equal shares keep the mean of per-rank means equal to the global mean.
             warnings.warn(f"the last batch of each epoch loses {len(idx) - usable} example(s) so that "
                           f"it splits evenly over {w} ranks", stacklevel=3)
             self._warned_drop = True
@@ -798,9 +802,16 @@ class Trainer:
         running = time.perf_counter() - self._clock if self._clock is not None else 0.0
         return self._elapsed + running
 
-    def close(self) -> None:
-        """Leave the process group if this trainer created it."""
+    def close(self, barrier: bool = True) -> None:
+        """Leave the process group if this trainer created it.
+
+        ``barrier`` first waits for every rank (collective), so that no rank tears its
+        connections down while another still uses them (gloo aborts on that); pass False
+        after an error, when the other ranks may never arrive.
+        """
         if self.dist.owns_group and dist.is_initialized():
+            if barrier:
+                dist.barrier()
             dist.destroy_process_group()
             self.dist.owns_group = False
 
@@ -815,6 +826,9 @@ def fit(
     """Train ``model`` with `TrainConfig(**config)`; returns `Trainer.fit`'s summary."""
     trainer = Trainer(model, train, test, TrainConfig(**config), out_dir=out_dir)
     try:
-        return trainer.fit()
-    finally:
-        trainer.close()
+        summary = trainer.fit()
+    except BaseException:
+        trainer.close(barrier=False)
+        raise
+    trainer.close()
+    return summary
