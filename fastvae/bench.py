@@ -353,6 +353,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw the plot")
 
 
+def command(args: argparse.Namespace) -> int:
+    """``fastvae bench``: runs the benchmarks; the exit status."""
+    run(args)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)

@@ -169,27 +169,16 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
 
-def _bench_missing(args: argparse.Namespace) -> int:
-    print("fastvae bench: the benchmark module (fastvae.bench) is not installed in this build",
-          file=sys.stderr)
-    return 2
-
-
 def _add_bench(sub: Any, wanted: bool) -> None:
     p = sub.add_parser("bench", help="time the fused losses against plain PyTorch (fastvae.bench)",
                        description="Benchmarks from fastvae.bench.")
     if not wanted:
         # Importing the benchmarks costs time; only `fastvae bench ...` needs their flags.
         return
-    try:
-        from . import bench
-    except ModuleNotFoundError as err:
-        if err.name != "fastvae.bench":
-            raise
-        p.set_defaults(func=_bench_missing)
-        return
+    from . import bench
+
     bench.add_arguments(p)
-    p.set_defaults(func=bench.run)
+    p.set_defaults(func=bench.command)
 
 
 def build_parser(with_bench_args: bool = False) -> argparse.ArgumentParser:

@@ -149,13 +149,20 @@ def test_bench_delegates_to_fastvae_bench(monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("fastvae.bench")
     fake.add_arguments = lambda p: p.add_argument("--size", type=int, default=1, help="size")
-    fake.run = lambda args: calls.append(args.size) or 0
+    fake.command = lambda args: calls.append(args.size) or 0
     monkeypatch.setitem(sys.modules, "fastvae.bench", fake)
     import fastvae
 
     monkeypatch.setattr(fastvae, "bench", fake, raising=False)
     assert cli.main(["bench", "--size", "7"]) == 0
     assert calls == [7]
+
+
+def test_bench_command_runs_the_real_harness(tmp_path):
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--device", "cpu", "--quick", "--elbo-only", "--dtype", "float32", "--no-compile",
+                     "--no-train", "--repeats", "2", "--no-plot", "--out", str(out)]) == 0
+    assert out.exists()
 
 
 def test_python_m_fastvae_help():
