@@ -58,6 +58,35 @@ TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Ten
       return -g[r] * gaussian_ll_grad_mean(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]),
                                            fv_exp(-static_cast<acc_t>(lv[p])));
     };
+    if (mu_rows == rows) {
+      // No sample dim: all three gradients in one vectorised pass, nothing to sum.
+      grad_mu = at::empty_like(mu);
+      grad_logvar = at::empty_like(logvar);
+      scalar_t* gm = grad_mu.mutable_data_ptr<scalar_t>();
+      scalar_t* glv = grad_logvar.mutable_data_ptr<scalar_t>();
+      row_map<acc_t>(
+          rows, cols,
+          [&](int64_t r, int64_t j) {
+            const int64_t i = r * cols + j;
+            const Vec<acc_t> gr(g[r]);
+            const auto zv = load_widened<acc_t>(zp + i), mv = load_widened<acc_t>(m + i);
+            const auto inv_var = fv_exp(Vec<acc_t>(0) - load_widened<acc_t>(lv + i));
+            const auto d = gr * gaussian_ll_grad_mean(zv, mv, inv_var);
+            store_narrowed<acc_t>(gz + i, Vec<acc_t>(0) - d);
+            store_narrowed<acc_t>(gm + i, d);
+            store_narrowed<acc_t>(glv + i, gr * gaussian_ll_grad_logvar(zv, mv, inv_var));
+          },
+          [&](int64_t r, int64_t j) {
+            const int64_t i = r * cols + j;
+            const acc_t zv = static_cast<acc_t>(zp[i]), mv = static_cast<acc_t>(m[i]);
+            const acc_t inv_var = fv_exp(-static_cast<acc_t>(lv[i]));
+            const acc_t d = g[r] * gaussian_ll_grad_mean(zv, mv, inv_var);
+            gz[i] = static_cast<scalar_t>(-d);
+            gm[i] = static_cast<scalar_t>(d);
+            glv[i] = static_cast<scalar_t>(g[r] * gaussian_ll_grad_logvar(zv, mv, inv_var));
+          });
+      return;
+    }
     row_map<acc_t>(
         rows, cols,
         [&](int64_t r, int64_t j) {

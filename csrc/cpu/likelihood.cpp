@@ -109,21 +109,29 @@ TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Te
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* lvp = logvar.const_data_ptr<scalar_t>();
     scalar_t* gm = grad_mean.mutable_data_ptr<scalar_t>();
+    // A per-element variance (the decoder's) gets its gradient in the same vectorised pass as
+    // the mean; a broadcast one is summed over the rows that read it, below.
+    const bool fused_logvar = logvar_grad && lv_rows == rows;
+    if (fused_logvar) grad_logvar = at::empty_like(logvar);
+    scalar_t* glv = fused_logvar ? grad_logvar.mutable_data_ptr<scalar_t>() : nullptr;
     row_map<acc_t>(
         rows, cols,
         [&](int64_t r, int64_t j) {
+          const Vec<acc_t> g(gp[r]);
+          const auto xv = load_widened<acc_t>(xp + (r % x_rows) * cols + j);
+          const auto mv = load_widened<acc_t>(m + r * cols + j);
           const auto inv_var = fv_exp(Vec<acc_t>(0) - load_widened<acc_t>(lvp + (r % lv_rows) * cols + j));
-          const auto d = gaussian_ll_grad_mean(load_widened<acc_t>(xp + (r % x_rows) * cols + j),
-                                               load_widened<acc_t>(m + r * cols + j), inv_var);
-          store_narrowed<acc_t>(gm + r * cols + j, d * Vec<acc_t>(gp[r]));
+          store_narrowed<acc_t>(gm + r * cols + j, g * gaussian_ll_grad_mean(xv, mv, inv_var));
+          if (glv) store_narrowed<acc_t>(glv + r * cols + j, g * gaussian_ll_grad_logvar(xv, mv, inv_var));
         },
         [&](int64_t r, int64_t j) {
+          const acc_t xv = static_cast<acc_t>(xp[(r % x_rows) * cols + j]);
+          const acc_t mv = static_cast<acc_t>(m[r * cols + j]);
           const acc_t inv_var = fv_exp(-static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
-          gm[r * cols + j] = static_cast<scalar_t>(
-              gp[r] * gaussian_ll_grad_mean(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
-                                            static_cast<acc_t>(m[r * cols + j]), inv_var));
+          gm[r * cols + j] = static_cast<scalar_t>(gp[r] * gaussian_ll_grad_mean(xv, mv, inv_var));
+          if (glv) glv[r * cols + j] = static_cast<scalar_t>(gp[r] * gaussian_ll_grad_logvar(xv, mv, inv_var));
         });
-    if (logvar_grad) {
+    if (logvar_grad && !fused_logvar) {
       // Summed over every row that read this logvar row (per-dim and scalar variances).
       auto acc = at::empty(logvar.sizes(), logvar.options().dtype(acc_dtype(logvar.scalar_type())));
       repeat_sums<acc_t>(rows, lv_rows, cols, acc.mutable_data_ptr<acc_t>(), [&](int64_t r, int64_t j) {
