@@ -1,369 +1,759 @@
-"""Benchmarks: fused ops vs the eager reference vs the reference under torch.compile.
+"""Benchmarks: the fused ops against the eager reference and that reference under torch.compile.
 
-Each case times forward + backward of the same inputs for the three implementations in one run
-(warm-up, then the median of repeats; CUDA timed with events), and reports speed-ups against eager
-and compile, the peak memory of forward + backward (CUDA: ``max_memory_allocated``; not measured
-on CPU, where torch keeps no allocator statistics) and, on CUDA, the achieved bandwidth over the
-minimum bytes the fused op must move next to a device-to-device copy measured in the same run.
-``train`` cases time optimiser steps of the classic 784-400-20 MNIST VAE with each loss.
+Every case runs forward + backward of the same inputs for three implementations in one run:
 
-    fastvae bench [--quick] [--large] [--dtype float32 bfloat16] [--out results.json]
+- ``fused``: :mod:`fastvae.functional`,
+- ``eager``: the plain-PyTorch twin in :mod:`fastvae.reference`,
+- ``compile``: that twin under ``torch.compile`` (default mode, static shapes, fresh per case).
+
+Timing: warm-up calls, then ``repeats`` timed calls per implementation, interleaved round-robin so
+that drift and noisy neighbours hit all three alike; the median is reported (CUDA: CUDA events).
+Speed-up = median(baseline) / median(fused), so > 1 means fused is faster.
+
+Memory: the peak of forward + backward above what was allocated before the call. CUDA:
+``torch.cuda.max_memory_allocated``. CPU (torch keeps no CPU allocator statistics): one extra call
+under ``torch.profiler`` with ``profile_memory=True``; the peak of the running sum of every
+allocation and free made through torch's CPU allocator during that call. Memory a kernel takes
+outside torch's allocator would not be seen (fastvae's CPU kernels allocate only ATen tensors).
+
+Bandwidth: minimum bytes the op must move (each input read once, each gradient and output written
+once, each upstream gradient read once) over the fused median, next to the bandwidth of a plain
+``copy_`` of a 256 MiB buffer measured in the same run. Reported on every device; it only means
+something for cases far larger than the caches.
+
+``train`` rows are Adam steps per second of the classic 784-400-20 MLP VAE with each loss.
+
+    fastvae bench [--quick] [--large] [--families ...] [--ops ...] [--dtype ...] [--out r.json]
+    fastvae bench --table r.json        # the markdown table for README.md, from a saved report
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import platform
 import statistics
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from . import functional as F
 from . import reference as R
 
+SCHEMA = "fastvae-bench/2"
 IMPLS = ("fused", "eager", "compile")
+OPS = (
+    "elbo",
+    "bernoulli_log_likelihood",
+    "gaussian_log_likelihood",
+    "kl_standard_normal",
+    "gaussian_log_density",
+    "standard_normal_log_density",
+    "reparameterize",
+)
+# Ops on the latent code: at MNIST-like sizes they run on (B, Z), elsewhere on (B, D).
+LATENT_OPS = ("kl_standard_normal", "gaussian_log_density", "standard_normal_log_density", "reparameterize")
+FAMILIES = ("mnist", "short_rows", "images", "large")
+COPY_BYTES = 256 * 2**20
 
 
+# ---------------------------------------------------------------- sizes
+def family_shapes(family: str, quick: bool = False) -> List[Dict[str, int]]:
+    """The (B, D, Z) shapes of one size family; ``quick`` keeps a CI-sized subset."""
+    if family == "mnist":
+        sizes = [(128, 784, 20), (1024, 784, 20), (4096, 784, 64)]
+        if quick:
+            sizes = [(128, 784, 20), (1024, 784, 20)]
+    elif family == "short_rows":
+        sizes = [(65536, 64, 16)]
+    elif family == "images":
+        sizes = [(256, 3 * 64 * 64, 128)]
+    elif family == "large":
+        sizes = [(131072, 784, 64)]  # B * D = 1.03e8
+    else:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    return [{"B": b, "D": d, "Z": z} for b, d, z in sizes]
+
+
+def default_families(device: torch.device, quick: bool, large: bool) -> List[str]:
+    """Every family on CUDA; on CPU the large one only with ``large`` and none but MNIST when quick."""
+    if quick:
+        return ["mnist"] + (["large"] if large else [])
+    if device.type == "cuda" or large:
+        return list(FAMILIES)
+    return ["mnist", "short_rows", "images"]
+
+
+# ---------------------------------------------------------------- cases
 @dataclass
 class Case:
-    """One benchmark: ``make(impl)`` returns a closure running forward + backward once."""
+    """One benchmark. ``forward(impl)`` returns a function computing the outputs;
+    ``make(impl)`` a function running forward + backward once (gradients dropped after)."""
 
     op: str
+    family: str
     shape: Dict[str, int]
     dtype: str
-    make: Callable[[str], Callable[[], None]] = field(repr=False)
-    min_bytes: int = 0  # bytes the fused forward + backward must read and write at least
+    min_bytes: int
+    forward: Callable[[str], Callable[[], Tuple[torch.Tensor, ...]]] = field(repr=False)
+    upstream: Callable[[Tuple[torch.Tensor, ...]], Tuple[Optional[torch.Tensor], ...]] = field(repr=False)
+    leaves: Sequence[torch.Tensor] = field(repr=False, default=())
+
+    @property
+    def elements(self) -> int:
+        """Elements of the largest operand: the x axis of the plot."""
+        b, d = self.shape["B"], self.shape["D"]
+        return b * d
+
+    def make(self, impl: str) -> Callable[[], None]:
+        forward = self.forward(impl)
+        leaves = self.leaves
+        upstream = self.upstream
+
+        def step() -> None:
+            outs = forward()
+            torch.autograd.backward(outs, upstream(outs))
+            for t in leaves:
+                t.grad = None
+
+        return step
 
 
-@dataclass
-class Result:
-    op: str
-    shape: Dict[str, int]
-    dtype: str
-    median_ms: Dict[str, Optional[float]]
-    peak_mem_mb: Dict[str, Optional[float]]
-    speedup_vs_eager: Optional[float]
-    speedup_vs_compile: Optional[float]
-    fused_gbps: Optional[float] = None
+def _leaf(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(shape, device=device) * scale).to(dtype).requires_grad_()
 
 
-# ---------------------------------------------------------------- timing
+def _binary(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return (torch.rand(shape, device=device) > 0.5).to(dtype)
+
+
+def _upstream_grads(like: Sequence[Tuple[int, ...]], device: torch.device) -> Callable:
+    """Random upstream gradients for non-scalar outputs (as a decoder or a weighted mean would
+    deliver), one per output shape, cast once per output dtype and cached."""
+    base = [torch.randn(s, device=device) if s else None for s in like]
+    cache: Dict[Tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def grads(outs: Tuple[torch.Tensor, ...]) -> Tuple[Optional[torch.Tensor], ...]:
+        res = []
+        for i, (o, g) in enumerate(zip(outs, base)):
+            if g is None:
+                res.append(None)
+                continue
+            key = (i, o.dtype)
+            if key not in cache:
+                cache[key] = g.to(o.dtype)
+            res.append(cache[key])
+        return tuple(res)
+
+    return grads
+
+
+def _nbytes(*ts: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def build_case(op: str, shape: Dict[str, int], dtype: torch.dtype, device: torch.device,
+               family: str = "custom") -> Case:
+    """The case for ``op`` at ``shape`` (keys B, D, Z). Latent ops use (B, Z) in the MNIST family
+    and (B, D) elsewhere; ``elbo`` uses a Gaussian likelihood in the images family."""
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    b, d, z = int(shape["B"]), int(shape["D"]), int(shape["Z"])
+    if min(b, d, z) < 1:
+        raise ValueError(f"shape sizes must be >= 1, got {shape}")
+    dname = str(dtype).replace("torch.", "")
+    esize = torch.empty((), dtype=dtype).element_size()
+    rows_esize = 8 if dtype == torch.float64 else 4  # row outputs are float32 (float64 for float64)
+    cols = z if (op in LATENT_OPS and family == "mnist") else d
+    case_shape = {"B": b, "D": cols} if op != "elbo" else {"B": b, "D": d, "Z": z}
+
+    if op == "elbo":
+        gaussian = family == "images"
+        recon = _leaf((b, d), dtype, device, 1.0 if gaussian else 3.0)
+        x = torch.randn(b, d, device=device).to(dtype) if gaussian else _binary((b, d), dtype, device)
+        mu, lv = _leaf((b, z), dtype, device), _leaf((b, z), dtype, device, 0.5)
+        lik = "gaussian" if gaussian else "bernoulli"
+
+        def impl_fn(mod):
+            # The whole loss of a training step: the sample z goes on to the decoder (its
+            # gradient arrives from there), the negative ELBO to the optimiser.
+            return lambda: (mod.reparameterize(mu, lv), mod.elbo(recon, x, mu, lv, likelihood=lik, obs_logvar=-1.0))
+
+        leaves = [recon, mu, lv]
+        up = _upstream_grads([(b, z), ()], device)
+        # inputs read, grads written, z written and its upstream grad read
+        min_bytes = _nbytes(recon, x, mu, lv) + _nbytes(recon, mu, lv) + 2 * b * z * esize
+        op_name = "elbo_gaussian" if gaussian else "elbo"
+        return Case(op_name, family, case_shape, dname, min_bytes, _forward(impl_fn), up, leaves)
+
+    a = _leaf((b, cols), dtype, device)
+    lv = _leaf((b, cols), dtype, device, 0.5)
+    up_rows = _upstream_grads([(b,)], device)
+    row_out = b * rows_esize * 2  # row output written, its upstream grad read
+    if op == "bernoulli_log_likelihood":
+        x = _binary((b, cols), dtype, device)
+        spec = (lambda mod: lambda: (mod.bernoulli_log_likelihood(a, x),), [a], _nbytes(a, x, a) + row_out, up_rows)
+    elif op == "gaussian_log_likelihood":
+        x = torch.randn(b, cols, device=device).to(dtype)
+        spec = (lambda mod: lambda: (mod.gaussian_log_likelihood(a, x, lv),), [a, lv],
+                _nbytes(a, x, lv, a, lv) + row_out, up_rows)
+    elif op == "kl_standard_normal":
+        spec = (lambda mod: lambda: (mod.kl_standard_normal(a, lv),), [a, lv], _nbytes(a, lv, a, lv) + row_out, up_rows)
+    elif op == "gaussian_log_density":
+        zz = _leaf((b, cols), dtype, device)
+        spec = (lambda mod: lambda: (mod.gaussian_log_density(zz, a, lv),), [zz, a, lv],
+                2 * _nbytes(zz, a, lv) + row_out, up_rows)
+    elif op == "standard_normal_log_density":
+        spec = (lambda mod: lambda: (mod.standard_normal_log_density(a),), [a], _nbytes(a, a) + row_out, up_rows)
+    else:  # reparameterize: z goes on to the decoder; eps is never stored by the fused op
+        spec = (lambda mod: lambda: (mod.reparameterize(a, lv),), [a, lv],
+                _nbytes(a, lv, a, lv) + 2 * b * cols * esize, _upstream_grads([(b, cols)], device))
+    impl_fn, leaves, min_bytes, up = spec
+    return Case(op, family, case_shape, dname, min_bytes, _forward(impl_fn), up, leaves)
+
+
+def _forward(impl_fn: Callable) -> Callable[[str], Callable[[], Tuple[torch.Tensor, ...]]]:
+    """Maps an implementation name to the forward function: fused, eager or compiled eager."""
+
+    def forward(impl: str) -> Callable[[], Tuple[torch.Tensor, ...]]:
+        if impl == "fused":
+            return impl_fn(F)
+        if impl == "eager":
+            return impl_fn(R)
+        if impl == "compile":
+            # A fresh compile per case: no recompilation limit, no automatic dynamic shapes
+            # carried over from earlier cases; static shapes, as with a fixed batch size.
+            torch._dynamo.reset()
+            return torch.compile(impl_fn(R))
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+    return forward
+
+
+def cases_for(families: Sequence[str], ops: Sequence[str], dtype: torch.dtype, device: torch.device,
+              quick: bool = False) -> List[Case]:
+    """Every case of the given size families and ops for one dtype."""
+    cases = []
+    for family in families:
+        for shape in family_shapes(family, quick):
+            for op in ops:
+                cases.append(build_case(op, shape, dtype, device, family))
+    return cases
+
+
+# ---------------------------------------------------------------- timing and memory
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], None], device: torch.device, warmup: int = 5, repeats: int = 15) -> float:
-    """Median wall time of fn in milliseconds (CUDA events on a GPU)."""
-    for _ in range(warmup):
+def _timed_call(fn: Callable[[], None], device: torch.device) -> float:
+    """Milliseconds of one call (CUDA events on a GPU, perf_counter on the CPU)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, warmup: int = 3,
+                     repeats: int = 15, min_time_s: float = 0.0,
+                     max_repeats: int = 500) -> Tuple[Dict[str, float], Dict[str, float], Dict[str, float]]:
+    """Times several functions round-robin; returns (first-call ms, median ms, interquartile range ms).
+
+    The first call (it includes torch.compile's compilation) is timed on its own, then ``warmup``
+    untimed calls, then rounds of one call each, rotating the order, until ``repeats`` rounds and
+    at least ``min_time_s`` seconds of timed calls have run (at most ``max_repeats`` rounds).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    names = list(fns)
+    first = {}
+    for name in names:
+        _sync(device)
+        first[name] = _timed_call(fns[name], device)
+        for _ in range(warmup):
+            fns[name]()
     _sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    spent, rounds = 0.0, 0
+    while rounds < repeats or (spent < min_time_s * 1e3 and rounds < max_repeats):
+        order = names[rounds % len(names):] + names[: rounds % len(names)]
+        for name in order:
+            t = _timed_call(fns[name], device)
+            times[name].append(t)
+            spent += t
+        rounds += 1
+    median = {n: statistics.median(v) for n, v in times.items()}
+    iqr = {}
+    for n, v in times.items():
+        q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
+        iqr[n] = q[2] - q[0]
+    return first, median, iqr
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silences C-level writes to stderr (the profiler's start/stop lines) for a moment."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def peak_memory_mb(fn: Callable[[], None], device: torch.device) -> Optional[float]:
-    """Peak CUDA memory above what was allocated before one call of fn; None on CPU."""
-    if device.type != "cuda":
+    """Peak memory of one call of fn above what was allocated before it, in MiB (see module doc)."""
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    if device.type != "cpu":
         return None
-    _sync(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    _sync(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    return _running_peak([n for _, n in records]) / 2**20
 
 
-def copy_bandwidth_gbps(nbytes: int, device: torch.device) -> Optional[float]:
-    """Device-to-device copy bandwidth (read + write) for a buffer of nbytes, on CUDA."""
-    if device.type != "cuda":
-        return None
-    src = torch.empty(max(nbytes // 2, 1), dtype=torch.uint8, device=device)
+def _running_peak(deltas: Sequence[int]) -> int:
+    """Largest prefix sum of allocation (+) and free (-) sizes: the peak above the start."""
+    level = peak = 0
+    for n in deltas:
+        level += n
+        peak = max(peak, level)
+    return peak
+
+
+def copy_bandwidth_gbps(nbytes: int, device: torch.device, repeats: int = 10) -> float:
+    """Bandwidth of ``dst.copy_(src)`` for an nbytes buffer, counting the read and the write."""
+    src = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+    src.fill_(1)
     dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), device)
-    return 2 * src.numel() / (ms * 1e-3) / 1e9
+    _, median, _ = time_interleaved({"copy": lambda: dst.copy_(src)}, device, warmup=2, repeats=repeats)
+    return 2 * src.numel() / (median["copy"] * 1e-3) / 1e9
 
 
-# ---------------------------------------------------------------- cases
-def _leaf(shape, dtype, device, scale=1.0):
-    return (torch.randn(shape, device=device) * scale).to(dtype).requires_grad_()
+# ---------------------------------------------------------------- results
+@dataclass
+class Result:
+    op: str
+    family: str
+    shape: Dict[str, int]
+    dtype: str
+    elements: int
+    min_bytes: int
+    median_ms: Dict[str, Optional[float]]
+    iqr_ms: Dict[str, Optional[float]]
+    first_call_ms: Dict[str, Optional[float]]
+    peak_mem_mb: Dict[str, Optional[float]]
+    speedup_vs_eager: Optional[float]
+    speedup_vs_compile: Optional[float]
+    fused_gbps: Optional[float]
+    fraction_of_copy: Optional[float]
 
 
-def _backward(loss_fn: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor]) -> Callable[[], None]:
-    def run() -> None:
-        loss_fn().backward()
-        for t in leaves:
-            t.grad = None
-
-    return run
+def speedup(baseline_ms: Optional[float], fused_ms: Optional[float]) -> Optional[float]:
+    """time(baseline) / time(fused): above 1 the fused op is faster; None when either is missing."""
+    if baseline_ms is None or fused_ms is None or fused_ms <= 0:
+        return None
+    return baseline_ms / fused_ms
 
 
-def _impl(impl: str, fused: Callable, eager: Callable) -> Callable:
-    if impl == "fused":
-        return fused
-    if impl == "eager":
-        return eager
-    return torch.compile(eager)
-
-
-def elbo_case(b: int, d: int, z: int, dtype: torch.dtype, device: torch.device) -> Case:
-    """Sample z, KL and Bernoulli likelihood, forward and backward (decoder output given)."""
-    recon, mu, lv = _leaf((b, d), dtype, device, 3.0), _leaf((b, z), dtype, device), _leaf((b, z), dtype, device)
-    x = (torch.rand(b, d, device=device) > 0.5).to(dtype)
-
-    def fused():
-        zz = F.reparameterize(mu, lv)
-        return F.elbo(recon, x, mu, lv) + zz.float().mean() * 1e-3
-
-    def eager():
-        zz = R.reparameterize(mu, lv)
-        return R.elbo(recon, x, mu, lv) + zz.float().mean() * 1e-3
-
-    esize = torch.finfo(dtype).bits // 8
-    min_bytes = esize * (b * d * 4 + b * z * 8)  # fwd: recon, x; bwd: saved grad in, grad out
-    return Case("elbo", {"B": b, "D": d, "Z": z}, str(dtype).replace("torch.", ""),
-                lambda impl: _backward(_impl(impl, fused, eager), [recon, mu, lv]), min_bytes)
-
-
-def op_cases(b: int, d: int, dtype: torch.dtype, device: torch.device) -> List[Case]:
-    """One case per fused op, forward + backward on (B, D)."""
-    a, c, e = (_leaf((b, d), dtype, device) for _ in range(3))
-    xb = (torch.rand(b, d, device=device) > 0.5).to(dtype)
-    esize = torch.finfo(dtype).bits // 8
-    n = b * d * esize
-    dname = str(dtype).replace("torch.", "")
-    shape = {"B": b, "D": d}
-    specs = [
-        ("bernoulli_log_likelihood", lambda: F.bernoulli_log_likelihood(a, xb).sum(),
-         lambda: R.bernoulli_log_likelihood(a, xb).sum(), [a], 4 * n),
-        ("gaussian_log_likelihood", lambda: F.gaussian_log_likelihood(a, c, e).sum(),
-         lambda: R.gaussian_log_likelihood(a, c, e).sum(), [a, c, e], 7 * n),
-        ("kl_standard_normal", lambda: F.kl_standard_normal(a, e).sum(),
-         lambda: R.kl_standard_normal(a, e).sum(), [a, e], 6 * n),
-        ("gaussian_log_density", lambda: F.gaussian_log_density(a, c, e).sum(),
-         lambda: R.gaussian_log_density(a, c, e).sum(), [a, c, e], 9 * n),
-        ("standard_normal_log_density", lambda: F.standard_normal_log_density(a).sum(),
-         lambda: R.standard_normal_log_density(a).sum(), [a], 3 * n),
-        ("reparameterize", lambda: F.reparameterize(a, e).sum(),
-         lambda: R.reparameterize(a, e).sum(), [a, e], 7 * n),
-    ]
-    return [
-        Case(name, shape, dname, (lambda f, r, leaves: lambda impl: _backward(_impl(impl, f, r), leaves))(f, r, leaves), mb)
-        for name, f, r, leaves, mb in specs
-    ]
-
-
-def run_case(case: Case, device: torch.device, impls: Sequence[str], repeats: int) -> Result:
-    ms: Dict[str, Optional[float]] = {}
-    mem: Dict[str, Optional[float]] = {}
-    for impl in IMPLS:
-        if impl not in impls:
-            ms[impl] = mem[impl] = None
-            continue
-        fn = case.make(impl)
-        ms[impl] = time_ms(fn, device, repeats=repeats)
-        mem[impl] = peak_memory_mb(fn, device)
-    fused = ms["fused"]
-
-    def ratio(other: Optional[float]) -> Optional[float]:
-        return other / fused if other and fused else None
-
-    gbps = case.min_bytes / (fused * 1e-3) / 1e9 if device.type == "cuda" and fused else None
-    return Result(case.op, case.shape, case.dtype, ms, mem, ratio(ms["eager"]), ratio(ms["compile"]), gbps)
+def run_case(case: Case, device: torch.device, impls: Sequence[str] = IMPLS, repeats: int = 15,
+             warmup: int = 3, min_time_s: float = 0.0, memory: bool = True,
+             copy_gbps: Optional[float] = None) -> Result:
+    """Times (and measures the memory of) every implementation in ``impls`` on one case."""
+    unknown = set(impls) - set(IMPLS)
+    if unknown:
+        raise ValueError(f"impls must be drawn from {IMPLS}, got {sorted(unknown)}")
+    fns = {impl: case.make(impl) for impl in IMPLS if impl in impls}
+    first, median, iqr = time_interleaved(fns, device, warmup, repeats, min_time_s)
+    mem = {impl: peak_memory_mb(fn, device) if memory else None for impl, fn in fns.items()}
+    pick = lambda d: {impl: d.get(impl) for impl in IMPLS}  # noqa: E731  (None for skipped impls)
+    fused = median.get("fused")
+    gbps = case.min_bytes / (fused * 1e-3) / 1e9 if fused else None
+    return Result(
+        case.op, case.family, case.shape, case.dtype, case.elements, case.min_bytes,
+        pick(median), pick(iqr), pick(first), pick(mem),
+        speedup(median.get("eager"), fused), speedup(median.get("compile"), fused),
+        gbps, gbps / copy_gbps if gbps and copy_gbps else None,
+    )
 
 
 # ---------------------------------------------------------------- end to end
-def train_steps_per_second(batch: int, loss_impl: str, device: torch.device, steps: int = 30) -> float:
-    """Adam steps per second of the 784-400-20 MLP VAE on random binary data."""
+TRAIN_IMPLS = ("fused", "eager", "compile")
+
+
+def train_steps_per_second(batch: int, loss_impl: str, device: torch.device, steps: int = 30,
+                           warmup: int = 5) -> float:
+    """Adam steps per second of the 784-400-20 MLP VAE on random binary data with one loss.
+
+    The model is the same (same seed) for every loss; ``compile`` compiles only the loss (the
+    reference reparameterisation + negative ELBO), the layers stay eager in all three.
+    """
+    if loss_impl not in TRAIN_IMPLS:
+        raise ValueError(f"loss_impl must be one of {TRAIN_IMPLS}, got {loss_impl!r}")
     torch.manual_seed(0)
     enc = torch.nn.Sequential(torch.nn.Linear(784, 400), torch.nn.ReLU(), torch.nn.Linear(400, 40)).to(device)
     dec = torch.nn.Sequential(torch.nn.Linear(20, 400), torch.nn.ReLU(), torch.nn.Linear(400, 784)).to(device)
     opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
-    x = (torch.rand(batch, 784, device=device) > 0.5).float()
+    x = _binary((batch, 784), torch.float32, device)
 
-    def loss_fused():
-        mu, lv = enc(x).chunk(2, dim=-1)
-        return F.elbo(dec(F.reparameterize(mu, lv)), x, mu, lv)
+    def sample(mod):
+        return lambda mu, lv: mod.reparameterize(mu, lv)
 
-    def loss_eager():
-        mu, lv = enc(x).chunk(2, dim=-1)
-        return R.elbo(dec(R.reparameterize(mu, lv)), x, mu, lv)
+    def loss(mod):
+        return lambda logits, mu, lv: mod.elbo(logits, x, mu, lv)
 
-    loss_fn = {"fused": loss_fused, "eager": loss_eager, "compile": torch.compile(loss_eager)}[loss_impl]
+    mod = F if loss_impl == "fused" else R
+    sample_fn, loss_fn = sample(mod), loss(mod)
+    if loss_impl == "compile":
+        torch._dynamo.reset()
+        sample_fn, loss_fn = torch.compile(sample_fn), torch.compile(loss_fn)
 
-    def step():
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss_fn().backward()
+        mu, lv = enc(x).chunk(2, dim=-1)
+        loss_fn(dec(sample_fn(mu, lv)), mu, lv).backward()
         opt.step()
 
-    ms = time_ms(step, device, warmup=5, repeats=steps)
-    return 1e3 / ms
+    _, median, _ = time_interleaved({"step": step}, device, warmup=warmup, repeats=steps)
+    return 1e3 / median["step"]
 
 
-# ---------------------------------------------------------------- driver
+# ---------------------------------------------------------------- environment
+def _cpu_info() -> Dict[str, object]:
+    info: Dict[str, object] = {"model": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            info["model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            info["simd"] = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+            break
+    return info
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def environment(device: torch.device) -> Dict[str, object]:
+    """Where and with what the figures were measured."""
+    cpu = _cpu_info()
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu["model"],
         "device_type": device.type,
+        "cpu": cpu,
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
+        "platform": platform.platform(),
+        "fastvae_commit": _git_commit(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-def default_sizes(device: torch.device, quick: bool, large: bool) -> Dict[str, List]:
-    mnist = [(128, 784, 20), (1024, 784, 20), (4096, 784, 64)]
-    ops = [(1024, 784), (65536, 64), (256, 3 * 64 * 64)]
-    if quick:
-        mnist, ops = [(128, 784, 20), (1024, 784, 20)], [(1024, 784)]
-    if large:
-        mnist = mnist + [(131072, 784, 64)]  # B*D >= 1e8
-        ops = ops + [(131072, 784)]
-    return {"elbo": mnist, "ops": ops}
+METHOD = {
+    "timing": "forward + backward of the same inputs; first call timed apart; warm-up; then "
+              "round-robin rounds over the implementations; median per implementation "
+              "(CUDA: CUDA events; CPU: perf_counter)",
+    "speedup": "median(baseline) / median(fused); > 1 means fused is faster",
+    "compile": "torch.compile(reference), default mode, torch._dynamo.reset() before each case",
+    "memory_cuda": "torch.cuda.max_memory_allocated during one forward + backward minus memory_allocated before",
+    "memory_cpu": "torch.profiler(profile_memory=True) during one forward + backward: peak of the "
+                  "running sum of CPU allocator allocations and frees",
+    "bandwidth": "min_bytes (inputs read once, gradients and outputs written once, upstream "
+                 "gradients read once) / fused median; copy_gbps: dst.copy_(src) of 256 MiB, read + write",
+    "train": "Adam steps/s of the 784-400-20 MLP VAE, random binary data; compile compiles the loss only",
+}
+
+
+# ---------------------------------------------------------------- driver
+def _resolve_device(name: Optional[str]) -> torch.device:
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {name!r}")
+    return device
 
 
 def run(args: argparse.Namespace) -> Dict[str, object]:
-    """Runs the benchmarks named by args, prints a table, writes JSON and a plot."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """Runs the benchmarks named by args, prints a table, writes the JSON report and its plot."""
+    device = _resolve_device(args.device)
     impls = [i for i in IMPLS if not (i == "compile" and args.no_compile)]
-    sizes = default_sizes(device, args.quick, args.large)
+    families = args.families or default_families(device, args.quick, args.large)
+    ops = list(args.ops) if args.ops is not None else (["elbo"] if args.elbo_only else list(OPS))
+    env = environment(device)
+    copy_gbps = copy_bandwidth_gbps(COPY_BYTES, device) if ops else None
+    if copy_gbps:
+        print(f"copy bandwidth ({COPY_BYTES >> 20} MiB, read + write): {copy_gbps:.1f} GB/s", flush=True)
     results: List[Result] = []
     for dname in args.dtype:
-        dtype = getattr(torch, dname)
-        cases = [elbo_case(b, d, z, dtype, device) for b, d, z in sizes["elbo"]]
-        if not args.elbo_only:
-            for b, d in sizes["ops"]:
-                cases += op_cases(b, d, dtype, device)
-        for case in cases:
-            res = run_case(case, device, impls, args.repeats)
+        for case in cases_for(families, ops, getattr(torch, dname), device, args.quick):
+            res = run_case(case, device, impls, args.repeats, args.warmup, args.min_time,
+                           memory=args.memory, copy_gbps=copy_gbps)
             results.append(res)
-            print(_row(res), flush=True)
+            print(format_row(asdict(res)), flush=True)
     train = []
     if not args.no_train:
-        for batch in (128, 1024):
-            row = {"batch": batch}
-            for impl in impls:
-                row[f"{impl}_steps_per_s"] = train_steps_per_second(batch, impl, device)
+        for batch in args.train_batches:
+            row: Dict[str, object] = {"batch": batch}
+            for impl in [i for i in TRAIN_IMPLS if i in impls]:
+                row[f"{impl}_steps_per_s"] = train_steps_per_second(batch, impl, device, args.train_steps)
+            row["speedup_vs_eager"] = speedup(row.get("fused_steps_per_s") and 1 / row["fused_steps_per_s"],
+                                              None) if False else _train_ratio(row, "eager")
+            row["speedup_vs_compile"] = _train_ratio(row, "compile")
             train.append(row)
-            print(f"train 784-400-20 batch {batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k != "batch"))
+            print(format_train_row(row), flush=True)
+    env["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report = {
-        "environment": environment(device),
-        "copy_gbps": copy_bandwidth_gbps(256 * 2**20, device),
-        "method": "median of repeats after warm-up; forward+backward; speedup = time(other)/time(fused)",
+        "schema": SCHEMA,
+        "environment": env,
+        "settings": {"families": families, "ops": ops, "dtypes": list(args.dtype), "impls": impls,
+                     "repeats": args.repeats, "warmup": args.warmup, "min_time_s": args.min_time,
+                     "quick": bool(args.quick)},
+        "method": METHOD,
+        "copy_gbps": copy_gbps,
         "results": [asdict(r) for r in results],
         "train": train,
     }
+    report["targets"] = targets(report)
+    for line in report["targets"]["lines"]:
+        print(line)
     if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {args.out}")
-        if args.plot:
-            plot(report, args.out.rsplit(".", 1)[0] + ".png")
+        if args.plot and report["results"]:
+            plot(report, os.path.splitext(args.out)[0] + ".png")
     return report
 
 
-def _row(r: Result) -> str:
-    shape = "x".join(f"{k}{v}" for k, v in r.shape.items())
-    ms = " ".join(f"{k} {v:.3f}ms" if v is not None else f"{k} -" for k, v in r.median_ms.items())
-    sp = f"x{r.speedup_vs_eager:.2f} vs eager" if r.speedup_vs_eager else ""
-    sc = f", x{r.speedup_vs_compile:.2f} vs compile" if r.speedup_vs_compile else ""
-    return f"{r.op:28s} {shape:18s} {r.dtype:9s} {ms}  {sp}{sc}"
+def _train_ratio(row: Dict[str, object], other: str) -> Optional[float]:
+    fused, base = row.get("fused_steps_per_s"), row.get(f"{other}_steps_per_s")
+    return fused / base if fused and base else None  # steps/s: fused over baseline
+
+
+def targets(report: Dict[str, object]) -> Dict[str, object]:
+    """The project's stated target (CPU whole-ELBO fwd+bwd >= 2x eager at MNIST-like sizes), checked."""
+    rows = [r for r in report["results"] if r["op"] == "elbo" and r["family"] == "mnist"
+            and r["speedup_vs_eager"] is not None]
+    lines, out = [], {}
+    for dtype in sorted({r["dtype"] for r in rows}):
+        ratios = [r["speedup_vs_eager"] for r in rows if r["dtype"] == dtype]
+        met = min(ratios) >= 2.0
+        out[dtype] = {"min": min(ratios), "max": max(ratios), "target": 2.0, "met": met}
+        lines.append(f"target: whole ELBO fwd+bwd >= 2x eager at MNIST-like sizes "
+                     f"({report['environment']['device_type']}, {dtype}): measured "
+                     f"{min(ratios):.2f}x..{max(ratios):.2f}x -> {'met' if met else 'NOT met'}")
+    out["lines"] = lines
+    return out
+
+
+# ---------------------------------------------------------------- tables and plot
+def _shape_str(shape: Dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in shape.items())
+
+
+def _fmt(v: Optional[float], spec: str = ".3f", none: str = "–") -> str:
+    return format(v, spec) if v is not None else none
+
+
+def format_row(r: Dict[str, object]) -> str:
+    """One printed line of a result."""
+    ms = " ".join(f"{k} {_fmt(v)}" for k, v in r["median_ms"].items())
+    mem = "/".join(_fmt(v, ".1f") for v in r["peak_mem_mb"].values())
+    return (f"{r['op']:28s} {_shape_str(r['shape']):22s} {r['dtype']:8s} ms: {ms} | "
+            f"x{_fmt(r['speedup_vs_eager'], '.2f')} vs eager, x{_fmt(r['speedup_vs_compile'], '.2f')} vs compile "
+            f"| peak MiB f/e/c {mem}")
+
+
+def format_train_row(row: Dict[str, object]) -> str:
+    parts = ", ".join(f"{k.replace('_steps_per_s', '')} {v:.1f}" for k, v in row.items() if k.endswith("_steps_per_s"))
+    return (f"train 784-400-20 batch {row['batch']}: steps/s {parts}; fused x{_fmt(row.get('speedup_vs_eager'), '.2f')} "
+            f"vs eager, x{_fmt(row.get('speedup_vs_compile'), '.2f')} vs compile")
 
 
 def markdown_table(report: Dict[str, object]) -> str:
-    """The README's performance table, from a saved report."""
+    """The README's performance table from a saved report, headed by where it was measured."""
     env = report["environment"]
+    cuda = env["device_type"] == "cuda"
+    cpu = env.get("cpu") or {}
+    where = (f"{env['device']}" if cuda else f"{cpu.get('model', env['device'])}, {env['cpu_threads']} threads")
     lines = [
-        f"Measured on {env['device']} ({env['device_type']}, {env['cpu_threads']} threads), torch {env['torch']}, {env['time']}.",
+        f"Measured on {where} ({env['device_type']}), torch {env['torch']}"
+        + (f", CUDA {env['cuda']}" if cuda else "")
+        + f", fastvae {env.get('fastvae_commit') or '?'}, {env['time']}. Forward + backward, median ms; "
+          "speed-up = baseline time / fused time (> 1: fused faster); peak = extra memory of one "
+          "forward + backward" + (" (`max_memory_allocated`)." if cuda else " (torch profiler, CPU allocator)."),
         "",
-        "| op | shape | dtype | fused ms | eager ms | compile ms | vs eager | vs compile |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    head = "| op | shape | dtype | fused ms | eager ms | compile ms | vs eager | vs compile | peak MiB fused / eager / compile |"
+    sep = "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    if cuda:
+        head += " fused GB/s (% of copy) |"
+        sep += " --- |"
+    lines += [head, sep]
     for r in report["results"]:
-        m = r["median_ms"]
-        fmt = lambda v: f"{v:.3f}" if v is not None else "–"  # noqa: E731
-        rat = lambda v: f"{v:.2f}×" if v is not None else "–"  # noqa: E731
-        shape = " ".join(f"{k}={v}" for k, v in r["shape"].items())
-        lines.append(f"| {r['op']} | {shape} | {r['dtype']} | {fmt(m['fused'])} | {fmt(m['eager'])} | "
-                     f"{fmt(m['compile'])} | {rat(r['speedup_vs_eager'])} | {rat(r['speedup_vs_compile'])} |")
-    for t in report.get("train", []):
-        parts = ", ".join(f"{k.replace('_steps_per_s', '')} {v:.1f}" for k, v in t.items() if k != "batch")
-        lines.append(f"\nTraining steps/s, 784-400-20 MLP VAE, batch {t['batch']}: {parts}.")
+        m, p = r["median_ms"], r["peak_mem_mb"]
+        row = (f"| {r['op']} | {_shape_str(r['shape'])} | {r['dtype']} | {_fmt(m['fused'])} | {_fmt(m['eager'])} | "
+               f"{_fmt(m['compile'])} | {_fmt(r['speedup_vs_eager'], '.2f')}× | {_fmt(r['speedup_vs_compile'], '.2f')}× | "
+               f"{_fmt(p['fused'], '.1f')} / {_fmt(p['eager'], '.1f')} / {_fmt(p['compile'], '.1f')} |")
+        if cuda:
+            frac = r.get("fraction_of_copy")
+            row += f" {_fmt(r.get('fused_gbps'), '.0f')} ({_fmt(frac * 100 if frac else None, '.0f')}%) |"
+        lines.append(row)
+    if cuda and report.get("copy_gbps"):
+        lines.append(f"\nCopy bandwidth in the same run: {report['copy_gbps']:.0f} GB/s.")
+    if report.get("train"):
+        lines += ["", "| training steps/s, 784-400-20 MLP VAE, Adam | fused | eager | compile (loss) | fused vs eager | fused vs compile |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for t in report["train"]:
+            lines.append(f"| batch {t['batch']} | {_fmt(t.get('fused_steps_per_s'), '.1f')} | "
+                         f"{_fmt(t.get('eager_steps_per_s'), '.1f')} | {_fmt(t.get('compile_steps_per_s'), '.1f')} | "
+                         f"{_fmt(t.get('speedup_vs_eager'), '.2f')}× | {_fmt(t.get('speedup_vs_compile'), '.2f')}× |")
+    tg = report.get("targets") or targets(report)
+    if tg["lines"]:
+        lines += [""] + [f"- {line[0].upper()}{line[1:]}" for line in tg["lines"]]
     return "\n".join(lines)
 
 
 def plot(report: Dict[str, object], path: str) -> None:
-    """Speed-up of the fused ops over eager, against problem size, one line per op and dtype."""
+    """Speed-up of the fused ops over eager and over compile against problem size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series: Dict[str, List] = {}
-    for r in report["results"]:
-        if r["speedup_vs_eager"] is None:
-            continue
-        series.setdefault(f"{r['op']} ({r['dtype']})", []).append((math.prod(r["shape"].values()), r["speedup_vs_eager"]))
-    for label, pts in sorted(series.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_xscale("log")
-    ax.set_xlabel("elements (product of the shape)")
-    ax.set_ylabel("speed-up vs eager (fwd+bwd)")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    ops = sorted({r["op"] for r in report["results"]})
+    colors = {op: plt.cm.tab10(i % 10) for i, op in enumerate(ops)}
+    styles = {"float32": "-", "bfloat16": "--", "float16": ":", "float64": "-."}
+    for ax, key, title in ((axes[0], "speedup_vs_eager", "vs eager"), (axes[1], "speedup_vs_compile", "vs torch.compile")):
+        series: Dict[Tuple[str, str], List[Tuple[int, float]]] = {}
+        for r in report["results"]:
+            if r[key] is not None:
+                series.setdefault((r["op"], r["dtype"]), []).append((r["elements"], r[key]))
+        for (op, dtype), pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, color=colors[op],
+                    ls=styles.get(dtype, "-"), label=f"{op} ({dtype})")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("B x D (elements of the largest operand)")
+        ax.set_title(f"fused {title}", fontsize=10)
+    axes[0].set_ylabel("speed-up, forward + backward (> 1: fused faster)")
+    axes[1].legend(fontsize=6, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5))
     env = report["environment"]
-    ax.set_title(f"fastvae vs eager PyTorch on {env['device_type']} ({env['device']})", fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
+    fig.suptitle(f"fastvae on {env['device_type']}: {env['device']}, torch {env['torch']}, {env['time'][:10]}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"wrote {path}")
 
 
+# ---------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``fastvae bench`` (and of the scripts under benchmarks/)."""
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16", "float64"],
-                        help="input dtypes to benchmark")
-    parser.add_argument("--quick", action="store_true", help="a few small sizes only (CI-sized)")
-    parser.add_argument("--large", action="store_true", help="add the B*D >= 1e8 cases (minutes on a CPU)")
-    parser.add_argument("--elbo-only", action="store_true", help="only the whole-ELBO cases")
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "bfloat16", "float16", "float64"], help="input dtypes (default: float32 bfloat16)")
+    parser.add_argument("--families", nargs="+", default=None, choices=FAMILIES,
+                        help="size families (default: all on CUDA; on CPU all but 'large')")
+    parser.add_argument("--ops", nargs="+", default=None, choices=OPS, help="ops to time (default: all)")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: the two small MNIST-like sizes only")
+    parser.add_argument("--large", action="store_true", help="add the B*D >= 1e8 family on the CPU too (minutes)")
+    parser.add_argument("--elbo-only", action="store_true", help="only the whole-ELBO cases (same as --ops elbo)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--no-train", action="store_true", help="skip the end-to-end training steps")
-    parser.add_argument("--repeats", type=int, default=15, help="timed repeats per case (median reported)")
-    parser.add_argument("--out", default=None, help="write the JSON report here (and a .png plot next to it)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds per case, at least (default: 15)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls after the first (default: 3)")
+    parser.add_argument("--min-time", type=float, default=0.5,
+                        help="keep timing a case until this many seconds are spent (default: 0.5)")
+    parser.add_argument("--train-batches", type=int, nargs="+", default=[128, 1024], help="training batch sizes")
+    parser.add_argument("--train-steps", type=int, default=30, help="timed training steps per loss (default: 30)")
+    parser.add_argument("--out", default=None, help="write the JSON report here (and a .png plot beside it)")
     parser.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw the plot")
+    parser.add_argument("--table", metavar="REPORT", default=None,
+                        help="print the markdown table of a saved JSON report and exit (runs nothing)")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("repeats", "train_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0 or args.min_time < 0:
+        raise ValueError("--warmup and --min-time must be >= 0")
+    if any(b < 1 for b in args.train_batches):
+        raise ValueError(f"--train-batches must be >= 1, got {args.train_batches}")
 
 
 def command(args: argparse.Namespace) -> int:
-    """``fastvae bench``: runs the benchmarks; the exit status."""
+    """``fastvae bench``: runs the benchmarks (or prints a saved report's table); the exit status."""
+    if args.table:
+        with open(args.table) as f:
+            print(markdown_table(json.load(f)))
+        return 0
+    _check_args(args)
     run(args)
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[Sequence[str]] = None, ops: Optional[Sequence[str]] = None, train: bool = True,
+         description: str = __doc__) -> int:
+    """Entry point of ``python -m fastvae.bench`` and of the benchmarks/bench_*.py scripts:
+    ``ops`` and ``train`` set the defaults (a script for one op times that op and no training)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    run(parser.parse_args(argv))
-    return 0
+    parser.set_defaults(ops=list(ops) if ops is not None else None, no_train=not train)
+    if not train:
+        parser.add_argument("--train", dest="no_train", action="store_false", help="also time training steps")
+    return command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
