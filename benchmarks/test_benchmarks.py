@@ -1,10 +1,14 @@
-"""pytest-benchmark suite for the CI-sized cases: `pytest benchmarks/ --benchmark-only`.
+"""pytest-benchmark suite for the CI-sized cases: `pytest benchmarks/` (add `--benchmark-only`
+to skip nothing but the plain tests, `--benchmark-json out.json` to keep the numbers).
 
-Each case benchmarks forward + backward of the fused op and of its eager twin in the same session,
-so `--benchmark-compare` / the printed table give the ratio on the machine at hand. Nothing here
-asserts a speed: timings are measured, not tested.
+Each case benchmarks forward + backward of the fused op and of its eager twin (and, with
+FASTVAE_BENCH_COMPILE=1, of the twin under torch.compile) on the same inputs in one session, so
+the printed groups give the ratio on the machine at hand. Nothing asserts a speed: timings are
+measured, not tested; each case first checks that fused and eager agree, so a broken op fails.
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -12,21 +16,34 @@ import torch
 from fastvae import bench
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-SIZES = [(128, 784), (1024, 784), (65536, 64)]
+IMPLS = ["fused", "eager"] + (["compile"] if os.environ.get("FASTVAE_BENCH_COMPILE") == "1" else [])
+# (family, B, D, Z): the two CI-sized MNIST-like sizes and a short-row one, scaled down.
+SIZES = [("mnist", 128, 784, 20), ("mnist", 1024, 784, 20), ("short_rows", 8192, 64, 16)]
 
 
-def _op_cases():
-    for b, d in SIZES:
-        for case in bench.op_cases(b, d, torch.float32, DEVICE):
-            yield pytest.param(case, id=f"{case.op}-B{b}-D{d}")
-    for b, d, z in [(128, 784, 20), (1024, 784, 20)]:
-        case = bench.elbo_case(b, d, z, torch.float32, DEVICE)
-        yield pytest.param(case, id=f"elbo-B{b}-D{d}-Z{z}")
+def _cases():
+    for family, b, d, z in SIZES:
+        for op in bench.OPS:
+            case = bench.build_case(op, {"B": b, "D": d, "Z": z}, torch.float32, DEVICE, family)
+            yield pytest.param(case, id=f"{case.op}-" + "-".join(f"{k}{v}" for k, v in case.shape.items()))
 
 
-@pytest.mark.parametrize("impl", ["fused", "eager"])
-@pytest.mark.parametrize("case", list(_op_cases()))
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", list(_cases()))
 def test_forward_backward(benchmark, case, impl):
+    if case.op != "reparameterize":  # the ELBO's loss (its last output) and every row op are deterministic
+        fused, eager = case.forward("fused")()[-1], case.forward("eager")()[-1]
+        torch.testing.assert_close(fused.double(), eager.double(), rtol=1e-4, atol=1e-3)
+    benchmark.group = f"{case.op} " + " ".join(f"{k}={v}" for k, v in case.shape.items())
+    benchmark.extra_info.update({"impl": impl, "dtype": case.dtype, "family": case.family})
     fn = case.make(impl)
-    benchmark.group = case.op + " " + "x".join(str(v) for v in case.shape.values())
+    fn()  # the first call compiles under torch.compile; keep it out of the calibration
     benchmark(fn)
+
+
+@pytest.mark.parametrize("loss_impl", ["fused", "eager"])
+def test_train_step(benchmark, loss_impl):
+    benchmark.group = "train 784-400-20 batch 128"
+    sps = benchmark.pedantic(bench.train_steps_per_second, args=(128, loss_impl, DEVICE),
+                             kwargs={"steps": 5, "warmup": 1}, rounds=1, iterations=1)
+    assert sps > 0

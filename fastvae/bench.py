@@ -408,40 +408,36 @@ def run_case(case: Case, device: torch.device, impls: Sequence[str] = IMPLS, rep
 
 
 # ---------------------------------------------------------------- end to end
-TRAIN_IMPLS = ("fused", "eager", "compile")
+# fused / eager: the model eager with the fused / reference loss; compile / fused_compile: the
+# whole objective (model + reference / fused loss) under torch.compile, as `fastvae train --compile`.
+TRAIN_IMPLS = ("fused", "eager", "compile", "fused_compile")
 
 
 def train_steps_per_second(batch: int, loss_impl: str, device: torch.device, steps: int = 30,
                            warmup: int = 5) -> float:
-    """Adam steps per second of the 784-400-20 MLP VAE on random binary data with one loss.
+    """Adam steps per second of the 784-400-20 MLP VAE (``fastvae.models.build_mlp_vae``) on
+    random binary data, with the loss of ``loss_impl`` (see TRAIN_IMPLS); same seed, same model."""
+    from .models import build_mlp_vae  # higher layers than the ops: only the training rows need them
+    from .training import vae_loss
 
-    The model is the same (same seed) for every loss; ``compile`` compiles only the loss (the
-    reference reparameterisation + negative ELBO), the layers stay eager in all three.
-    """
     if loss_impl not in TRAIN_IMPLS:
         raise ValueError(f"loss_impl must be one of {TRAIN_IMPLS}, got {loss_impl!r}")
     torch.manual_seed(0)
-    enc = torch.nn.Sequential(torch.nn.Linear(784, 400), torch.nn.ReLU(), torch.nn.Linear(400, 40)).to(device)
-    dec = torch.nn.Sequential(torch.nn.Linear(20, 400), torch.nn.ReLU(), torch.nn.Linear(400, 784)).to(device)
-    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
+    model = build_mlp_vae(784, (400,), 20).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = _binary((batch, 784), torch.float32, device)
+    which = "fused" if loss_impl.startswith("fused") else "reference"
 
-    def sample(mod):
-        return lambda mu, lv: mod.reparameterize(mu, lv)
+    def objective(inputs: torch.Tensor) -> torch.Tensor:
+        return vae_loss(model, inputs, loss_impl=which)
 
-    def loss(mod):
-        return lambda logits, mu, lv: mod.elbo(logits, x, mu, lv)
-
-    mod = F if loss_impl == "fused" else R
-    sample_fn, loss_fn = sample(mod), loss(mod)
-    if loss_impl == "compile":
+    if loss_impl in ("compile", "fused_compile"):
         torch._dynamo.reset()
-        sample_fn, loss_fn = torch.compile(sample_fn), torch.compile(loss_fn)
+        objective = torch.compile(objective)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        mu, lv = enc(x).chunk(2, dim=-1)
-        loss_fn(dec(sample_fn(mu, lv)), mu, lv).backward()
+        objective(x).backward()
         opt.step()
 
     _, median, _ = time_interleaved({"step": step}, device, warmup=warmup, repeats=steps)
@@ -505,7 +501,9 @@ METHOD = {
                   "running sum of CPU allocator allocations and frees",
     "bandwidth": "min_bytes (inputs read once, gradients and outputs written once, upstream "
                  "gradients read once) / fused median; copy_gbps: dst.copy_(src) of 256 MiB, read + write",
-    "train": "Adam steps/s of the 784-400-20 MLP VAE, random binary data; compile compiles the loss only",
+    "train": "Adam steps/s of fastvae.models.build_mlp_vae(784, (400,), 20) on random binary data, "
+             "loss fastvae.training.vae_loss (fused or reference); compile and fused_compile run the "
+             "whole objective (model + loss) under torch.compile",
 }
 
 
@@ -522,6 +520,8 @@ def _resolve_device(name: Optional[str]) -> torch.device:
 def run(args: argparse.Namespace) -> Dict[str, object]:
     """Runs the benchmarks named by args, prints a table, writes the JSON report and its plot."""
     device = _resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     impls = [i for i in IMPLS if not (i == "compile" and args.no_compile)]
     families = args.families or default_families(device, args.quick, args.large)
     ops = list(args.ops) if args.ops is not None else (["elbo"] if args.elbo_only else list(OPS))
@@ -540,11 +540,11 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     if not args.no_train:
         for batch in args.train_batches:
             row: Dict[str, object] = {"batch": batch}
-            for impl in [i for i in TRAIN_IMPLS if i in impls]:
+            for impl in [i for i in TRAIN_IMPLS if "compile" not in i or not args.no_compile]:
                 row[f"{impl}_steps_per_s"] = train_steps_per_second(batch, impl, device, args.train_steps)
-            row["speedup_vs_eager"] = speedup(row.get("fused_steps_per_s") and 1 / row["fused_steps_per_s"],
-                                              None) if False else _train_ratio(row, "eager")
+            row["speedup_vs_eager"] = _train_ratio(row, "eager")
             row["speedup_vs_compile"] = _train_ratio(row, "compile")
+            row["fused_compile_vs_compile"] = _train_ratio(row, "compile", "fused_compile")
             train.append(row)
             print(format_train_row(row), flush=True)
     env["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -572,9 +572,10 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     return report
 
 
-def _train_ratio(row: Dict[str, object], other: str) -> Optional[float]:
-    fused, base = row.get("fused_steps_per_s"), row.get(f"{other}_steps_per_s")
-    return fused / base if fused and base else None  # steps/s: fused over baseline
+def _train_ratio(row: Dict[str, object], other: str, mine: str = "fused") -> Optional[float]:
+    """Speed-up in steps/s: ``mine`` over ``other`` (None when either was not run)."""
+    fused, base = row.get(f"{mine}_steps_per_s"), row.get(f"{other}_steps_per_s")
+    return fused / base if fused and base else None
 
 
 def targets(report: Dict[str, object]) -> Dict[str, object]:
@@ -614,7 +615,8 @@ def format_row(r: Dict[str, object]) -> str:
 def format_train_row(row: Dict[str, object]) -> str:
     parts = ", ".join(f"{k.replace('_steps_per_s', '')} {v:.1f}" for k, v in row.items() if k.endswith("_steps_per_s"))
     return (f"train 784-400-20 batch {row['batch']}: steps/s {parts}; fused x{_fmt(row.get('speedup_vs_eager'), '.2f')} "
-            f"vs eager, x{_fmt(row.get('speedup_vs_compile'), '.2f')} vs compile")
+            f"vs eager, x{_fmt(row.get('speedup_vs_compile'), '.2f')} vs compile; compiled fused "
+            f"x{_fmt(row.get('fused_compile_vs_compile'), '.2f')} vs compiled reference")
 
 
 def markdown_table(report: Dict[str, object]) -> str:
@@ -649,12 +651,16 @@ def markdown_table(report: Dict[str, object]) -> str:
     if cuda and report.get("copy_gbps"):
         lines.append(f"\nCopy bandwidth in the same run: {report['copy_gbps']:.0f} GB/s.")
     if report.get("train"):
-        lines += ["", "| training steps/s, 784-400-20 MLP VAE, Adam | fused | eager | compile (loss) | fused vs eager | fused vs compile |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "Training, Adam steps/s of the 784-400-20 MLP VAE (eager model; *compiled*: model + loss "
+                      "under torch.compile):", "",
+                  "| batch | fused | eager | compiled, reference loss | compiled, fused loss | fused vs eager "
+                  "| fused vs compiled | compiled: fused vs reference |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for t in report["train"]:
-            lines.append(f"| batch {t['batch']} | {_fmt(t.get('fused_steps_per_s'), '.1f')} | "
+            lines.append(f"| {t['batch']} | {_fmt(t.get('fused_steps_per_s'), '.1f')} | "
                          f"{_fmt(t.get('eager_steps_per_s'), '.1f')} | {_fmt(t.get('compile_steps_per_s'), '.1f')} | "
-                         f"{_fmt(t.get('speedup_vs_eager'), '.2f')}× | {_fmt(t.get('speedup_vs_compile'), '.2f')}× |")
+                         f"{_fmt(t.get('fused_compile_steps_per_s'), '.1f')} | {_fmt(t.get('speedup_vs_eager'), '.2f')}× | "
+                         f"{_fmt(t.get('speedup_vs_compile'), '.2f')}× | {_fmt(t.get('fused_compile_vs_compile'), '.2f')}× |")
     tg = report.get("targets") or targets(report)
     if tg["lines"]:
         lines += [""] + [f"- {line[0].upper()}{line[1:]}" for line in tg["lines"]]
@@ -687,10 +693,17 @@ def plot(report: Dict[str, object], path: str) -> None:
         ax.set_xlabel("B x D (elements of the largest operand)")
         ax.set_title(f"fused {title}", fontsize=10)
     axes[0].set_ylabel("speed-up, forward + backward (> 1: fused faster)")
-    axes[1].legend(fontsize=6, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    handles, labels = {}, []
+    for ax in axes:  # one legend for both panels (a panel may lack some series)
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = h
+                labels.append(label)
     env = report["environment"]
     fig.suptitle(f"fastvae on {env['device_type']}: {env['device']}, torch {env['torch']}, {env['time'][:10]}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    if labels:
+        fig.legend([handles[label] for label in labels], labels, fontsize=6, loc="center left", bbox_to_anchor=(0.8, 0.5))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"wrote {path}")
@@ -711,6 +724,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--no-train", action="store_true", help="skip the end-to-end training steps")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per case, at least (default: 15)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls after the first (default: 3)")
     parser.add_argument("--min-time", type=float, default=0.5,
@@ -729,6 +743,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0 or args.min_time < 0:
         raise ValueError("--warmup and --min-time must be >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if any(b < 1 for b in args.train_batches):
         raise ValueError(f"--train-batches must be >= 1, got {args.train_batches}")
 
