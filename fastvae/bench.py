@@ -413,10 +413,9 @@ def run_case(case: Case, device: torch.device, impls: Sequence[str] = IMPLS, rep
 TRAIN_IMPLS = ("fused", "eager", "compile", "fused_compile")
 
 
-def train_steps_per_second(batch: int, loss_impl: str, device: torch.device, steps: int = 30,
-                           warmup: int = 5) -> float:
-    """Adam steps per second of the 784-400-20 MLP VAE (``fastvae.models.build_mlp_vae``) on
-    random binary data, with the loss of ``loss_impl`` (see TRAIN_IMPLS); same seed, same model."""
+def make_train_step(batch: int, loss_impl: str, device: torch.device) -> Callable[[], None]:
+    """One Adam step of the 784-400-20 MLP VAE (``fastvae.models.build_mlp_vae``) on random
+    binary data, with the loss of ``loss_impl`` (see TRAIN_IMPLS); same seed, same model."""
     from .models import build_mlp_vae  # higher layers than the ops: only the training rows need them
     from .training import vae_loss
 
@@ -440,7 +439,14 @@ def train_steps_per_second(batch: int, loss_impl: str, device: torch.device, ste
         objective(x).backward()
         opt.step()
 
-    _, median, _ = time_interleaved({"step": step}, device, warmup=warmup, repeats=steps)
+    return step
+
+
+def train_steps_per_second(batch: int, loss_impl: str, device: torch.device, steps: int = 30,
+                           warmup: int = 5) -> float:
+    """Median Adam steps per second of `make_train_step` (the first step and ``warmup`` more untimed)."""
+    _, median, _ = time_interleaved({"step": make_train_step(batch, loss_impl, device)}, device,
+                                    warmup=warmup, repeats=steps)
     return 1e3 / median["step"]
 
 
@@ -526,6 +532,10 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     families = args.families or default_families(device, args.quick, args.large)
     ops = list(args.ops) if args.ops is not None else (["elbo"] if args.elbo_only else list(OPS))
     env = environment(device)
+    load, cpus = env.get("load_average"), os.cpu_count() or 1
+    if load and load[0] > 0.5 * cpus:
+        print(f"warning: load average {load[0]:.2f} on {cpus} CPUs before starting: other work is "
+              "running and CPU timings will be noisy (recorded in the report)", flush=True)
     copy_gbps = copy_bandwidth_gbps(COPY_BYTES, device) if ops else None
     if copy_gbps:
         print(f"copy bandwidth ({COPY_BYTES >> 20} MiB, read + write): {copy_gbps:.1f} GB/s", flush=True)
