@@ -2,7 +2,7 @@
 //
 // Every formula is a template over the arithmetic type T so that the CPU kernels can run it on
 // at::vec::Vectorized<float/double> and on plain scalars for row tails, and the CUDA kernels on
-// float/double registers. The elementary functions (fv_exp, fv_log1p, ...) are overloaded for
+// float/double registers. The elementary functions (fv_exp, fv_log1p_unit, ...) are overloaded for
 // scalars here and for Vectorized in csrc/cpu/vec_math.h, which must be included before this file.
 #pragma once
 
@@ -23,8 +23,6 @@ FV_HD float fv_exp(float v) { return ::expf(v); }
 FV_HD double fv_exp(double v) { return ::exp(v); }
 FV_HD float fv_log(float v) { return ::logf(v); }
 FV_HD double fv_log(double v) { return ::log(v); }
-FV_HD float fv_log1p(float v) { return ::log1pf(v); }
-FV_HD double fv_log1p(double v) { return ::log1p(v); }
 // log(1 + e) for e in [0, 1]; the CPU kernels overload it with a cheaper series for float vectors.
 FV_HD float fv_log1p_unit(float e) { return ::log1pf(e); }
 FV_HD double fv_log1p_unit(double e) { return ::log1p(e); }
@@ -32,8 +30,6 @@ FV_HD float fv_abs(float v) { return ::fabsf(v); }
 FV_HD double fv_abs(double v) { return ::fabs(v); }
 FV_HD float fv_max(float a, float b) { return a > b ? a : b; }
 FV_HD double fv_max(double a, double b) { return a > b ? a : b; }
-FV_HD float fv_min(float a, float b) { return a < b ? a : b; }
-FV_HD double fv_min(double a, double b) { return a < b ? a : b; }
 // a / b via the reciprocal of exp: sigmoid needs 1 / (1 + e) for vectors too.
 FV_HD float fv_div(float a, float b) { return a / b; }
 FV_HD double fv_div(double a, double b) { return a / b; }
@@ -52,19 +48,6 @@ FV_HD T bernoulli_ll_with_grad(T l, T x, T* grad) {
   const T r = fv_div(T(1), T(1) + e);
   *grad = x - fv_select_nonneg(l, r, e * r);
   return x * l - fv_max(l, T(0)) - fv_log1p_unit(e);
-}
-
-template <typename T>
-FV_HD T bernoulli_ll(T l, T x) {
-  T unused;
-  return bernoulli_ll_with_grad(l, x, &unused);
-}
-
-template <typename T>
-FV_HD T bernoulli_ll_grad(T l, T x) {
-  T grad;
-  bernoulli_ll_with_grad(l, x, &grad);
-  return grad;
 }
 
 // log N(x | m, e^lv) for one element, given inv_var = e^-lv.

@@ -15,10 +15,6 @@ using Vec = at::vec::Vectorized<T>;
 // exp_u20 (2 ulp) costs about half of the 1-ulp exp; the row sums cannot see the difference.
 template <typename T>
 inline Vec<T> fv_exp(const Vec<T>& v) { return v.exp_u20(); }
-template <typename T>
-inline Vec<T> fv_log(const Vec<T>& v) { return v.log(); }
-template <typename T>
-inline Vec<T> fv_log1p(const Vec<T>& v) { return v.log1p(); }
 // log(1 + e) for e in [0, 1] as 2 atanh(s), s = e / (2 + e) in [0, 1/3], by the odd series of
 // atanh to s^13 (truncation < 5e-9 relative): a third of the cost of Sleef's log1p for float.
 inline Vec<float> fv_log1p_unit(const Vec<float>& e) {
@@ -38,8 +34,6 @@ template <typename T>
 inline Vec<T> fv_abs(const Vec<T>& v) { return v.abs(); }
 template <typename T>
 inline Vec<T> fv_max(const Vec<T>& a, const Vec<T>& b) { return at::vec::maximum(a, b); }
-template <typename T>
-inline Vec<T> fv_min(const Vec<T>& a, const Vec<T>& b) { return at::vec::minimum(a, b); }
 template <typename T>
 inline Vec<T> fv_div(const Vec<T>& a, const Vec<T>& b) { return a / b; }
 template <typename T>
