@@ -266,10 +266,19 @@ def _timed_call(fn: Callable[[], None], device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+@dataclass
+class Timings:
+    """Per implementation, in ms: the first call, the median, interquartile range and fastest call."""
+
+    first: Dict[str, float]
+    median: Dict[str, float]
+    iqr: Dict[str, float]
+    min: Dict[str, float]
+
+
 def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, warmup: int = 3,
-                     repeats: int = 15, min_time_s: float = 0.0,
-                     max_repeats: int = 500) -> Tuple[Dict[str, float], Dict[str, float], Dict[str, float]]:
-    """Times several functions round-robin; returns (first-call ms, median ms, interquartile range ms).
+                     repeats: int = 15, min_time_s: float = 0.0, max_repeats: int = 500) -> Timings:
+    """Times several functions round-robin.
 
     The first call (it includes torch.compile's compilation) is timed on its own, then ``warmup``
     untimed calls, then rounds of one call each, rotating the order, until ``repeats`` rounds and
@@ -294,12 +303,12 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, w
             times[name].append(t)
             spent += t
         rounds += 1
-    median = {n: statistics.median(v) for n, v in times.items()}
     iqr = {}
     for n, v in times.items():
         q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
         iqr[n] = q[2] - q[0]
-    return first, median, iqr
+    return Timings(first, {n: statistics.median(v) for n, v in times.items()}, iqr,
+                   {n: min(v) for n, v in times.items()})
 
 
 @contextlib.contextmanager
@@ -356,8 +365,8 @@ def copy_bandwidth_gbps(nbytes: int, device: torch.device, repeats: int = 10) ->
     src = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
     src.fill_(1)
     dst = torch.empty_like(src)
-    _, median, _ = time_interleaved({"copy": lambda: dst.copy_(src)}, device, warmup=2, repeats=repeats)
-    return 2 * src.numel() / (median["copy"] * 1e-3) / 1e9
+    ms = time_interleaved({"copy": lambda: dst.copy_(src)}, device, warmup=2, repeats=repeats).median["copy"]
+    return 2 * src.numel() / (ms * 1e-3) / 1e9
 
 
 # ---------------------------------------------------------------- results
@@ -371,12 +380,14 @@ class Result:
     min_bytes: int
     median_ms: Dict[str, Optional[float]]
     iqr_ms: Dict[str, Optional[float]]
+    min_ms: Dict[str, Optional[float]]
     first_call_ms: Dict[str, Optional[float]]
     peak_mem_mb: Dict[str, Optional[float]]
     speedup_vs_eager: Optional[float]
     speedup_vs_compile: Optional[float]
     fused_gbps: Optional[float]
     fraction_of_copy: Optional[float]
+    load_average: Optional[float] = None  # 1-minute load average at the end of the case
 
 
 def speedup(baseline_ms: Optional[float], fused_ms: Optional[float]) -> Optional[float]:
@@ -394,16 +405,17 @@ def run_case(case: Case, device: torch.device, impls: Sequence[str] = IMPLS, rep
     if unknown:
         raise ValueError(f"impls must be drawn from {IMPLS}, got {sorted(unknown)}")
     fns = {impl: case.make(impl) for impl in IMPLS if impl in impls}
-    first, median, iqr = time_interleaved(fns, device, warmup, repeats, min_time_s)
+    t = time_interleaved(fns, device, warmup, repeats, min_time_s)
     mem = {impl: peak_memory_mb(fn, device) if memory else None for impl, fn in fns.items()}
     pick = lambda d: {impl: d.get(impl) for impl in IMPLS}  # noqa: E731  (None for skipped impls)
-    fused = median.get("fused")
+    fused = t.median.get("fused")
     gbps = case.min_bytes / (fused * 1e-3) / 1e9 if fused else None
     return Result(
         case.op, case.family, case.shape, case.dtype, case.elements, case.min_bytes,
-        pick(median), pick(iqr), pick(first), pick(mem),
-        speedup(median.get("eager"), fused), speedup(median.get("compile"), fused),
+        pick(t.median), pick(t.iqr), pick(t.min), pick(t.first), pick(mem),
+        speedup(t.median.get("eager"), fused), speedup(t.median.get("compile"), fused),
         gbps, gbps / copy_gbps if gbps and copy_gbps else None,
+        os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     )
 
 
@@ -445,9 +457,8 @@ def make_train_step(batch: int, loss_impl: str, device: torch.device) -> Callabl
 def train_steps_per_second(batch: int, loss_impl: str, device: torch.device, steps: int = 30,
                            warmup: int = 5) -> float:
     """Median Adam steps per second of `make_train_step` (the first step and ``warmup`` more untimed)."""
-    _, median, _ = time_interleaved({"step": make_train_step(batch, loss_impl, device)}, device,
-                                    warmup=warmup, repeats=steps)
-    return 1e3 / median["step"]
+    t = time_interleaved({"step": make_train_step(batch, loss_impl, device)}, device, warmup=warmup, repeats=steps)
+    return 1e3 / t.median["step"]
 
 
 # ---------------------------------------------------------------- environment

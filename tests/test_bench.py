@@ -47,6 +47,8 @@ def test_run_case_ratios_and_cpu_memory():
     assert res.speedup_vs_eager == pytest.approx(res.median_ms["eager"] / res.median_ms["fused"], rel=1e-12)
     assert res.fused_gbps == pytest.approx(case.min_bytes / (res.median_ms["fused"] * 1e-3) / 1e9)
     assert res.fraction_of_copy == pytest.approx(res.fused_gbps / 10.0)
+    for impl in ("fused", "eager"):
+        assert 0 < res.min_ms[impl] <= res.median_ms[impl] and res.iqr_ms[impl] >= 0
     # The eager twin materialises (B, D) float32 temporaries: at least one is seen.
     assert res.peak_mem_mb["eager"] * 2**20 >= 4 * 9 * 4
     assert res.peak_mem_mb["fused"] > 0
