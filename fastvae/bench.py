@@ -268,24 +268,63 @@ def _timed_call(fn: Callable[[], None], device: torch.device) -> float:
 
 @dataclass
 class Timings:
-    """Per implementation, in ms: the first call, the median, interquartile range and fastest call."""
+    """Per implementation, in ms: the first call, the median, interquartile range and fastest call;
+    ``other_load``: CPU cores other processes kept busy on average while the rounds ran (None where
+    /proc/stat is unreadable); ``attempts``: how many times the rounds ran (see time_interleaved)."""
 
     first: Dict[str, float]
     median: Dict[str, float]
     iqr: Dict[str, float]
     min: Dict[str, float]
+    other_load: Optional[float] = None
+    attempts: int = 1
+
+
+def _busy_cpu_s() -> Optional[float]:
+    """Seconds of CPU time the whole machine has been busy (user, system, irq, steal) since boot."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class _OtherLoad:
+    """Measures the CPU cores other processes used over a window: machine busy time minus ours."""
+
+    def __enter__(self) -> "_OtherLoad":
+        self.value: Optional[float] = None
+        self._busy, self._own, self._wall = _busy_cpu_s(), sum(os.times()[:2]), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, wall = _busy_cpu_s(), time.perf_counter() - self._wall
+        if busy is None or self._busy is None or wall <= 0:
+            return
+        own = sum(os.times()[:2]) - self._own
+        self.value = max(0.0, (busy - self._busy - own) / wall)
 
 
 def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, warmup: int = 3,
-                     repeats: int = 15, min_time_s: float = 0.0, max_repeats: int = 500) -> Timings:
+                     repeats: int = 15, min_time_s: float = 0.0, max_repeats: int = 500,
+                     retries: int = 0, max_other_load: float = 0.25) -> Timings:
     """Times several functions round-robin.
 
     The first call (it includes torch.compile's compilation) is timed on its own, then ``warmup``
     untimed calls, then rounds of one call each, rotating the order, until ``repeats`` rounds and
     at least ``min_time_s`` seconds of timed calls have run (at most ``max_repeats`` rounds).
+    When other processes kept more than ``max_other_load`` CPU cores busy on average meanwhile, the
+    rounds run again, up to ``retries`` more times, and the least disturbed attempt is kept: a rule
+    on the machine's state, never on the timings themselves.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
     names = list(fns)
     first = {}
     for name in names:
@@ -294,21 +333,31 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, w
         for _ in range(warmup):
             fns[name]()
     _sync(device)
-    times: Dict[str, List[float]] = {n: [] for n in names}
-    spent, rounds = 0.0, 0
-    while rounds < repeats or (spent < min_time_s * 1e3 and rounds < max_repeats):
-        order = names[rounds % len(names):] + names[: rounds % len(names)]
-        for name in order:
-            t = _timed_call(fns[name], device)
-            times[name].append(t)
-            spent += t
-        rounds += 1
+    best: Optional[Tuple[Optional[float], Dict[str, List[float]]]] = None
+    attempts = 0
+    while attempts <= retries:
+        attempts += 1
+        times: Dict[str, List[float]] = {n: [] for n in names}
+        spent, rounds = 0.0, 0
+        with _OtherLoad() as other:
+            while rounds < repeats or (spent < min_time_s * 1e3 and rounds < max_repeats):
+                order = names[rounds % len(names):] + names[: rounds % len(names)]
+                for name in order:
+                    t = _timed_call(fns[name], device)
+                    times[name].append(t)
+                    spent += t
+                rounds += 1
+        if best is None or (other.value is not None and best[0] is not None and other.value < best[0]):
+            best = (other.value, times)
+        if other.value is None or other.value <= max_other_load:
+            break
+    load, times = best
     iqr = {}
     for n, v in times.items():
         q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
         iqr[n] = q[2] - q[0]
     return Timings(first, {n: statistics.median(v) for n, v in times.items()}, iqr,
-                   {n: min(v) for n, v in times.items()})
+                   {n: min(v) for n, v in times.items()}, load, attempts)
 
 
 @contextlib.contextmanager
@@ -387,7 +436,8 @@ class Result:
     speedup_vs_compile: Optional[float]
     fused_gbps: Optional[float]
     fraction_of_copy: Optional[float]
-    load_average: Optional[float] = None  # 1-minute load average at the end of the case
+    other_load: Optional[float] = None  # CPU cores other processes used while it was timed
+    attempts: int = 1  # timing attempts (re-timed while other processes were busy)
 
 
 def speedup(baseline_ms: Optional[float], fused_ms: Optional[float]) -> Optional[float]:
@@ -399,13 +449,13 @@ def speedup(baseline_ms: Optional[float], fused_ms: Optional[float]) -> Optional
 
 def run_case(case: Case, device: torch.device, impls: Sequence[str] = IMPLS, repeats: int = 15,
              warmup: int = 3, min_time_s: float = 0.0, memory: bool = True,
-             copy_gbps: Optional[float] = None) -> Result:
+             copy_gbps: Optional[float] = None, retries: int = 0, max_other_load: float = 0.25) -> Result:
     """Times (and measures the memory of) every implementation in ``impls`` on one case."""
     unknown = set(impls) - set(IMPLS)
     if unknown:
         raise ValueError(f"impls must be drawn from {IMPLS}, got {sorted(unknown)}")
     fns = {impl: case.make(impl) for impl in IMPLS if impl in impls}
-    t = time_interleaved(fns, device, warmup, repeats, min_time_s)
+    t = time_interleaved(fns, device, warmup, repeats, min_time_s, retries=retries, max_other_load=max_other_load)
     mem = {impl: peak_memory_mb(fn, device) if memory else None for impl, fn in fns.items()}
     pick = lambda d: {impl: d.get(impl) for impl in IMPLS}  # noqa: E731  (None for skipped impls)
     fused = t.median.get("fused")
@@ -415,7 +465,7 @@ def run_case(case: Case, device: torch.device, impls: Sequence[str] = IMPLS, rep
         pick(t.median), pick(t.iqr), pick(t.min), pick(t.first), pick(mem),
         speedup(t.median.get("eager"), fused), speedup(t.median.get("compile"), fused),
         gbps, gbps / copy_gbps if gbps and copy_gbps else None,
-        os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        t.other_load, t.attempts,
     )
 
 
@@ -455,9 +505,14 @@ def make_train_step(batch: int, loss_impl: str, device: torch.device) -> Callabl
 
 
 def train_steps_per_second(batch: int, loss_impl: str, device: torch.device, steps: int = 30,
-                           warmup: int = 5) -> float:
-    """Median Adam steps per second of `make_train_step` (the first step and ``warmup`` more untimed)."""
-    t = time_interleaved({"step": make_train_step(batch, loss_impl, device)}, device, warmup=warmup, repeats=steps)
+                           warmup: int = 5, retries: int = 0, max_other_load: float = 0.25,
+                           timings: Optional[List[Timings]] = None) -> float:
+    """Median Adam steps per second of `make_train_step` (the first step and ``warmup`` more
+    untimed); the Timings are appended to ``timings`` when given."""
+    t = time_interleaved({"step": make_train_step(batch, loss_impl, device)}, device, warmup=warmup,
+                         repeats=steps, retries=retries, max_other_load=max_other_load)
+    if timings is not None:
+        timings.append(t)
     return 1e3 / t.median["step"]
 
 
@@ -512,6 +567,9 @@ METHOD = {
               "round-robin rounds over the implementations; median per implementation "
               "(CUDA: CUDA events; CPU: perf_counter)",
     "speedup": "median(baseline) / median(fused); > 1 means fused is faster",
+    "disturbance": "other_load: CPU cores other processes kept busy while a case was timed (/proc/stat "
+                   "busy time minus this process's CPU time, over wall time); above max_other_load "
+                   "the case is timed again, up to retries times, keeping the least disturbed attempt",
     "compile": "torch.compile(reference), default mode, torch._dynamo.reset() before each case",
     "memory_cuda": "torch.cuda.max_memory_allocated during one forward + backward minus memory_allocated before",
     "memory_cpu": "torch.profiler(profile_memory=True) during one forward + backward: peak of the "
@@ -554,15 +612,21 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     for dname in args.dtype:
         for case in cases_for(families, ops, getattr(torch, dname), device, args.quick):
             res = run_case(case, device, impls, args.repeats, args.warmup, args.min_time,
-                           memory=args.memory, copy_gbps=copy_gbps)
+                           memory=args.memory, copy_gbps=copy_gbps, retries=args.retries,
+                           max_other_load=args.max_other_load)
             results.append(res)
             print(format_row(asdict(res)), flush=True)
     train = []
     if not args.no_train:
         for batch in args.train_batches:
             row: Dict[str, object] = {"batch": batch}
+            timings: List[Timings] = []
             for impl in [i for i in TRAIN_IMPLS if "compile" not in i or not args.no_compile]:
-                row[f"{impl}_steps_per_s"] = train_steps_per_second(batch, impl, device, args.train_steps)
+                row[f"{impl}_steps_per_s"] = train_steps_per_second(
+                    batch, impl, device, args.train_steps, retries=args.retries,
+                    max_other_load=args.max_other_load, timings=timings)
+            loads = [t.other_load for t in timings if t.other_load is not None]
+            row["other_load"] = max(loads) if loads else None
             row["speedup_vs_eager"] = _train_ratio(row, "eager")
             row["speedup_vs_compile"] = _train_ratio(row, "compile")
             row["fused_compile_vs_compile"] = _train_ratio(row, "compile", "fused_compile")
@@ -574,7 +638,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         "environment": env,
         "settings": {"families": families, "ops": ops, "dtypes": list(args.dtype), "impls": impls,
                      "repeats": args.repeats, "warmup": args.warmup, "min_time_s": args.min_time,
-                     "quick": bool(args.quick)},
+                     "quick": bool(args.quick), "retries": args.retries, "max_other_load": args.max_other_load,
+                     "threads": torch.get_num_threads()},
         "method": METHOD,
         "copy_gbps": copy_gbps,
         "results": [asdict(r) for r in results],
@@ -630,7 +695,14 @@ def format_row(r: Dict[str, object]) -> str:
     mem = "/".join(_fmt(v, ".1f") for v in r["peak_mem_mb"].values())
     return (f"{r['op']:28s} {_shape_str(r['shape']):22s} {r['dtype']:8s} ms: {ms} | "
             f"x{_fmt(r['speedup_vs_eager'], '.2f')} vs eager, x{_fmt(r['speedup_vs_compile'], '.2f')} vs compile "
-            f"| peak MiB f/e/c {mem}")
+            f"| peak MiB f/e/c {mem}{_disturbed_note(r)}")
+
+
+def _disturbed_note(r: Dict[str, object], limit: float = 0.25) -> str:
+    load = r.get("other_load")
+    if load is None or load <= limit:
+        return ""
+    return f" | DISTURBED: other processes used {load:.2f} cores ({r.get('attempts', 1)} attempts)"
 
 
 def format_train_row(row: Dict[str, object]) -> str:
@@ -660,15 +732,23 @@ def markdown_table(report: Dict[str, object]) -> str:
         head += " fused GB/s (% of copy) |"
         sep += " --- |"
     lines += [head, sep]
+    limit = (report.get("settings") or {}).get("max_other_load", 0.25)
+    disturbed = 0
     for r in report["results"]:
         m, p = r["median_ms"], r["peak_mem_mb"]
-        row = (f"| {r['op']} | {_shape_str(r['shape'])} | {r['dtype']} | {_fmt(m['fused'])} | {_fmt(m['eager'])} | "
+        mark = ""
+        if r.get("other_load") is not None and r["other_load"] > limit:
+            mark, disturbed = " †", disturbed + 1
+        row = (f"| {r['op']}{mark} | {_shape_str(r['shape'])} | {r['dtype']} | {_fmt(m['fused'])} | {_fmt(m['eager'])} | "
                f"{_fmt(m['compile'])} | {_fmt(r['speedup_vs_eager'], '.2f')}× | {_fmt(r['speedup_vs_compile'], '.2f')}× | "
                f"{_fmt(p['fused'], '.1f')} / {_fmt(p['eager'], '.1f')} / {_fmt(p['compile'], '.1f')} |")
         if cuda:
             frac = r.get("fraction_of_copy")
             row += f" {_fmt(r.get('fused_gbps'), '.0f')} ({_fmt(frac * 100 if frac else None, '.0f')}%) |"
         lines.append(row)
+    if disturbed:
+        lines.append(f"\n† Other processes kept more than {limit} CPU cores busy while this row was timed, "
+                     "on every attempt: its figures are less reliable.")
     if cuda and report.get("copy_gbps"):
         lines.append(f"\nCopy bandwidth in the same run: {report['copy_gbps']:.0f} GB/s.")
     if report.get("train"):
@@ -750,6 +830,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls after the first (default: 3)")
     parser.add_argument("--min-time", type=float, default=0.5,
                         help="keep timing a case until this many seconds are spent (default: 0.5)")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="re-time a case while other processes kept more than --max-other-load "
+                             "CPU cores busy, up to this many times (default: 2)")
+    parser.add_argument("--max-other-load", type=float, default=0.25,
+                        help="CPU cores other processes may use during a case before it is re-timed (default: 0.25)")
     parser.add_argument("--train-batches", type=int, nargs="+", default=[128, 1024], help="training batch sizes")
     parser.add_argument("--train-steps", type=int, default=30, help="timed training steps per loss (default: 30)")
     parser.add_argument("--out", default=None, help="write the JSON report here (and a .png plot beside it)")
@@ -762,8 +847,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("repeats", "train_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0 or args.min_time < 0:
-        raise ValueError("--warmup and --min-time must be >= 0")
+    if args.warmup < 0 or args.min_time < 0 or args.retries < 0 or args.max_other_load < 0:
+        raise ValueError("--warmup, --min-time, --retries and --max-other-load must be >= 0")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if any(b < 1 for b in args.train_batches):

@@ -72,6 +72,25 @@ def test_speedup_and_running_peak():
     assert bench._running_peak([]) == 0
 
 
+def test_retries_while_other_processes_are_busy(monkeypatch):
+    def fake_busy(values):
+        it = iter(values)  # machine busy seconds read at each timing window's start and end
+        monkeypatch.setattr(bench, "_busy_cpu_s", lambda: next(it))
+
+    calls = []
+    # The windows last milliseconds: 1 s of foreign busy time in one is a heavy disturbance.
+    fake_busy([0.0, 1.0, 5.0, 5.0])
+    t = bench.time_interleaved({"f": lambda: calls.append(1)}, CPU, warmup=0, repeats=2, retries=5)
+    assert t.attempts == 2 and t.other_load == 0.0 and len(calls) == 1 + 2 * 2  # stops once quiet
+    fake_busy([0.0, 1.0, 5.0, 5.5, 9.0, 10.0])
+    t = bench.time_interleaved({"f": lambda: None}, CPU, warmup=0, repeats=2, retries=2)
+    assert t.attempts == 3 and t.other_load > 0.25  # always busy: the least disturbed attempt is kept
+    fake_busy([0.0, 1.0])
+    assert bench.time_interleaved({"f": lambda: None}, CPU, repeats=1).attempts == 1  # no retries by default
+    with pytest.raises(ValueError, match="retries"):
+        bench.time_interleaved({"f": lambda: None}, CPU, retries=-1)
+
+
 def test_peak_memory_sees_a_known_allocation():
     n = 1 << 20
 
@@ -122,10 +141,16 @@ def _fake_report(device_type: str, elbo_ratio: float) -> dict:
 def test_markdown_table_cuda_columns_targets_and_training():
     table = bench.markdown_table(_fake_report("cuda", 1.5))
     assert "Some GPU" in table and "GB/s" in table and "1 (50%)" in table
-    assert "NOT met" in table and "1.50" in table
+    assert "NOT met" in table and "1.50" in table and "†" not in table
     assert "| 128 | 20.0 | 10.0 | – | – | 2.00× |" in table
     assert "met" in bench.markdown_table(_fake_report("cpu", 2.5)) and "NOT met" not in bench.markdown_table(
         _fake_report("cpu", 2.5))
+
+
+def test_markdown_table_marks_disturbed_rows():
+    report = _fake_report("cpu", 2.5)
+    report["results"][0]["other_load"] = 0.9
+    assert "| elbo † |" in bench.markdown_table(report) and "† Other processes" in bench.markdown_table(report)
 
 
 def test_table_flag_prints_a_saved_report(tmp_path, capsys):
