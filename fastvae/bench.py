@@ -689,10 +689,15 @@ def _fmt(v: Optional[float], spec: str = ".3f", none: str = "–") -> str:
     return format(v, spec) if v is not None else none
 
 
+def _fmt_mb(v: Optional[float]) -> str:
+    """MiB with two decimals below 10 MiB (small cases would all read 0.0), one above."""
+    return _fmt(v, ".2f" if v is not None and v < 10 else ".1f")
+
+
 def format_row(r: Dict[str, object]) -> str:
     """One printed line of a result."""
     ms = " ".join(f"{k} {_fmt(v)}" for k, v in r["median_ms"].items())
-    mem = "/".join(_fmt(v, ".1f") for v in r["peak_mem_mb"].values())
+    mem = "/".join(_fmt_mb(v) for v in r["peak_mem_mb"].values())
     return (f"{r['op']:28s} {_shape_str(r['shape']):22s} {r['dtype']:8s} ms: {ms} | "
             f"x{_fmt(r['speedup_vs_eager'], '.2f')} vs eager, x{_fmt(r['speedup_vs_compile'], '.2f')} vs compile "
             f"| peak MiB f/e/c {mem}{_disturbed_note(r)}")
@@ -741,7 +746,7 @@ def markdown_table(report: Dict[str, object]) -> str:
             mark, disturbed = " †", disturbed + 1
         row = (f"| {r['op']}{mark} | {_shape_str(r['shape'])} | {r['dtype']} | {_fmt(m['fused'])} | {_fmt(m['eager'])} | "
                f"{_fmt(m['compile'])} | {_fmt(r['speedup_vs_eager'], '.2f')}× | {_fmt(r['speedup_vs_compile'], '.2f')}× | "
-               f"{_fmt(p['fused'], '.1f')} / {_fmt(p['eager'], '.1f')} / {_fmt(p['compile'], '.1f')} |")
+               f"{_fmt_mb(p['fused'])} / {_fmt_mb(p['eager'])} / {_fmt_mb(p['compile'])} |")
         if cuda:
             frac = r.get("fraction_of_copy")
             row += f" {_fmt(r.get('fused_gbps'), '.0f')} ({_fmt(frac * 100 if frac else None, '.0f')}%) |"
@@ -769,42 +774,47 @@ def markdown_table(report: Dict[str, object]) -> str:
 
 
 def plot(report: Dict[str, object], path: str) -> None:
-    """Speed-up of the fused ops over eager and over compile against problem size."""
+    """Speed-up of the fused ops over eager and over compile against problem size: colour per op,
+    line style per dtype, marker per size family (lines join sizes of one family only)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FormatStrFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     ops = sorted({r["op"] for r in report["results"]})
     colors = {op: plt.cm.tab10(i % 10) for i, op in enumerate(ops)}
     styles = {"float32": "-", "bfloat16": "--", "float16": ":", "float64": "-."}
+    markers = {"mnist": "o", "short_rows": "s", "images": "^", "large": "D"}
     for ax, key, title in ((axes[0], "speedup_vs_eager", "vs eager"), (axes[1], "speedup_vs_compile", "vs torch.compile")):
-        series: Dict[Tuple[str, str], List[Tuple[int, float]]] = {}
+        series: Dict[Tuple[str, str, str], List[Tuple[int, float]]] = {}
         for r in report["results"]:
             if r[key] is not None:
-                series.setdefault((r["op"], r["dtype"]), []).append((r["elements"], r[key]))
-        for (op, dtype), pts in sorted(series.items()):
+                series.setdefault((r["op"], r["dtype"], r.get("family", "")), []).append((r["elements"], r[key]))
+        for (op, dtype, family), pts in sorted(series.items()):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, color=colors[op],
-                    ls=styles.get(dtype, "-"), label=f"{op} ({dtype})")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers.get(family, "x"), ms=4,
+                    color=colors[op], ls=styles.get(dtype, "-"))
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(FormatStrFormatter("%.1f"))
         ax.set_xlabel("B x D (elements of the largest operand)")
         ax.set_title(f"fused {title}", fontsize=10)
     axes[0].set_ylabel("speed-up, forward + backward (> 1: fused faster)")
-    handles, labels = {}, []
-    for ax in axes:  # one legend for both panels (a panel may lack some series)
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            if label not in handles:
-                handles[label] = h
-                labels.append(label)
+    dtypes = sorted({r["dtype"] for r in report["results"]})
+    families = [f for f in markers if any(r.get("family") == f for r in report["results"])]
+    handles = ([Line2D([], [], color=colors[op], label=op) for op in ops]
+               + [Line2D([], [], color="black", ls=styles.get(d, "-"), label=d) for d in dtypes]
+               + [Line2D([], [], color="black", ls="", marker=markers[f], label=f) for f in families])
     env = report["environment"]
     fig.suptitle(f"fastvae on {env['device_type']}: {env['device']}, torch {env['torch']}, {env['time'][:10]}", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
-    if labels:
-        fig.legend([handles[label] for label in labels], labels, fontsize=6, loc="center left", bbox_to_anchor=(0.8, 0.5))
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
+    if handles:
+        fig.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(0.82, 0.5))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"wrote {path}")
