@@ -717,8 +717,9 @@ def format_train_row(row: Dict[str, object]) -> str:
             f"x{_fmt(row.get('fused_compile_vs_compile'), '.2f')} vs compiled reference")
 
 
-def markdown_table(report: Dict[str, object]) -> str:
-    """The README's performance table from a saved report, headed by where it was measured."""
+def markdown_table(report: Dict[str, object], source: Optional[str] = None) -> str:
+    """The README's performance table from a saved report, headed by where it was measured
+    (and by the report's path when ``source`` is given)."""
     env = report["environment"]
     cuda = env["device_type"] == "cuda"
     cpu = env.get("cpu") or {}
@@ -728,7 +729,8 @@ def markdown_table(report: Dict[str, object]) -> str:
         + (f", CUDA {env['cuda']}" if cuda else "")
         + f", fastvae {env.get('fastvae_commit') or '?'}, {env['time']}. Forward + backward, median ms; "
           "speed-up = baseline time / fused time (> 1: fused faster); peak = extra memory of one "
-          "forward + backward" + (" (`max_memory_allocated`)." if cuda else " (torch profiler, CPU allocator)."),
+          "forward + backward" + (" (`max_memory_allocated`)." if cuda else " (torch profiler, CPU allocator).")
+        + (f" Source: `{source}`." if source else ""),
         "",
     ]
     head = "| op | shape | dtype | fused ms | eager ms | compile ms | vs eager | vs compile | peak MiB fused / eager / compile |"
@@ -869,7 +871,13 @@ def command(args: argparse.Namespace) -> int:
     """``fastvae bench``: runs the benchmarks (or prints a saved report's table); the exit status."""
     if args.table:
         with open(args.table) as f:
-            print(markdown_table(json.load(f)))
+            report = json.load(f)
+        # --ops / --families / --dtype pick rows of the saved report (a shorter README table).
+        report["results"] = [r for r in report["results"]
+                             if (args.ops is None or r["op"] in args.ops or (r["op"].startswith("elbo") and "elbo" in args.ops))
+                             and (args.families is None or r.get("family") in args.families)
+                             and r["dtype"] in args.dtype]
+        print(markdown_table(report, source=args.table))
         return 0
     _check_args(args)
     run(args)

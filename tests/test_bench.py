@@ -157,7 +157,12 @@ def test_table_flag_prints_a_saved_report(tmp_path, capsys):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(_fake_report("cpu", 2.5)))
     assert bench.command(_args("--table", str(path))) == 0
-    assert "| elbo | B=128 D=784 Z=20 | float32 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| elbo | B=128 D=784 Z=20 | float32 |" in out and f"Source: `{path}`" in out
+    assert bench.command(_args("--table", str(path), "--ops", "kl_standard_normal")) == 0
+    assert "| elbo |" not in capsys.readouterr().out  # the filter drops the only row
+    assert bench.command(_args("--table", str(path), "--dtype", "float32", "--families", "mnist", "--ops", "elbo")) == 0
+    assert "| elbo |" in capsys.readouterr().out
 
 
 def test_bad_arguments_are_named():
