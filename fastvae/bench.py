@@ -505,14 +505,10 @@ def make_train_step(batch: int, loss_impl: str, device: torch.device) -> Callabl
 
 
 def train_steps_per_second(batch: int, loss_impl: str, device: torch.device, steps: int = 30,
-                           warmup: int = 5, retries: int = 0, max_other_load: float = 0.25,
-                           timings: Optional[List[Timings]] = None) -> float:
-    """Median Adam steps per second of `make_train_step` (the first step and ``warmup`` more
-    untimed); the Timings are appended to ``timings`` when given."""
-    t = time_interleaved({"step": make_train_step(batch, loss_impl, device)}, device, warmup=warmup,
-                         repeats=steps, retries=retries, max_other_load=max_other_load)
-    if timings is not None:
-        timings.append(t)
+                           warmup: int = 5) -> float:
+    """Median Adam steps per second of `make_train_step` alone (the first step and ``warmup``
+    more untimed). ``fastvae bench`` times every loss's steps interleaved instead."""
+    t = time_interleaved({"step": make_train_step(batch, loss_impl, device)}, device, warmup=warmup, repeats=steps)
     return 1e3 / t.median["step"]
 
 
@@ -576,8 +572,8 @@ METHOD = {
                   "running sum of CPU allocator allocations and frees",
     "bandwidth": "min_bytes (inputs read once, gradients and outputs written once, upstream "
                  "gradients read once) / fused median; copy_gbps: dst.copy_(src) of 256 MiB, read + write",
-    "train": "Adam steps/s of fastvae.models.build_mlp_vae(784, (400,), 20) on random binary data, "
-             "loss fastvae.training.vae_loss (fused or reference); compile and fused_compile run the "
+    "train": "Adam steps/s (median, losses interleaved round-robin) of "
+             "fastvae.models.build_mlp_vae(784, (400,), 20) on random binary data, loss fastvae.training.vae_loss (fused or reference); compile and fused_compile run the "
              "whole objective (model + loss) under torch.compile",
 }
 
@@ -620,13 +616,14 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     if not args.no_train:
         for batch in args.train_batches:
             row: Dict[str, object] = {"batch": batch}
-            timings: List[Timings] = []
-            for impl in [i for i in TRAIN_IMPLS if "compile" not in i or not args.no_compile]:
-                row[f"{impl}_steps_per_s"] = train_steps_per_second(
-                    batch, impl, device, args.train_steps, retries=args.retries,
-                    max_other_load=args.max_other_load, timings=timings)
-            loads = [t.other_load for t in timings if t.other_load is not None]
-            row["other_load"] = max(loads) if loads else None
+            # All losses' steps interleaved round-robin, like the op cases (separate, equal models).
+            steps = {impl: make_train_step(batch, impl, device)
+                     for impl in TRAIN_IMPLS if "compile" not in impl or not args.no_compile}
+            t = time_interleaved(steps, device, warmup=5, repeats=args.train_steps, retries=args.retries,
+                                 max_other_load=args.max_other_load)
+            for impl in steps:
+                row[f"{impl}_steps_per_s"] = 1e3 / t.median[impl]
+            row["other_load"], row["attempts"] = t.other_load, t.attempts
             row["speedup_vs_eager"] = _train_ratio(row, "eager")
             row["speedup_vs_compile"] = _train_ratio(row, "compile")
             row["fused_compile_vs_compile"] = _train_ratio(row, "compile", "fused_compile")

@@ -127,6 +127,18 @@ def test_run_writes_report_table_and_plot(tmp_path, monkeypatch):
     assert "Measured on" in table and "GB/s" not in table  # bandwidth column only for CUDA reports
 
 
+def test_run_training_rows(monkeypatch):
+    monkeypatch.setattr(bench, "family_shapes", lambda family, quick=False: [dict(TINY)])
+    report = bench.run(_args("--device", "cpu", "--dtype", "float32", "--families", "mnist", "--ops", "kl_standard_normal",
+                             "--no-compile", "--no-memory", "--repeats", "1", "--min-time", "0", "--train-batches", "8",
+                             "--train-steps", "2"))
+    (row,) = report["train"]
+    assert row["batch"] == 8 and "compile_steps_per_s" not in row and row["fused_steps_per_s"] > 0
+    assert row["speedup_vs_eager"] == pytest.approx(row["fused_steps_per_s"] / row["eager_steps_per_s"])
+    assert row["speedup_vs_compile"] is None and report["results"][0]["peak_mem_mb"]["fused"] is None
+    assert report["targets"]["lines"] == []  # no ELBO case, nothing to check the target against
+
+
 def _fake_report(device_type: str, elbo_ratio: float) -> dict:
     res = {"op": "elbo", "family": "mnist", "shape": {"B": 128, "D": 784, "Z": 20}, "dtype": "float32",
            "elements": 128 * 784, "min_bytes": 10**6, "median_ms": {"fused": 1.0, "eager": elbo_ratio, "compile": None},
