@@ -19,8 +19,11 @@ using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
   at::Tensor philox_state(const at::Tensor& like, std::optional<at::Generator> generator);       \
   at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar,                      \
                             const at::Tensor& rng_state, int64_t num_samples);                   \
+  TensorPair reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar,              \
+                                    const at::Tensor& rng_state, int64_t num_samples);           \
   TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& mu,             \
-                                     const at::Tensor& logvar, const at::Tensor& rng_state);     \
+                                     const at::Tensor& logvar, const at::Tensor& rng_state,      \
+                                     const std::optional<at::Tensor>& grad_kl);                  \
   /* kl */                                                                                       \
   at::Tensor kl_standard_normal(const at::Tensor& mu, const at::Tensor& logvar);                 \
   TensorPair kl_standard_normal_backward(const at::Tensor& grad, const at::Tensor& mu,           \

@@ -9,13 +9,14 @@
 #include "ops.h"
 
 // Bumped whenever a schema changes, so that fastvae/_extension.py can refuse a stale build.
-#define FASTVAE_OPS_VERSION 2
+#define FASTVAE_OPS_VERSION 3
 
 TORCH_LIBRARY(fastvae, m) {
   m.def("philox_state(Tensor like, Generator? generator=None) -> Tensor",
         {at::Tag::nondeterministic_seeded});
   m.def("reparameterize(Tensor mu, Tensor logvar, Tensor rng_state, int num_samples) -> Tensor");
-  m.def("reparameterize_backward(Tensor grad_z, Tensor mu, Tensor logvar, Tensor rng_state) -> (Tensor, Tensor)");
+  m.def("reparameterize_with_kl(Tensor mu, Tensor logvar, Tensor rng_state, int num_samples) -> (Tensor, Tensor)");
+  m.def("reparameterize_backward(Tensor grad_z, Tensor mu, Tensor logvar, Tensor rng_state, Tensor? grad_kl=None) -> (Tensor, Tensor)");
   m.def("kl_standard_normal(Tensor mu, Tensor logvar) -> Tensor");
   m.def("kl_standard_normal_backward(Tensor grad, Tensor mu, Tensor logvar) -> (Tensor, Tensor)");
   m.def("bernoulli_log_likelihood(Tensor logits, Tensor x, bool compute_grad, float grad_scale=1.0) -> (Tensor, Tensor)");
@@ -30,6 +31,7 @@ TORCH_LIBRARY(fastvae, m) {
 #define FASTVAE_IMPL_ALL(ns)                                                                   \
   m.impl("philox_state", &fastvae::ns::philox_state);                                          \
   m.impl("reparameterize", &fastvae::ns::reparameterize);                                      \
+  m.impl("reparameterize_with_kl", &fastvae::ns::reparameterize_with_kl);                      \
   m.impl("reparameterize_backward", &fastvae::ns::reparameterize_backward);                    \
   m.impl("kl_standard_normal", &fastvae::ns::kl_standard_normal);                              \
   m.impl("kl_standard_normal_backward", &fastvae::ns::kl_standard_normal_backward);            \

@@ -55,9 +55,11 @@ OPS = (
     "gaussian_log_density",
     "standard_normal_log_density",
     "reparameterize",
+    "reparameterize_with_kl",
 )
 # Ops on the latent code: at MNIST-like sizes they run on (B, Z), elsewhere on (B, D).
-LATENT_OPS = ("kl_standard_normal", "gaussian_log_density", "standard_normal_log_density", "reparameterize")
+LATENT_OPS = ("kl_standard_normal", "gaussian_log_density", "standard_normal_log_density", "reparameterize",
+              "reparameterize_with_kl")
 FAMILIES = ("mnist", "short_rows", "images", "large")
 COPY_BYTES = 256 * 2**20
 
@@ -181,8 +183,13 @@ def build_case(op: str, shape: Dict[str, int], dtype: torch.dtype, device: torch
 
         def impl_fn(mod):
             # The whole loss of a training step: the sample z goes on to the decoder (its
-            # gradient arrives from there), the negative ELBO to the optimiser.
-            return lambda: (mod.reparameterize(mu, lv), mod.elbo(recon, x, mu, lv, likelihood=lik, obs_logvar=-1.0))
+            # gradient arrives from there), the negative ELBO to the optimiser. The KL term comes
+            # with the sample, as in VAE.forward.
+            def step():
+                z, kl = mod.reparameterize_with_kl(mu, lv)
+                return z, mod.elbo(recon, x, mu, lv, likelihood=lik, obs_logvar=-1.0, kl=kl)
+
+            return step
 
         leaves = [recon, mu, lv]
         up = _upstream_grads([(b, z), ()], device)
@@ -210,9 +217,12 @@ def build_case(op: str, shape: Dict[str, int], dtype: torch.dtype, device: torch
                 2 * _nbytes(zz, a, lv) + row_out, up_rows)
     elif op == "standard_normal_log_density":
         spec = (lambda mod: lambda: (mod.standard_normal_log_density(a),), [a], _nbytes(a, a) + row_out, up_rows)
-    else:  # reparameterize: z goes on to the decoder; eps is never stored by the fused op
+    elif op == "reparameterize":  # z goes on to the decoder; eps is never stored by the fused op
         spec = (lambda mod: lambda: (mod.reparameterize(a, lv),), [a, lv],
                 _nbytes(a, lv, a, lv) + 2 * b * cols * esize, _upstream_grads([(b, cols)], device))
+    else:  # reparameterize_with_kl: z and the KL term of the same (mu, logvar), both used
+        spec = (lambda mod: lambda: mod.reparameterize_with_kl(a, lv), [a, lv],
+                _nbytes(a, lv, a, lv) + 2 * b * cols * esize + row_out, _upstream_grads([(b, cols), (b,)], device))
     impl_fn, leaves, min_bytes, up = spec
     return Case(op, family, case_shape, dname, min_bytes, _forward(impl_fn), up, leaves)
 

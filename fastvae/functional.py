@@ -19,6 +19,7 @@ from .ops import ops
 
 __all__ = [
     "reparameterize",
+    "reparameterize_with_kl",
     "kl_standard_normal",
     "bernoulli_log_likelihood",
     "gaussian_log_likelihood",
@@ -115,6 +116,36 @@ def _split_event(shape: torch.Size, event_ndim: int) -> Tuple[int, ...]:
 
 
 # ---------------------------------------------------------------- sampling
+def _sampling_inputs(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    num_samples: Optional[int],
+    generator: Optional[torch.Generator],
+    need_latent_dim: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Checked mu and logvar of one dtype, broadcast and contiguous; their Philox state; K."""
+    _check_float("mu", mu)
+    _check_float("logvar", logvar)
+    _check_devices(mu=mu, logvar=logvar)
+    if num_samples is not None and (
+        not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1
+    ):
+        raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != mu.device.type:
+            raise ValueError(f"generator is on {generator.device} but mu is on {mu.device}")
+    shape = _broadcast_shape(mu=mu, logvar=logvar)
+    if need_latent_dim and len(shape) == 0:
+        raise ValueError("mu and logvar need a latent dim (at least 1-D)")
+    _check_nonempty(shape, "mu")
+    dtype = _common_dtype(mu, logvar)
+    mu_c = _cast(mu, dtype).expand(shape).contiguous()
+    logvar_c = _cast(logvar, dtype).expand(shape).contiguous()
+    return mu_c, logvar_c, ops.philox_state(mu_c, generator), 1 if num_samples is None else num_samples
+
+
 def reparameterize(
     mu: torch.Tensor,
     logvar: torch.Tensor,
@@ -132,26 +163,29 @@ def reparameterize(
         num_samples: K; when given the result has shape (K, *shape), otherwise ``shape``.
         generator: a ``torch.Generator`` on mu's device.
     """
-    _check_float("mu", mu)
-    _check_float("logvar", logvar)
-    _check_devices(mu=mu, logvar=logvar)
-    if num_samples is not None and (
-        not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1
-    ):
-        raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}")
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        if generator.device.type != mu.device.type:
-            raise ValueError(f"generator is on {generator.device} but mu is on {mu.device}")
-    shape = _broadcast_shape(mu=mu, logvar=logvar)
-    _check_nonempty(shape, "mu")
-    dtype = _common_dtype(mu, logvar)
-    mu_c = _cast(mu, dtype).expand(shape).contiguous()
-    logvar_c = _cast(logvar, dtype).expand(shape).contiguous()
-    rng_state = ops.philox_state(mu_c, generator)
-    z = ops.reparameterize(mu_c, logvar_c, rng_state, 1 if num_samples is None else num_samples)
+    mu_c, logvar_c, rng_state, k = _sampling_inputs(mu, logvar, num_samples, generator)
+    z = ops.reparameterize(mu_c, logvar_c, rng_state, k)
     return z.squeeze(0) if num_samples is None else z
+
+
+def reparameterize_with_kl(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    num_samples: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(reparameterize(mu, logvar, ...), kl_standard_normal(mu, logvar))`` from one pass.
+
+    The sample and the KL term read the same mu and logvar, so the CUDA kernel computes both while
+    it has them in registers, and the backward pass takes both terms' gradients in one pass too.
+    z is exactly what :func:`reparameterize` draws from the same generator state; the KL has
+    shape ``shape[:-1]`` (summed over the last, latent dim). Pass it to :func:`elbo` as ``kl=``.
+    """
+    mu_c, logvar_c, rng_state, k = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
+    shape = mu_c.shape
+    z, kl = ops.reparameterize_with_kl(mu_c.view(-1, shape[-1]), logvar_c.view(-1, shape[-1]), rng_state, k)
+    z = z.view(k, *shape)
+    return (z.squeeze(0) if num_samples is None else z), kl.view(shape[:-1])
 
 
 # ---------------------------------------------------------------- KL
@@ -283,6 +317,7 @@ def elbo(
     obs_logvar: Union[float, torch.Tensor] = 0.0,
     beta: float = 1.0,
     reduction: str = "mean",
+    kl: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Negative ELBO: -log p(x|z) + beta * KL(q(z|x) || N(0, I)), per example then reduced.
 
@@ -290,6 +325,8 @@ def elbo(
     ``recon`` = decoder logits) or Gaussian NLL (``"gaussian"``, ``recon`` = decoder mean with
     log-variance ``obs_logvar``) plus the analytic KL. The per-example sums run over every dim of
     ``recon`` after the first; ``reduction`` is "mean" (over examples), "sum" or "none".
+    ``kl``: the KL term per example when it is already computed (by
+    :func:`reparameterize_with_kl`); mu and logvar are then not read again.
     """
     if likelihood not in _LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {_LIKELIHOODS}, got {likelihood!r}")
@@ -307,7 +344,11 @@ def elbo(
         rec = _bernoulli_log_likelihood(recon, x, max(recon.dim() - 1, 1), grad_scale=scale)
     else:
         rec = gaussian_log_likelihood(recon, x, obs_logvar, event_dims=max(recon.dim() - 1, 1))
-    kl = kl_standard_normal(mu, logvar)
+    if kl is None:
+        kl = kl_standard_normal(mu, logvar)
+    else:
+        _check_float("kl", kl)
+        _check_devices(recon=recon, kl=kl)
     if rec.shape != kl.shape:
         raise ValueError(
             f"recon gives per-example terms of shape {tuple(rec.shape)} but mu/logvar give "

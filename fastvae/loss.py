@@ -49,13 +49,17 @@ class ELBOLoss(nn.Module):
         mu: torch.Tensor,
         logvar: torch.Tensor,
         obs_logvar: Optional[Union[float, torch.Tensor]] = None,
+        kl: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        """Negative ELBO; ``kl`` is the KL term per example when already computed (by
+        ``fastvae.functional.reparameterize_with_kl``), so mu and logvar are not read again."""
         return F.elbo(
             recon, x, mu, logvar,
             likelihood=self.likelihood,
             obs_logvar=self.obs_logvar if obs_logvar is None else obs_logvar,
             beta=self.beta,
             reduction=self.reduction,
+            kl=kl,
         )
 
     def extra_repr(self) -> str:

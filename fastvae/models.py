@@ -43,13 +43,15 @@ class VAEOutput:
 
     recon: raw decoder output (Bernoulli logits, Gaussian mean, or for ``obs_var="per_element"``
     mean and log-variance stacked along dim 1); mu, logvar: posterior parameters (B, Z);
-    z: the reparameterised sample (B, Z).
+    z: the reparameterised sample (B, Z); kl: KL(q(z|x) || p(z)) per example (B,), computed in
+    the same pass as z, or None (the loss then computes it from mu and logvar).
     """
 
     recon: torch.Tensor
     mu: torch.Tensor
     logvar: torch.Tensor
     z: torch.Tensor
+    kl: Optional[torch.Tensor] = None
 
 
 def _check_reduction(reduction: str) -> None:
@@ -219,11 +221,11 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor) -> VAEOutput:
-        """Encode, draw one z per example with the fused reparameterisation, decode."""
+        """Encode, draw one z per example and its KL term in one fused pass, decode."""
         self._flat_x(x)  # checks x against data_shape before the encoder sees it
         mu, logvar = self.encode(x)
-        z = _F.reparameterize(mu, logvar)
-        return VAEOutput(recon=self.decode(z), mu=mu, logvar=logvar, z=z)
+        z, kl = _F.reparameterize_with_kl(mu, logvar)
+        return VAEOutput(recon=self.decode(z), mu=mu, logvar=logvar, z=z, kl=kl)
 
     def loss_from_output(
         self,
@@ -249,7 +251,7 @@ class VAE(nn.Module):
                 )
             return _F.elbo(
                 recon, x_flat, out.mu, out.logvar, likelihood=self.likelihood,
-                obs_logvar=obs_logvar, beta=beta, reduction=reduction,
+                obs_logvar=obs_logvar, beta=beta, reduction=reduction, kl=out.kl,
             )
         # Free bits need the KL of each latent dim before summing, which the fused KL does not
         # expose; the likelihood term stays fused.

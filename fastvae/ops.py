@@ -41,8 +41,13 @@ def _(mu, logvar, rng_state, num_samples):
     return mu.new_empty((num_samples, *mu.shape))
 
 
+@torch.library.register_fake("fastvae::reparameterize_with_kl")
+def _(mu, logvar, rng_state, num_samples):
+    return mu.new_empty((num_samples, *mu.shape)), _rows_out(mu)
+
+
 @torch.library.register_fake("fastvae::reparameterize_backward")
-def _(grad_z, mu, logvar, rng_state):
+def _(grad_z, mu, logvar, rng_state, grad_kl=None):
     return torch.empty_like(mu), torch.empty_like(logvar)
 
 
@@ -107,6 +112,31 @@ def _reparameterize_backward(ctx, grad_z):
 
 torch.library.register_autograd(
     "fastvae::reparameterize", _reparameterize_backward, setup_context=_reparameterize_setup
+)
+
+
+def _reparameterize_with_kl_setup(ctx, inputs, output):
+    _reparameterize_setup(ctx, inputs, output)
+    # A term nobody used sends no gradient: no zero tensor of z's size is made for it.
+    ctx.set_materialize_grads(False)
+
+
+def _reparameterize_with_kl_backward(ctx, grad_z, grad_kl):
+    mu, logvar, rng_state = ctx.saved_tensors
+    if grad_z is None and grad_kl is None:
+        return None, None, None, None
+    if grad_z is None:
+        grad_mu, grad_logvar = ops.kl_standard_normal_backward(grad_kl.contiguous(), mu, logvar)
+    else:
+        # Both terms' gradients in one pass over mu and logvar.
+        grad_mu, grad_logvar = ops.reparameterize_backward(
+            grad_z.contiguous(), mu, logvar, rng_state, None if grad_kl is None else grad_kl.contiguous()
+        )
+    return grad_mu, grad_logvar, None, None
+
+
+torch.library.register_autograd(
+    "fastvae::reparameterize_with_kl", _reparameterize_with_kl_backward, setup_context=_reparameterize_with_kl_setup
 )
 
 

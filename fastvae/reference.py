@@ -6,7 +6,7 @@ deliberately naive: no fusion, no custom autograd, the standard torch formulas.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 __all__ = [
     "reparameterize",
+    "reparameterize_with_kl",
     "kl_standard_normal",
     "bernoulli_log_likelihood",
     "gaussian_log_likelihood",
@@ -50,6 +51,16 @@ def reparameterize(
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag exp(logvar)) || N(0, I)) summed over the last dim."""
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
+
+
+def reparameterize_with_kl(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    num_samples: Optional[int] = None,
+    eps: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The sample and the KL term, each computed on its own."""
+    return reparameterize(mu, logvar, num_samples, eps), kl_standard_normal(mu, logvar)
 
 
 def bernoulli_log_likelihood(
@@ -96,8 +107,10 @@ def elbo(
     obs_logvar: Union[float, torch.Tensor] = 0.0,
     beta: float = 1.0,
     reduction: str = "mean",
+    kl: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Negative ELBO as users write it: summed BCE-with-logits (or Gaussian NLL) + beta * KL."""
+    """Negative ELBO as users write it: summed BCE-with-logits (or Gaussian NLL) + beta * KL
+    (``kl``, when given, is the KL term already computed from mu and logvar)."""
     if likelihood == "bernoulli":
         rec = F.binary_cross_entropy_with_logits(
             recon, x.to(recon.dtype).expand_as(recon), reduction="none"
@@ -106,7 +119,8 @@ def elbo(
         rec = -gaussian_log_likelihood(recon, x, obs_logvar)
     else:
         raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
-    kl = kl_standard_normal(mu, logvar)
+    if kl is None:
+        kl = kl_standard_normal(mu, logvar)
     loss = rec + beta * kl
     if reduction == "mean":
         return loss.mean()

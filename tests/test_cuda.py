@@ -56,6 +56,64 @@ def test_cuda_matches_cpu_forward_and_backward(dtype, shape):
             assert rel_err(g_cuda, g_cpu) < 4 * tol, fn.__name__
 
 
+def _unaligned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t that starts one element into its storage: no 16-byte packs."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+# Rows per shape chosen so that each launch path runs on an H100 (132 SMs): groups of 8 lanes
+# (<= 8 packs a row, many rows), groups of 32 lanes, a block per row, long rows split over blocks.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(65536, 20), (65536, 64), (128, 784), (8, 3 * 256 * 256), (4099, 7)])
+def test_packed_and_unaligned_launch_paths_match_cpu(dtype, shape):
+    tol = max(TOL[dtype], 1e-6)
+    logits, mean, xg, lv = ((torch.randn(shape) * 2).to(dtype) for _ in range(4))
+    x = (torch.rand(shape) > 0.5).to(torch.uint8)
+    cases = [
+        (F.bernoulli_log_likelihood, (logits, x)),
+        (F.gaussian_log_likelihood, (mean, xg, lv)),
+        (F.kl_standard_normal, (mean, lv)),
+        (F.gaussian_log_density, (xg, mean, lv)),
+        (F.standard_normal_log_density, (mean,)),
+    ]
+    for fn, args in cases:
+        results = []
+        for device, layout in (("cpu", lambda t: t), ("cuda", lambda t: t), ("cuda", _unaligned)):
+            leaves = [layout(a.to(device)).requires_grad_(a.is_floating_point()) for a in args]
+            out = fn(*leaves)
+            out.backward(torch.linspace(-1, 1, out.numel(), device=device).view_as(out))
+            results.append([out.detach().cpu()] + [a.grad.cpu() for a in leaves if a.requires_grad])
+        for got in results[1:]:
+            assert rel_err(got[0], results[0][0]) < tol, fn.__name__
+            for g, want in zip(got[1:], results[0][1:]):
+                assert rel_err(g, want) < 4 * tol, fn.__name__
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(65536, 64), (4096, 20), (7, 20), (3, 1025)])
+def test_fused_sample_and_kl_matches_cpu(dtype, shape):
+    """One CUDA pass gives the CPU's z (same seed and offset) and KL, and the gradients of both."""
+    mu, lv = (torch.randn(shape).to(dtype) for _ in range(2))
+    state = torch.tensor([0x2545F4914F6CDD1D, 77], dtype=torch.int64)
+    grad_kl = torch.randn(shape[0], dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    results = []
+    for device, layout in (("cpu", lambda t: t), ("cuda", lambda t: t), ("cuda", _unaligned)):
+        m, v = layout(mu.to(device)), layout(lv.to(device))
+        z, kl = ops.reparameterize_with_kl(m, v, state.to(device), 2)
+        grads = ops.reparameterize_backward(torch.ones_like(z) * 0.5, m, v, state.to(device), grad_kl.to(device))
+        results.append([z.cpu(), kl.cpu(), *(g.cpu() for g in grads)])
+    tol = max(TOL[dtype], 1e-6)
+    for got in results[1:]:
+        for g, want in zip(got, results[0]):
+            assert rel_err(g, want) < 4 * tol
+    # The fused pass draws the z that the plain sampling kernel draws.
+    alone = ops.reparameterize(mu.cuda(), lv.cuda(), state.cuda(), 2).cpu()
+    assert rel_err(results[1][0], alone) < tol
+
+
 def test_results_are_bitwise_deterministic():
     logits = torch.randn(8, 3 * 256 * 256, device="cuda", requires_grad=True)
     x = (torch.rand(8, 3 * 256 * 256, device="cuda") > 0.5).to(torch.uint8)

@@ -55,6 +55,10 @@ def _noise_free(mu, logvar, num_samples=None, generator=None):
     return mu
 
 
+def _noise_free_with_kl(mu, logvar, num_samples=None, generator=None):
+    return mu, F.kl_standard_normal(mu, logvar)
+
+
 def _worker(rank: int, port: int, out_dir: str, result: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
@@ -62,11 +66,11 @@ def _worker(rank: int, port: int, out_dir: str, result: str) -> None:
     train, test = _data()
     # The fused sampler's Philox counter runs over each rank's own rows, so per-example noise
     # depends on the sharding; without noise the runs must agree up to rounding.
-    real_sampler = F.reparameterize
-    F.reparameterize = _noise_free
+    real_samplers = F.reparameterize, F.reparameterize_with_kl
+    F.reparameterize, F.reparameterize_with_kl = _noise_free, _noise_free_with_kl
     ddp = Trainer(_model(), train, test, _config(), out_dir=out_dir)  # joins the group from the env
     ddp.fit()
-    F.reparameterize = real_sampler
+    F.reparameterize, F.reparameterize_with_kl = real_samplers
     # With the real sampler (each rank its own noise) DDP keeps the ranks' weights identical.
     noisy = Trainer(_model(), train, test, _config(epochs=1))
     noisy.fit()
@@ -83,6 +87,7 @@ def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path, monkeypa
     mp.spawn(_worker, args=(_free_port(), str(out_dir), str(result)), nprocs=WORLD, join=True)
 
     monkeypatch.setattr(F, "reparameterize", _noise_free)
+    monkeypatch.setattr(F, "reparameterize_with_kl", _noise_free_with_kl)
     train, test = _data()
     single = Trainer(_model(), train, test, _config())
     single.fit()

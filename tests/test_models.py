@@ -168,6 +168,20 @@ def test_loss_is_loss_from_output_of_forward_with_the_same_seed():
     assert eps.mean().abs() < 0.05 and (eps.std() - 1).abs() < 0.05
 
 
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_forward_kl_from_the_sampling_pass_gives_the_loss_of_mu_and_logvar(device):
+    vae = _small_model("mlp", "bernoulli", "fixed").to(device)
+    x = _data(vae, device=device)
+    out = vae(x)
+    torch.testing.assert_close(out.kl, fvf.kl_standard_normal(out.mu, out.logvar), rtol=1e-6, atol=1e-6)
+    without = VAEOutput(out.recon, out.mu, out.logvar, out.z)  # kl=None: computed from mu, logvar
+    params = [p for p in vae.parameters() if p.requires_grad]
+    with_grads = torch.autograd.grad(vae.loss_from_output(out, x, beta=0.6), params, retain_graph=True)
+    without_grads = torch.autograd.grad(vae.loss_from_output(without, x, beta=0.6), params)
+    for a, b in zip(with_grads, without_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("likelihood,obs_var", [("bernoulli", "fixed"), ("gaussian", "per_element")])
 def test_free_bits_clamps_each_latent_dims_kl(likelihood, obs_var):
     vae = _small_model("mlp", likelihood, obs_var)

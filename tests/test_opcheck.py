@@ -22,6 +22,8 @@ def _samples(device):
     rng = ops.philox_state(mu.detach())
     yield ops.reparameterize, (mu, lv, rng, 3)
     yield ops.reparameterize_backward, (t(3, 4, 6, grad=False), mu.detach(), lv.detach(), rng)
+    yield ops.reparameterize_with_kl, (mu, lv, rng, 2)
+    yield ops.reparameterize_backward, (t(2, 4, 6, grad=False), mu.detach(), lv.detach(), rng, t(4, grad=False))
     yield ops.kl_standard_normal, (mu, lv)
     yield ops.kl_standard_normal, (t(4, 6, dtype=torch.bfloat16), t(4, 6, dtype=torch.bfloat16))
     yield ops.kl_standard_normal_backward, (t(4, grad=False), mu.detach(), lv.detach())
@@ -49,7 +51,7 @@ def test_opcheck_every_op(device):
         ops.philox_state, (torch.randn(2, device=device),),
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
-    assert len(checked) == 11  # every op but philox_state, checked below
+    assert len(checked) == 12  # every op but philox_state, checked below
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -62,7 +64,8 @@ def test_compiled_fused_elbo_has_no_graph_break(device):
     def step(x):
         mu, lv = enc(x).chunk(2, dim=-1)
         z = F.reparameterize(mu, lv)
-        return loss_fn(dec(z), x, mu, lv)
+        z2, kl = F.reparameterize_with_kl(mu, lv)
+        return loss_fn(dec(z), x, mu, lv) + F.elbo(dec(z2), x, mu, lv, kl=kl)
 
     x = torch.rand(16, 20, device=device)
     compiled = torch.compile(step, fullgraph=True, backend="inductor")

@@ -165,6 +165,14 @@ def test_gradcheck_all_ops(device):
 
     assert gc(sample, (leaf(2, 5), leaf(2, 5)))
 
+    def sample_and_kl(mu, lv):
+        gen.manual_seed(11)
+        z, kl = F.reparameterize_with_kl(mu, lv, num_samples=2, generator=gen)
+        return z, kl
+
+    assert gc(sample_and_kl, (leaf(3, 5), leaf(3, 5)))
+    assert gc(lambda m, v: F.elbo(m[:, :7], x, m[:, 7:], v, kl=F.kl_standard_normal(m[:, 7:], v)), (leaf(3, 11), leaf(3, 4)))
+
 
 # ---------------------------------------------------------------- numerics
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -248,6 +256,36 @@ def test_reparameterize_backward_regenerates_eps(device, dtype):
     assert rel_err(lv.grad, grad_lv) < tol
 
 
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 1025), (7, 20), (1, 1), (4, 3, 7)])
+@pytest.mark.parametrize("used", ["both", "z", "kl"])
+def test_reparameterize_with_kl_is_sample_and_kl_in_one(device, dtype, shape, used):
+    mu = (torch.randn(shape, dtype=torch.float64) * 0.7).to(device=device, dtype=dtype).requires_grad_()
+    lv = (torch.randn(shape, dtype=torch.float64) * 0.7).to(device=device, dtype=dtype).requires_grad_()
+    gen = torch.Generator(device=device)
+    seed = int(torch.randint(0, 2**62, ()))
+    z, kl = F.reparameterize_with_kl(mu, lv, num_samples=3, generator=gen.manual_seed(seed))
+    assert z.shape == (3, *shape) and z.dtype == dtype and kl.shape == shape[:-1]
+    # The sample is the one reparameterize draws from the same generator state.
+    z_alone = F.reparameterize(mu.detach(), lv.detach(), num_samples=3, generator=gen.manual_seed(seed))
+    assert rel_err(z, z_alone) <= (0 if device == "cpu" else 1e-6 if dtype != torch.float64 else 1e-14)
+    # Reference on float64 copies, with the stream's eps from a float64 draw of the same seed.
+    m64, l64 = mu.detach().double().requires_grad_(), lv.detach().double().requires_grad_()
+    z64 = F.reparameterize(m64.detach(), l64.detach(), num_samples=3, generator=gen.manual_seed(seed))
+    eps = (z64 - m64.detach()) / torch.exp(0.5 * l64.detach())
+    z_ref, kl_ref = R.reparameterize(m64, l64, num_samples=3, eps=eps), R.kl_standard_normal(m64, l64)
+    assert rel_err(z, z_ref) <= TOL[dtype] and rel_err(kl, kl_ref) <= TOL[dtype]
+    w_z, w_kl = torch.randn_like(z_ref), torch.randn_like(kl_ref)
+    terms = {"z": [(z, z_ref, w_z)], "kl": [(kl, kl_ref, w_kl)]}
+    terms["both"] = terms["z"] + terms["kl"]
+    sum(((out * w.to(device=device, dtype=out.dtype)).sum() for out, _, w in terms[used])).backward()
+    sum(((ref * w).sum() for _, ref, w in terms[used])).backward()
+    for fused, ref in ((mu, m64), (lv, l64)):
+        assert fused.grad.dtype == dtype
+        assert rel_err(fused.grad, ref.grad) <= TOL[dtype] * 4
+
+
 # ---------------------------------------------------------------- the ELBO
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -278,6 +316,10 @@ def test_elbo_matches_hand_written_loss(device, reduction, likelihood):
         (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(3, 2), torch.randn(3, 2), reduction="avg"), "reduction"),
         (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(3, 2), torch.randn(3, 2), likelihood="poisson"), "likelihood"),
         (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(5, 2), torch.randn(5, 2)), "batch dims"),
+        (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(3, 2), torch.randn(3, 2), kl=torch.rand(5)), "batch dims"),
+        (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(3, 2), torch.randn(3, 2), kl=[1.0]), "kl must be"),
+        (lambda: F.reparameterize_with_kl(torch.randn(()), torch.randn(())), "latent dim"),
+        (lambda: F.reparameterize_with_kl(torch.randn(3, 2), torch.randn(3, 2), num_samples=-1), "num_samples"),
     ],
 )
 def test_bad_input_raises_value_error_naming_argument(call, match):

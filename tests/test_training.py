@@ -190,12 +190,19 @@ def test_kl_warmup_ramps_linearly():
     assert none.beta_at(0) == 0.5
 
 
+def _sample_the_posterior_mean(monkeypatch):
+    """z = mu on the fused path (with the KL term from mu and logvar as the fused sampler gives it)."""
+    monkeypatch.setattr(F, "reparameterize", lambda mu, logvar, num_samples=None, generator=None: mu)
+    monkeypatch.setattr(F, "reparameterize_with_kl",
+                        lambda mu, logvar, num_samples=None, generator=None: (mu, F.kl_standard_normal(mu, logvar)))
+
+
 @pytest.mark.parametrize("likelihood,obs_var", [("bernoulli", "fixed"), ("gaussian", "scalar"),
                                                 ("gaussian", "per_element")])
 @pytest.mark.parametrize("free_bits", [0.0, 0.3])
 def test_reference_loss_matches_fused_loss(monkeypatch, likelihood, obs_var, free_bits):
     # Same z on both paths (the posterior mean), so only the loss formulas differ.
-    monkeypatch.setattr(F, "reparameterize", lambda mu, logvar, num_samples=None, generator=None: mu)
+    _sample_the_posterior_mean(monkeypatch)
     monkeypatch.setattr(R, "reparameterize", lambda mu, logvar, num_samples=None, eps=None: mu)
     model = _model(latent=3, likelihood=likelihood, obs_var=obs_var, obs_logvar=-1.0)
     x = torch.rand(12, 64)
@@ -215,7 +222,7 @@ def test_reference_loss_matches_fused_loss(monkeypatch, likelihood, obs_var, fre
 
 
 def test_free_bits_raise_the_loss_where_the_kl_is_small(monkeypatch):
-    monkeypatch.setattr(F, "reparameterize", lambda mu, logvar, num_samples=None, generator=None: mu)
+    _sample_the_posterior_mean(monkeypatch)
     model = _model(latent=3)
     x = torch.rand(8, 64)
     with torch.no_grad():

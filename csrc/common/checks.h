@@ -6,6 +6,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
+
 namespace fastvae {
 
 inline bool is_reduced_or_float(at::ScalarType t) {
@@ -94,6 +96,14 @@ inline void check_sampling_inputs(const at::Tensor& mu, const at::Tensor& logvar
   check_same_shape(mu, "mu", logvar, "logvar");
   TORCH_CHECK(mu.is_contiguous() && logvar.is_contiguous(), "fastvae: mu and logvar must be contiguous");
   check_rng_state(rng_state, mu);
+}
+
+// The optional incoming gradient of the KL output of reparameterize_with_kl: mu is then 2-D and
+// grad_kl holds one accumulation-dtype entry per row.
+inline void check_kl_grad(const std::optional<at::Tensor>& grad_kl, const at::Tensor& mu) {
+  if (!grad_kl.has_value() || !grad_kl->defined()) return;
+  TORCH_CHECK(mu.dim() == 2, "fastvae: grad_kl needs a 2-D (rows, cols) mu, got ", mu.dim(), "-D");
+  check_row_grad(*grad_kl, mu, "mu");
 }
 
 }  // namespace fastvae

@@ -82,4 +82,10 @@ FV_HD T kl_normal(T mu, T lv) {
   return T(0.5) * (fv_exp(lv) + mu * mu - T(1) - lv);
 }
 
+// d/dlv of kl_normal = (e^lv - 1) / 2 (d/dmu is mu itself).
+template <typename T>
+FV_HD T kl_normal_grad_logvar(T lv) {
+  return T(0.5) * (fv_exp(lv) - T(1));
+}
+
 }  // namespace fastvae

@@ -106,9 +106,18 @@ at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, const 
   return z;
 }
 
+// On the CPU the two passes run back to back over the same (rows, cols) operands, which the
+// sampling pass leaves in cache; the CUDA kernel does both in one pass.
+TensorPair reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state,
+                                  int64_t num_samples) {
+  check_matrix(mu, "mu");
+  return {reparameterize(mu, logvar, rng_state, num_samples), kl_standard_normal(mu, logvar)};
+}
+
 TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& mu, const at::Tensor& logvar,
-                                   const at::Tensor& rng_state) {
+                                   const at::Tensor& rng_state, const std::optional<at::Tensor>& grad_kl) {
   check_sampling_inputs(mu, logvar, rng_state);
+  check_kl_grad(grad_kl, mu);
   const int64_t n = mu.numel();
   TORCH_CHECK(grad_z.dim() == mu.dim() + 1 && grad_z.numel() == grad_z.size(0) * n &&
                   grad_z.scalar_type() == mu.scalar_type() && grad_z.is_contiguous(),
@@ -120,9 +129,13 @@ TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& m
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* g = grad_z.const_data_ptr<scalar_t>();
+    const scalar_t* m = mu.const_data_ptr<scalar_t>();
     const scalar_t* lv = logvar.const_data_ptr<scalar_t>();
     scalar_t* gm = grad_mu.mutable_data_ptr<scalar_t>();
     scalar_t* glv = grad_logvar.mutable_data_ptr<scalar_t>();
+    // The KL output's gradient, when reparameterize_with_kl's KL was used too.
+    const acc_t* gkl = grad_kl.has_value() && grad_kl->defined() ? grad_kl->const_data_ptr<acc_t>() : nullptr;
+    const int64_t cols = mu.dim() == 2 ? mu.size(1) : 1;
     at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
       // Sums over the samples in sample order, so the result is the same for any thread count.
       std::vector<acc_t> sum_g(e - b, acc_t(0)), sum_g_eps(e - b, acc_t(0));
@@ -134,9 +147,16 @@ TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& m
         });
       }
       for (int64_t p = b; p < e; ++p) {
-        gm[p] = static_cast<scalar_t>(sum_g[p - b]);
+        const acc_t lvp = static_cast<acc_t>(lv[p]);
         // dz/dlogvar = eps * e^(logvar/2) / 2.
-        glv[p] = static_cast<scalar_t>(sum_g_eps[p - b] * acc_t(0.5) * fv_exp(acc_t(0.5) * static_cast<acc_t>(lv[p])));
+        acc_t dmu = sum_g[p - b], dlv = sum_g_eps[p - b] * acc_t(0.5) * fv_exp(acc_t(0.5) * lvp);
+        if (gkl) {
+          const acc_t gk = gkl[p / cols];
+          dmu += gk * static_cast<acc_t>(m[p]);
+          dlv += gk * kl_normal_grad_logvar(lvp);
+        }
+        gm[p] = static_cast<scalar_t>(dmu);
+        glv[p] = static_cast<scalar_t>(dlv);
       }
     });
   });

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "common/checks.h"
+#include "cuda/gaussian_rows.cuh"
 #include "cuda/launch.cuh"
 #include "ops.h"
 
@@ -13,6 +14,52 @@ namespace cuda {
 
 using namespace cuda_detail;
 
+namespace {
+
+template <typename scalar_t>
+struct StandardNormalRows {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int kPack = pack_width<scalar_t>();
+  const scalar_t* z;
+  int64_t cols;
+
+  bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, z); }
+
+  template <int V>
+  __device__ acc_t sum(int64_t r, int64_t j) const {
+    const auto zv = load_pack<V>(z + r * cols + j);
+    acc_t s = 0;
+#pragma unroll
+    for (int v = 0; v < V; ++v) s += standard_normal_ll(static_cast<acc_t>(zv.v[v]));
+    return s;
+  }
+};
+
+// grad_z = -grad[r] * z.
+template <typename scalar_t>
+struct StandardNormalGrad {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int kPack = pack_width<scalar_t>();
+  const acc_t* grad;
+  const scalar_t* z;
+  scalar_t* grad_z;
+  int64_t cols;
+
+  bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, z, grad_z); }
+
+  template <int V>
+  __device__ void map(int64_t r, int64_t j) const {
+    const auto zv = load_pack<V>(z + r * cols + j);
+    const acc_t g = grad[r];
+    Pack<scalar_t, V> out;
+#pragma unroll
+    for (int v = 0; v < V; ++v) out.v[v] = static_cast<scalar_t>(-g * static_cast<acc_t>(zv.v[v]));
+    store_pack<V>(grad_z + r * cols + j, out);
+  }
+};
+
+}  // namespace
+
 at::Tensor gaussian_log_density(const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar) {
   check_density(z, mu, logvar);
   const c10::cuda::CUDAGuard guard(z.device());
@@ -20,15 +67,8 @@ at::Tensor gaussian_log_density(const at::Tensor& z, const at::Tensor& mu, const
   auto out = at::empty({z.size(0)}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "gaussian_density_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t cols = z.size(1), mu_rows = mu.size(0);
-    const scalar_t* zp = z.const_data_ptr<scalar_t>();
-    const scalar_t* m = mu.const_data_ptr<scalar_t>();
-    const scalar_t* lv = logvar.const_data_ptr<scalar_t>();
-    row_sums<acc_t>(z.size(0), cols, out.mutable_data_ptr<acc_t>(), acc_opts, [=] __device__(int64_t r, int64_t j) {
-      const int64_t p = (r % mu_rows) * cols + j;
-      const acc_t lvv = static_cast<acc_t>(lv[p]);
-      return gaussian_ll(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]), lvv, fv_exp(-lvv));
-    });
+    const GaussianRows<scalar_t> rows{gaussian_operands<scalar_t>(z, mu, logvar)};
+    row_sums<acc_t>(z.size(0), z.size(1), out.mutable_data_ptr<acc_t>(), acc_opts, rows);
   });
   return out;
 }
@@ -54,7 +94,7 @@ TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Ten
       return -g[r] * gaussian_ll_grad_mean(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]),
                                            fv_exp(-static_cast<acc_t>(lv[p])));
     };
-    row_map(rows, cols, [=] __device__(int64_t r, int64_t j) { gz[r * cols + j] = static_cast<scalar_t>(dz(r, j)); });
+    row_map(rows, cols, GaussianGradA<scalar_t>{gaussian_operands<scalar_t>(z, mu, logvar), g, gz});
     auto acc_opts = mu.options().dtype(acc_dtype(mu.scalar_type()));
     auto gmu = at::empty(mu.sizes(), acc_opts);
     auto glv = at::empty(mu.sizes(), acc_opts);
@@ -79,11 +119,8 @@ at::Tensor standard_normal_log_density(const at::Tensor& z) {
   auto out = at::empty({z.size(0)}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "std_normal_density_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t cols = z.size(1);
-    const scalar_t* zp = z.const_data_ptr<scalar_t>();
-    row_sums<acc_t>(z.size(0), cols, out.mutable_data_ptr<acc_t>(), acc_opts, [=] __device__(int64_t r, int64_t j) {
-      return standard_normal_ll(static_cast<acc_t>(zp[r * cols + j]));
-    });
+    const StandardNormalRows<scalar_t> rows{z.const_data_ptr<scalar_t>(), z.size(1)};
+    row_sums<acc_t>(z.size(0), z.size(1), out.mutable_data_ptr<acc_t>(), acc_opts, rows);
   });
   return out;
 }
@@ -95,13 +132,9 @@ at::Tensor standard_normal_log_density_backward(const at::Tensor& grad, const at
   auto grad_z = at::empty_like(z);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "std_normal_density_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t cols = z.size(1);
-    const acc_t* g = grad.const_data_ptr<acc_t>();
-    const scalar_t* zp = z.const_data_ptr<scalar_t>();
-    scalar_t* gz = grad_z.mutable_data_ptr<scalar_t>();
-    row_map(z.size(0), cols, [=] __device__(int64_t r, int64_t j) {
-      gz[r * cols + j] = static_cast<scalar_t>(-g[r] * static_cast<acc_t>(zp[r * cols + j]));
-    });
+    row_map(z.size(0), z.size(1),
+            StandardNormalGrad<scalar_t>{grad.const_data_ptr<acc_t>(), z.const_data_ptr<scalar_t>(),
+                                         grad_z.mutable_data_ptr<scalar_t>(), z.size(1)});
   });
   return grad_z;
 }

@@ -13,6 +13,62 @@ namespace cuda {
 
 using namespace cuda_detail;
 
+namespace {
+
+template <typename scalar_t>
+struct KlRows {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int kPack = pack_width<scalar_t>();
+  const scalar_t* mu;
+  const scalar_t* logvar;
+  int64_t cols;
+
+  bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, mu, logvar); }
+
+  template <int V>
+  __device__ acc_t sum(int64_t r, int64_t j) const {
+    const auto m = load_pack<V>(mu + r * cols + j);
+    const auto lv = load_pack<V>(logvar + r * cols + j);
+    acc_t s = 0;
+#pragma unroll
+    for (int v = 0; v < V; ++v) s += kl_normal(static_cast<acc_t>(m.v[v]), static_cast<acc_t>(lv.v[v]));
+    return s;
+  }
+};
+
+// d/dmu = mu, d/dlogvar = (e^logvar - 1) / 2, both times the row's incoming gradient.
+template <typename scalar_t>
+struct KlGrads {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int kPack = pack_width<scalar_t>();
+  const acc_t* grad;
+  const scalar_t* mu;
+  const scalar_t* logvar;
+  scalar_t* grad_mu;
+  scalar_t* grad_logvar;
+  int64_t cols;
+
+  bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, mu, logvar, grad_mu, grad_logvar); }
+
+  template <int V>
+  __device__ void map(int64_t r, int64_t j) const {
+    const int64_t i = r * cols + j;
+    const auto m = load_pack<V>(mu + i);
+    const auto lv = load_pack<V>(logvar + i);
+    const acc_t g = grad[r];
+    Pack<scalar_t, V> gm, glv;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      gm.v[v] = static_cast<scalar_t>(g * static_cast<acc_t>(m.v[v]));
+      glv.v[v] = static_cast<scalar_t>(g * kl_normal_grad_logvar(static_cast<acc_t>(lv.v[v])));
+    }
+    store_pack<V>(grad_mu + i, gm);
+    store_pack<V>(grad_logvar + i, glv);
+  }
+};
+
+}  // namespace
+
 at::Tensor kl_standard_normal(const at::Tensor& mu, const at::Tensor& logvar) {
   check_matrix(mu, "mu");
   check_matrix(logvar, "logvar");
@@ -23,14 +79,8 @@ at::Tensor kl_standard_normal(const at::Tensor& mu, const at::Tensor& logvar) {
   auto kl = at::empty({mu.size(0)}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "kl_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t cols = mu.size(1);
-    const scalar_t* m = mu.const_data_ptr<scalar_t>();
-    const scalar_t* lv = logvar.const_data_ptr<scalar_t>();
-    row_sums<acc_t>(mu.size(0), cols, kl.mutable_data_ptr<acc_t>(), acc_opts,
-                    [=] __device__(int64_t r, int64_t j) {
-                      const int64_t i = r * cols + j;
-                      return kl_normal(static_cast<acc_t>(m[i]), static_cast<acc_t>(lv[i]));
-                    });
+    const KlRows<scalar_t> rows{mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(), mu.size(1)};
+    row_sums<acc_t>(mu.size(0), mu.size(1), kl.mutable_data_ptr<acc_t>(), acc_opts, rows);
   });
   return kl;
 }
@@ -44,17 +94,10 @@ TensorPair kl_standard_normal_backward(const at::Tensor& grad, const at::Tensor&
   auto grad_logvar = at::empty_like(logvar);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "kl_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t cols = mu.size(1);
-    const acc_t* g = grad.const_data_ptr<acc_t>();
-    const scalar_t* m = mu.const_data_ptr<scalar_t>();
-    const scalar_t* lv = logvar.const_data_ptr<scalar_t>();
-    scalar_t* gm = grad_mu.mutable_data_ptr<scalar_t>();
-    scalar_t* glv = grad_logvar.mutable_data_ptr<scalar_t>();
-    row_map(mu.size(0), cols, [=] __device__(int64_t r, int64_t j) {
-      const int64_t i = r * cols + j;
-      gm[i] = static_cast<scalar_t>(g[r] * static_cast<acc_t>(m[i]));
-      glv[i] = static_cast<scalar_t>(g[r] * acc_t(0.5) * (fv_exp(static_cast<acc_t>(lv[i])) - acc_t(1)));
-    });
+    row_map(mu.size(0), mu.size(1),
+            KlGrads<scalar_t>{grad.const_data_ptr<acc_t>(), mu.const_data_ptr<scalar_t>(),
+                              logvar.const_data_ptr<scalar_t>(), grad_mu.mutable_data_ptr<scalar_t>(),
+                              grad_logvar.mutable_data_ptr<scalar_t>(), mu.size(1)});
   });
   return {grad_mu, grad_logvar};
 }

@@ -1,10 +1,17 @@
-// Launch skeletons shared by the CUDA kernels, mirroring csrc/cpu/row_reduce.h:
-//   row_sums     out[r] = sum_j f(r, j): a block (or several, for long rows) per row, the block's
-//                partials combined by a fixed-order tree and, for split rows, a second pass that
-//                adds the chunks in order: deterministic, no atomics.
-//   row_map      f(r, j) for every element, grid-stride.
-//   repeat_sums  out[b, j] = sum over r = b, b + out_rows, ... of f(r, j): chunks of repeats
-//                summed into partials, then the partials added in order.
+// Launch skeletons shared by the CUDA kernels, mirroring csrc/cpu/row_reduce.h.
+//
+// Row kernels take a functor that works on a pack of V consecutive columns of one row:
+//   fn.template sum<V>(r, j) -> acc_t   the row's terms at columns j .. j+V-1, summed
+//   fn.template map<V>(r, j)            writes the row's outputs at columns j .. j+V-1
+// V is the functor's kPack (16 bytes of its element type: one vectorised load per operand) when
+// fn.packs_fit() says every operand is aligned for it and rows hold whole packs, else 1.
+//
+//   row_sums     out[r] = sum_j f(r, j). Short rows: a group of 8 or 32 lanes per row, reduced by
+//                shuffles; long rows: a block (several, over 8192 columns) per row, reduced by a
+//                fixed tree, the chunks added in order by a second pass. Deterministic, no atomics.
+//   row_map      every pack once, grid-stride.
+//   repeat_sums  out[b, j] = sum over r = b, b + out_rows, ... of f(r, j) (a plain element
+//                lambda): chunks of repeats summed into partials, then the partials in order.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,6 +29,36 @@ namespace cuda_detail {
 constexpr int kThreads = 256;
 constexpr int64_t kChunkCols = 8192;  // columns per block before a row is split across blocks
 
+// ---------------------------------------------------------------- packs
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// Elements of T in one 16-byte load.
+template <typename T>
+constexpr int pack_width() {
+  return static_cast<int>(16 / sizeof(T));
+}
+
+template <int N, typename T>
+__device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, N>*>(p);
+}
+
+template <int N, typename T>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& value) {
+  *reinterpret_cast<Pack<T, N>*>(p) = value;
+}
+
+// True when rows of `cols` columns hold whole packs of N and every pointer (of any element type;
+// null ones are ignored) is aligned for a pack of N of its own elements.
+template <int N, typename... Ts>
+bool packs_fit(int64_t cols, const Ts*... ptrs) {
+  return cols % N == 0 && ((reinterpret_cast<uintptr_t>(ptrs) % (N * sizeof(Ts)) == 0) && ...);
+}
+
+// ---------------------------------------------------------------- row sums
 template <typename acc_t>
 __device__ __forceinline__ acc_t block_sum(acc_t v) {
   __shared__ acc_t warp_sums[kThreads / 32];
@@ -39,15 +76,31 @@ __device__ __forceinline__ acc_t block_sum(acc_t v) {
   return total;  // valid in thread 0
 }
 
-template <typename acc_t, typename Fn>
-__global__ void row_sums_kernel(int64_t cols, int64_t chunks, acc_t* out, Fn fn) {
-  const int64_t r = blockIdx.y, chunk = blockIdx.x;
+// One block per (chunk of a row, row): rows row0 + blockIdx.y.
+template <int V, typename acc_t, typename Fn>
+__global__ void row_sums_by_block_kernel(int64_t row0, int64_t cols, int64_t chunks, acc_t* out, Fn fn) {
+  const int64_t r = row0 + blockIdx.y, chunk = blockIdx.x;
   const int64_t begin = chunk * kChunkCols;
   const int64_t end = cols < begin + kChunkCols ? cols : begin + kChunkCols;
   acc_t s = 0;
-  for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) s += fn(r, j);
+  for (int64_t j = begin + int64_t(threadIdx.x) * V; j < end; j += int64_t(blockDim.x) * V)
+    s += fn.template sum<V>(r, j);
   s = block_sum(s);
   if (threadIdx.x == 0) out[r * chunks + chunk] = s;
+}
+
+// Groups of kLanes consecutive lanes per row, several rows per block. Every lane of a warp reaches
+// the shuffles (rows past the end add nothing), so the full mask is valid.
+template <int V, int kLanes, typename acc_t, typename Fn>
+__global__ void row_sums_by_lanes_kernel(int64_t rows, int64_t cols, acc_t* out, Fn fn) {
+  const int64_t r = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kLanes;
+  const int lane = threadIdx.x % kLanes;
+  acc_t s = 0;
+  if (r < rows)
+    for (int64_t j = int64_t(lane) * V; j < cols; j += int64_t(kLanes) * V) s += fn.template sum<V>(r, j);
+#pragma unroll
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset, kLanes);
+  if (lane == 0 && r < rows) out[r] = s;
 }
 
 template <typename acc_t>
@@ -59,14 +112,35 @@ __global__ void sum_chunks_kernel(int64_t rows, int64_t chunks, const acc_t* par
   out[r] = s;
 }
 
-// rows must fit in gridDim.y (65535); longer problems are launched in slices of rows.
-template <typename acc_t, typename Fn>
-void row_sums(int64_t rows, int64_t cols, acc_t* out, const at::TensorOptions& acc_opts, Fn fn) {
-  if (rows == 0) return;
+inline int64_t multiprocessors() {
+  return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+}
+
+template <int V, int kLanes, typename acc_t, typename Fn>
+void launch_row_sums_by_lanes(int64_t rows, int64_t cols, acc_t* out, const Fn& fn) {
+  const int64_t blocks = (rows * kLanes + kThreads - 1) / kThreads;
+  row_sums_by_lanes_kernel<V, kLanes, acc_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      rows, cols, out, fn);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <int V, typename acc_t, typename Fn>
+void row_sums_packed(int64_t rows, int64_t cols, acc_t* out, const at::TensorOptions& acc_opts, const Fn& fn) {
+  const int64_t packs = cols / V;
+  // Lane groups when each lane walks at most 16 packs and the rows alone give every SM at least
+  // 1024 threads; a block per row otherwise (few rows: more threads per row keep the SMs busy).
+  if (packs <= 8 && rows * 8 >= multiprocessors() * 1024) {
+    launch_row_sums_by_lanes<V, 8>(rows, cols, out, fn);
+    return;
+  }
+  if (packs <= 32 * 16 && rows * 32 >= multiprocessors() * 1024) {
+    launch_row_sums_by_lanes<V, 32>(rows, cols, out, fn);
+    return;
+  }
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t chunks = (cols + kChunkCols - 1) / kChunkCols;
-  // Short rows get a smaller block so that few lanes idle.
-  const int threads = static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, (cols + 31) / 32 * 32)));
+  const int64_t packs_per_block = std::min<int64_t>(packs, kChunkCols / V);
+  const int threads = static_cast<int>(std::min<int64_t>(kThreads, (packs_per_block + 31) / 32 * 32));
   at::Tensor partial;
   acc_t* target = out;
   if (chunks > 1) {
@@ -76,8 +150,7 @@ void row_sums(int64_t rows, int64_t cols, acc_t* out, const at::TensorOptions& a
   constexpr int64_t kMaxGridY = 65535;
   for (int64_t r0 = 0; r0 < rows; r0 += kMaxGridY) {
     const int64_t n = std::min(kMaxGridY, rows - r0);
-    auto shifted = [fn, r0] __device__(int64_t r, int64_t j) { return fn(r + r0, j); };
-    row_sums_kernel<acc_t><<<dim3(chunks, n), threads, 0, stream>>>(cols, chunks, target + r0 * chunks, shifted);
+    row_sums_by_block_kernel<V, acc_t><<<dim3(chunks, n), threads, 0, stream>>>(r0, cols, chunks, target, fn);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (chunks > 1) {
@@ -86,25 +159,47 @@ void row_sums(int64_t rows, int64_t cols, acc_t* out, const at::TensorOptions& a
   }
 }
 
-template <typename Fn>
-__global__ void row_map_kernel(int64_t total, int64_t cols, Fn fn) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
-    fn(i / cols, i % cols);
+template <typename acc_t, typename Fn>
+void row_sums(int64_t rows, int64_t cols, acc_t* out, const at::TensorOptions& acc_opts, const Fn& fn) {
+  if (rows == 0) return;
+  if (cols == 0) {  // empty sums; a grid of zero chunks would not launch
+    C10_CUDA_CHECK(cudaMemsetAsync(out, 0, rows * sizeof(acc_t), at::cuda::getCurrentCUDAStream()));
+    return;
+  }
+  if (fn.packs_fit())
+    row_sums_packed<Fn::kPack>(rows, cols, out, acc_opts, fn);
+  else
+    row_sums_packed<1>(rows, cols, out, acc_opts, fn);
 }
 
+// ---------------------------------------------------------------- elementwise
 inline int64_t grid_for(int64_t total) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return std::max<int64_t>(1, std::min<int64_t>((total + kThreads - 1) / kThreads, sms * 32));
+  return std::max<int64_t>(1, std::min<int64_t>((total + kThreads - 1) / kThreads, multiprocessors() * 32));
 }
 
-template <typename Fn>
-void row_map(int64_t rows, int64_t cols, Fn fn) {
-  const int64_t total = rows * cols;
-  if (total == 0) return;
-  row_map_kernel<<<grid_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(total, cols, fn);
+template <int V, typename Fn>
+__global__ void row_map_kernel(int64_t packs, int64_t packs_per_row, Fn fn) {
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < packs; p += int64_t(gridDim.x) * blockDim.x)
+    fn.template map<V>(p / packs_per_row, (p % packs_per_row) * V);
+}
+
+template <int V, typename Fn>
+void row_map_packed(int64_t rows, int64_t cols, const Fn& fn) {
+  const int64_t packs = rows * (cols / V);
+  row_map_kernel<V><<<grid_for(packs), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(packs, cols / V, fn);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename Fn>
+void row_map(int64_t rows, int64_t cols, const Fn& fn) {
+  if (rows * cols == 0) return;
+  if (fn.packs_fit())
+    row_map_packed<Fn::kPack>(rows, cols, fn);
+  else
+    row_map_packed<1>(rows, cols, fn);
+}
+
+// ---------------------------------------------------------------- broadcast-operand gradients
 template <typename acc_t, typename Fn>
 __global__ void repeat_partials_kernel(int64_t out_elems, int64_t out_rows, int64_t cols, int64_t repeats,
                                        int64_t per_chunk, acc_t* partial, Fn fn) {
@@ -135,7 +230,7 @@ void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const
   if (out_elems == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t repeats = rows / out_rows;
-  const int64_t want_threads = 132 * 2048;
+  const int64_t want_threads = multiprocessors() * 2048;
   const int64_t chunks = std::clamp<int64_t>(want_threads / out_elems, 1, std::min<int64_t>(repeats, 1024));
   const int64_t per_chunk = (repeats + chunks - 1) / chunks;
   auto partial = at::empty({chunks * out_elems}, acc_opts);

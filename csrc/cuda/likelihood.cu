@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "common/checks.h"
+#include "cuda/gaussian_rows.cuh"
 #include "cuda/launch.cuh"
 #include "ops.h"
 
@@ -16,23 +17,45 @@ using namespace cuda_detail;
 
 namespace {
 
+// Terms of rows of logits against x (row r reads x row r % x_rows); (x - sigmoid(l)) * scale is
+// written in the same pass, ready for backward.
+template <typename scalar_t, typename x_t>
+struct BernoulliRows {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int kPack = pack_width<scalar_t>();
+  const scalar_t* logits;
+  const x_t* x;
+  scalar_t* grad;  // null: no gradient asked for
+  int64_t cols, x_rows;
+  acc_t scale;
+
+  bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, logits, x, grad); }
+
+  template <int V>
+  __device__ acc_t sum(int64_t r, int64_t j) const {
+    const auto l = load_pack<V>(logits + r * cols + j);
+    const auto xv = load_pack<V>(x + (r % x_rows) * cols + j);
+    Pack<scalar_t, V> g;
+    acc_t s = 0;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      acc_t dl;
+      s += bernoulli_ll_with_grad(static_cast<acc_t>(l.v[v]), static_cast<acc_t>(xv.v[v]), &dl);
+      g.v[v] = static_cast<scalar_t>(dl * scale);
+    }
+    if (grad) store_pack<V>(grad + r * cols + j, g);
+    return s;
+  }
+};
+
 template <typename scalar_t, typename x_t>
 void bernoulli_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad,
                        at::opmath_type<scalar_t> scale) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t cols = logits.size(1), x_rows = x.size(0);
-  const scalar_t* l = logits.const_data_ptr<scalar_t>();
-  const x_t* xp = x.const_data_ptr<x_t>();
-  scalar_t* g = grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr;
-  // (x - sigmoid(l)) * scale is written in the same pass, ready for backward.
-  row_sums<acc_t>(logits.size(0), cols, ll.mutable_data_ptr<acc_t>(), ll.options(),
-                  [=] __device__(int64_t r, int64_t j) {
-                    acc_t dl;
-                    const acc_t v = bernoulli_ll_with_grad(static_cast<acc_t>(l[r * cols + j]),
-                                                           static_cast<acc_t>(xp[(r % x_rows) * cols + j]), &dl);
-                    if (g) g[r * cols + j] = static_cast<scalar_t>(dl * scale);
-                    return v;
-                  });
+  const BernoulliRows<scalar_t, x_t> rows{logits.const_data_ptr<scalar_t>(), x.const_data_ptr<x_t>(),
+                                          grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
+                                          logits.size(1), x.size(0), scale};
+  row_sums<acc_t>(logits.size(0), logits.size(1), ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
 }
 
 }  // namespace
@@ -67,15 +90,8 @@ at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, 
   auto ll = at::empty({mean.size(0)}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "gaussian_ll_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t cols = mean.size(1), x_rows = x.size(0), lv_rows = logvar.size(0);
-    const scalar_t* m = mean.const_data_ptr<scalar_t>();
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* lvp = logvar.const_data_ptr<scalar_t>();
-    row_sums<acc_t>(mean.size(0), cols, ll.mutable_data_ptr<acc_t>(), acc_opts, [=] __device__(int64_t r, int64_t j) {
-      const acc_t lv = static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]);
-      return gaussian_ll(static_cast<acc_t>(xp[(r % x_rows) * cols + j]), static_cast<acc_t>(m[r * cols + j]), lv,
-                         fv_exp(-lv));
-    });
+    const GaussianRows<scalar_t> rows{gaussian_operands<scalar_t>(mean, x, logvar)};
+    row_sums<acc_t>(mean.size(0), mean.size(1), ll.mutable_data_ptr<acc_t>(), acc_opts, rows);
   });
   return ll;
 }
@@ -95,12 +111,7 @@ TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Te
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* lvp = logvar.const_data_ptr<scalar_t>();
     scalar_t* gm = grad_mean.mutable_data_ptr<scalar_t>();
-    row_map(rows, cols, [=] __device__(int64_t r, int64_t j) {
-      const acc_t inv_var = fv_exp(-static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
-      gm[r * cols + j] = static_cast<scalar_t>(
-          gp[r] * gaussian_ll_grad_mean(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
-                                        static_cast<acc_t>(m[r * cols + j]), inv_var));
-    });
+    row_map(rows, cols, GaussianGradA<scalar_t>{gaussian_operands<scalar_t>(mean, x, logvar), gp, gm});
     if (logvar_grad) {
       auto acc_opts = logvar.options().dtype(acc_dtype(logvar.scalar_type()));
       auto acc = at::empty(logvar.sizes(), acc_opts);

@@ -58,10 +58,67 @@ __global__ void reparameterize_kernel(const scalar_t* mu, const scalar_t* logvar
   }
 }
 
-// One thread per element of mu: draws its eps again for each sample, sums in sample order.
+// eps of the V consecutive flat indices i0 .. i0 + V - 1, i0 a multiple of V: whole Philox
+// groups for V >= 4, part of one group otherwise.
+template <int V, typename acc_t>
+__device__ __forceinline__ void eps_pack(PhiloxState st, int64_t i0, acc_t eps[V]) {
+  if constexpr (V >= 4) {
+#pragma unroll
+    for (int q = 0; q < V / 4; ++q) philox_normal4<acc_t>(st, static_cast<uint64_t>(i0 / 4 + q), eps + 4 * q);
+  } else {
+    acc_t group[4];
+    philox_normal4<acc_t>(st, static_cast<uint64_t>(i0 / 4), group);
+#pragma unroll
+    for (int v = 0; v < V; ++v) eps[v] = group[i0 % 4 + v];
+  }
+}
+
+// z for every sample and the KL term of each row of (mu, logvar), reading mu and logvar once.
 template <typename scalar_t>
-__global__ void reparameterize_backward_kernel(const scalar_t* grad_z, const scalar_t* logvar, const int64_t* state,
-                                               int64_t n, int64_t samples, scalar_t* grad_mu, scalar_t* grad_logvar) {
+struct SampleAndKlRows {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int kPack = pack_width<scalar_t>();
+  const scalar_t* mu;
+  const scalar_t* logvar;
+  const int64_t* state;
+  scalar_t* z;
+  int64_t cols, n, samples;
+
+  bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, mu, logvar, z); }
+
+  template <int V>
+  __device__ acc_t sum(int64_t r, int64_t j) const {
+    const int64_t p = r * cols + j;
+    const auto m = load_pack<V>(mu + p);
+    const auto lv = load_pack<V>(logvar + p);
+    acc_t mean[V], sd[V], kl = 0;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const acc_t l = static_cast<acc_t>(lv.v[v]);
+      mean[v] = static_cast<acc_t>(m.v[v]);
+      sd[v] = fv_exp(acc_t(0.5) * l);
+      kl += kl_normal(mean[v], l);
+    }
+    const PhiloxState st = read_state(state);
+    for (int64_t k = 0; k < samples; ++k) {
+      acc_t eps[V];
+      eps_pack<V>(st, k * n + p, eps);
+      Pack<scalar_t, V> out;
+#pragma unroll
+      for (int v = 0; v < V; ++v) out.v[v] = static_cast<scalar_t>(mean[v] + sd[v] * eps[v]);
+      store_pack<V>(z + k * n + p, out);
+    }
+    return kl;
+  }
+};
+
+// One thread per element of mu: draws its eps again for each sample, sums in sample order, then
+// adds the KL term's gradient when reparameterize_with_kl's KL output was used (grad_kl, per row).
+template <typename scalar_t>
+__global__ void reparameterize_backward_kernel(const scalar_t* grad_z, const scalar_t* mu, const scalar_t* logvar,
+                                               const int64_t* state, const at::opmath_type<scalar_t>* grad_kl,
+                                               int64_t cols, int64_t n, int64_t samples, scalar_t* grad_mu,
+                                               scalar_t* grad_logvar) {
   using acc_t = at::opmath_type<scalar_t>;
   const PhiloxState st = read_state(state);
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < n; p += int64_t(gridDim.x) * blockDim.x) {
@@ -74,8 +131,16 @@ __global__ void reparameterize_backward_kernel(const scalar_t* grad_z, const sca
       sum_g += g;
       sum_g_eps += g * eps[i % 4];
     }
-    grad_mu[p] = static_cast<scalar_t>(sum_g);
-    grad_logvar[p] = static_cast<scalar_t>(sum_g_eps * acc_t(0.5) * fv_exp(acc_t(0.5) * static_cast<acc_t>(logvar[p])));
+    const acc_t lv = static_cast<acc_t>(logvar[p]);
+    // dz/dlogvar = eps * e^(logvar/2) / 2.
+    acc_t dmu = sum_g, dlv = sum_g_eps * acc_t(0.5) * fv_exp(acc_t(0.5) * lv);
+    if (grad_kl) {
+      const acc_t gk = grad_kl[p / cols];
+      dmu += gk * static_cast<acc_t>(mu[p]);
+      dlv += gk * kl_normal_grad_logvar(lv);
+    }
+    grad_mu[p] = static_cast<scalar_t>(dmu);
+    grad_logvar[p] = static_cast<scalar_t>(dlv);
   }
 }
 
@@ -115,9 +180,29 @@ at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, const 
   return z;
 }
 
-TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& mu, const at::Tensor& logvar,
-                                   const at::Tensor& rng_state) {
+TensorPair reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state,
+                                  int64_t num_samples) {
+  check_matrix(mu, "mu");
   check_sampling_inputs(mu, logvar, rng_state);
+  TORCH_CHECK(num_samples >= 1, "fastvae: num_samples must be >= 1, got ", num_samples);
+  const c10::cuda::CUDAGuard guard(mu.device());
+  auto z = at::empty({num_samples, mu.size(0), mu.size(1)}, mu.options());
+  auto acc_opts = mu.options().dtype(acc_dtype(mu.scalar_type()));
+  auto kl = at::empty({mu.size(0)}, acc_opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_with_kl_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const SampleAndKlRows<scalar_t> rows{mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(),
+                                         rng_state.const_data_ptr<int64_t>(), z.mutable_data_ptr<scalar_t>(),
+                                         mu.size(1), mu.numel(), num_samples};
+    row_sums<acc_t>(mu.size(0), mu.size(1), kl.mutable_data_ptr<acc_t>(), acc_opts, rows);
+  });
+  return {z, kl};
+}
+
+TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& mu, const at::Tensor& logvar,
+                                   const at::Tensor& rng_state, const std::optional<at::Tensor>& grad_kl) {
+  check_sampling_inputs(mu, logvar, rng_state);
+  check_kl_grad(grad_kl, mu);
   const int64_t n = mu.numel();
   TORCH_CHECK(grad_z.dim() == mu.dim() + 1 && grad_z.numel() == grad_z.size(0) * n &&
                   grad_z.scalar_type() == mu.scalar_type() && grad_z.is_contiguous(),
@@ -128,9 +213,12 @@ TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& m
   auto grad_logvar = at::empty_like(logvar);
   if (n == 0) return {grad_mu, grad_logvar};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_bwd_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* gkl = grad_kl.has_value() && grad_kl->defined() ? grad_kl->const_data_ptr<acc_t>() : nullptr;
     reparameterize_backward_kernel<scalar_t><<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        grad_z.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(), rng_state.const_data_ptr<int64_t>(), n,
-        grad_z.size(0), grad_mu.mutable_data_ptr<scalar_t>(), grad_logvar.mutable_data_ptr<scalar_t>());
+        grad_z.const_data_ptr<scalar_t>(), mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(),
+        rng_state.const_data_ptr<int64_t>(), gkl, mu.dim() == 2 ? mu.size(1) : 1, n, grad_z.size(0),
+        grad_mu.mutable_data_ptr<scalar_t>(), grad_logvar.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_mu, grad_logvar};
