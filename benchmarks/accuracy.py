@@ -65,19 +65,26 @@ def _ops(rows: int, cols: int, dtype: torch.dtype, device: str):
     yield "standard_normal_log_density", F.standard_normal_log_density, R.standard_normal_log_density, [rnd(*shape)]
 
 
-def _reparameterize_errors(dtype: torch.dtype, device: str) -> Dict[str, float]:
-    """Backward of the sampler (eps regenerated) against autograd of mu + sigma * eps."""
+def _sampler_errors(dtype: torch.dtype, device: str, with_kl: bool = False) -> Dict[str, float]:
+    """Backward of the sampler (eps regenerated) against autograd of mu + sigma * eps; with_kl:
+    reparameterize_with_kl, its KL output too, both outputs receiving a random gradient."""
     worst: Dict[str, float] = {}
     for cols in COLS:
         mu = torch.randn(3, cols, device=device).to(dtype).requires_grad_()
         lv = torch.randn(3, cols, device=device).to(dtype).requires_grad_()
-        z = F.reparameterize(mu, lv, num_samples=2)
+        if with_kl:
+            z, kl = F.reparameterize_with_kl(mu, lv, num_samples=2)
+        else:
+            z = F.reparameterize(mu, lv, num_samples=2)
         eps = (z.detach().double() - mu.detach().double()) / torch.exp(0.5 * lv.detach().double())
         mu64, lv64 = mu.detach().double().requires_grad_(), lv.detach().double().requires_grad_()
-        ref = R.reparameterize(mu64, lv64, eps=eps)
-        w = torch.randn_like(ref)
-        z.backward(w.to(dtype))
-        ref.backward(w)
+        pairs = [(z, R.reparameterize(mu64, lv64, eps=eps))]
+        if with_kl:
+            pairs.append((kl, R.kl_standard_normal(mu64, lv64)))
+            worst["forward_kl"] = max(worst.get("forward_kl", 0.0), _rel(kl, pairs[1][1]))
+        ws = [torch.randn_like(ref) for _, ref in pairs]
+        sum((out * w.to(out.dtype)).sum() for (out, _), w in zip(pairs, ws)).backward()
+        sum((ref * w).sum() for (_, ref), w in zip(pairs, ws)).backward()
         for key, err in (("grad_mu", _rel(mu.grad, mu64.grad)), ("grad_logvar", _rel(lv.grad, lv64.grad))):
             worst[key] = max(worst.get(key, 0.0), err)
     return worst
@@ -113,7 +120,9 @@ def main(argv=None) -> int:
                 for key, err in _case(fused, ref, inputs).items():
                     cell = table.setdefault(name, {}).setdefault(dname, {})
                     cell[key] = max(cell.get(key, 0.0), err)
-        table.setdefault("reparameterize (backward)", {})[dname] = _reparameterize_errors(dtype, args.device)
+        table.setdefault("reparameterize (backward)", {})[dname] = _sampler_errors(dtype, args.device)
+        table.setdefault("reparameterize_with_kl (KL, backward)", {})[dname] = _sampler_errors(
+            dtype, args.device, with_kl=True)
     result = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
         "device_type": args.device,

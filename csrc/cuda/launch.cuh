@@ -41,14 +41,52 @@ constexpr int pack_width() {
   return static_cast<int>(16 / sizeof(T));
 }
 
-template <int N, typename T>
-__device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T, N>*>(p);
-}
+// Packs move as CUDA's own vector types (uint4 for 16 bytes): one vector load each.
+template <int Bytes>
+struct PackBits {
+  using type = Pack<uint8_t, Bytes>;
+};
+template <>
+struct PackBits<16> {
+  using type = uint4;
+};
+template <>
+struct PackBits<8> {
+  using type = uint2;
+};
+template <>
+struct PackBits<4> {
+  using type = uint32_t;
+};
+template <>
+struct PackBits<2> {
+  using type = uint16_t;
+};
 
 template <int N, typename T>
+__device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
+  using Bits = typename PackBits<sizeof(Pack<T, N>)>::type;
+  const Bits bits = *reinterpret_cast<const Bits*>(p);
+  Pack<T, N> value;
+  memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// Stores of 16 and 8 bytes are written as one vector instruction by hand: in the block-per-row
+// kernels the compiler split even a uint4 store into four scalar ones (seen in the PTX).
+template <int N, typename T>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& value) {
-  *reinterpret_cast<Pack<T, N>*>(p) = value;
+  using Bits = typename PackBits<sizeof(Pack<T, N>)>::type;
+  Bits bits;
+  memcpy(&bits, &value, sizeof(value));
+  if constexpr (sizeof(Bits) == 16) {
+    asm volatile("st.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(bits.x), "r"(bits.y), "r"(bits.z), "r"(bits.w)
+                 : "memory");
+  } else if constexpr (sizeof(Bits) == 8) {
+    asm volatile("st.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(bits.x), "r"(bits.y) : "memory");
+  } else {
+    *reinterpret_cast<Bits*>(p) = bits;
+  }
 }
 
 // True when rows of `cols` columns hold whole packs of N and every pointer (of any element type;
