@@ -1,0 +1,105 @@
+"""The CUDA row kernels really use 16-byte memory instructions: checked in the PTX that nvcc makes
+for sm_90, so it runs wherever nvcc is (CI included), without a GPU."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+import torch
+from torch.utils import cpp_extension
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _nvcc() -> str | None:
+    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if home and Path(home, "bin", "nvcc").exists():
+            return str(Path(home, "bin", "nvcc"))
+    return shutil.which("nvcc")
+
+
+NVCC = _nvcc()
+pytestmark = pytest.mark.skipif(
+    NVCC is None or torch.version.cuda is None, reason="needs nvcc and a CUDA build of torch"
+)
+
+# Elements per 16 bytes for the scalar type that opens a functor's mangled template arguments.
+PACK = {"f": 4, "d": 2, "N3c104HalfE": 8, "N3c108BFloat16E": 8}
+# Global loads a packed row-sum kernel may issue: 16-byte packs of its floating operands, and
+# the 1-byte-per-element targets of the Bernoulli likelihood (2, 4 or 8 bytes a pack).
+PACKED_LOADS = {"ld.global.v4.f32", "ld.global.v4.u32", "ld.global.v2.f64",
+                "ld.global.v2.u8", "ld.global.u32", "ld.global.v2.u32"}
+SIXTEEN_BYTES = {"ld.global.v4.f32", "ld.global.v4.u32", "ld.global.v2.f64"}
+
+
+def _ptx(source: str, out_dir: Path) -> subprocess.Popen:
+    includes = [ROOT / "csrc", *cpp_extension.include_paths(), Path(sysconfig.get_paths()["include"])]
+    wheel_headers = Path(torch.__file__).parent.parent / "nvidia" / "cu13" / "include"
+    if wheel_headers.is_dir():
+        includes.append(wheel_headers)
+    cmd = [NVCC, "-ptx", "-arch=sm_90", "-O3", "-std=c++20", "--expt-relaxed-constexpr", "--extended-lambda",
+           "-DFASTVAE_WITH_CUDA", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+           "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+           "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C",
+           *(f"-I{p}" for p in includes), str(ROOT / "csrc" / "cuda" / source),
+           "-o", str(out_dir / (source + ".ptx"))]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory) -> List[Tuple[str, str]]:
+    """(mangled name, body) of every kernel in the PTX of the KL and likelihood sources."""
+    out = tmp_path_factory.mktemp("ptx")
+    procs = {src: _ptx(src, out) for src in ("kl.cu", "likelihood.cu")}
+    found = []
+    for src, proc in procs.items():
+        log, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, log
+        text = (out / (src + ".ptx")).read_text()
+        for body in re.split(r"\n(?=\.visible \.entry|\.entry)", text):
+            m = re.match(r"\.(?:visible )?\.?entry\s+(\S+)\(", body)
+            if m:
+                found.append((m.group(1), body))
+    return found
+
+
+def _packed_row_sums(kernels) -> Dict[str, str]:
+    """Row-sum kernels instantiated with the functor's own pack width (not the V = 1 fallback)."""
+    packed = {}
+    for name, body in kernels:
+        m = re.search(r"row_sums_by_(?:lanes|block)_kernelILi(\d+)E", name)
+        if not m:
+            continue
+        scalar = re.search(r"RowsI(f|d|N3c104HalfE|N3c108BFloat16E)", name)
+        assert scalar, f"unknown scalar type in {name}"
+        if int(m.group(1)) == PACK[scalar.group(1)]:
+            packed[name] = body
+    return packed
+
+
+def _global_loads(body: str) -> set:
+    return set(re.findall(r"ld\.global(?:\.nc)?(?:\.v\d)?\.\w+", body.replace(".nc", "")))
+
+
+def test_packed_row_sums_read_their_operands_sixteen_bytes_at_a_time(kernels):
+    packed = _packed_row_sums(kernels)
+    # KL, Bernoulli (3 target types) and Gaussian, 4 dtypes each, lane groups of 8 and 32 and blocks.
+    assert len(packed) == (1 + 3 + 1) * 4 * 3
+    for name, body in packed.items():
+        loads = _global_loads(body)
+        assert loads & SIXTEEN_BYTES, name
+        assert loads <= PACKED_LOADS, (name, loads - PACKED_LOADS)
+
+
+def test_bernoulli_gradient_is_stored_one_pack_per_instruction(kernels):
+    bernoulli = {n: b for n, b in _packed_row_sums(kernels).items() if "BernoulliRows" in n}
+    assert len(bernoulli) == 3 * 4 * 3
+    for name, body in bernoulli.items():
+        # The one global store is the row's sum; the gradient goes out 16 bytes an instruction.
+        assert "st.v4.b32" in body and len(re.findall(r"\bst\.global", body)) == 1, name
