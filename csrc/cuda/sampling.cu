@@ -112,37 +112,60 @@ struct SampleAndKlRows {
   }
 };
 
-// One thread per element of mu: draws its eps again for each sample, sums in sample order, then
-// adds the KL term's gradient when reparameterize_with_kl's KL output was used (grad_kl, per row).
+// Gradients of mu and logvar, a pack of V elements of mu at a time (p = flat index): eps drawn
+// again for each sample (one Philox group serves 4 elements when packed) and summed in sample
+// order, then the KL term's gradient when reparameterize_with_kl's KL output was used (grad_kl,
+// one entry per row of kl_cols elements).
 template <typename scalar_t>
-__global__ void reparameterize_backward_kernel(const scalar_t* grad_z, const scalar_t* mu, const scalar_t* logvar,
-                                               const int64_t* state, const at::opmath_type<scalar_t>* grad_kl,
-                                               int64_t cols, int64_t n, int64_t samples, scalar_t* grad_mu,
-                                               scalar_t* grad_logvar) {
+struct SampleGrads {
   using acc_t = at::opmath_type<scalar_t>;
-  const PhiloxState st = read_state(state);
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < n; p += int64_t(gridDim.x) * blockDim.x) {
-    acc_t sum_g = 0, sum_g_eps = 0;
+  static constexpr int kPack = pack_width<scalar_t>();
+  const scalar_t* grad_z;
+  const scalar_t* mu;
+  const scalar_t* logvar;
+  const int64_t* state;
+  const acc_t* grad_kl;  // null: the KL output sent no gradient
+  scalar_t* grad_mu;
+  scalar_t* grad_logvar;
+  int64_t n, samples, kl_cols;
+
+  bool packs_fit() const { return cuda_detail::packs_fit<kPack>(n, grad_z, mu, logvar, grad_mu, grad_logvar); }
+
+  template <int V>
+  __device__ void map(int64_t, int64_t p) const {
+    const PhiloxState st = read_state(state);
+    acc_t sum_g[V] = {}, sum_g_eps[V] = {};
     for (int64_t k = 0; k < samples; ++k) {
-      const int64_t i = k * n + p;
-      acc_t eps[4];
-      philox_normal4<acc_t>(st, static_cast<uint64_t>(i / 4), eps);
-      const acc_t g = static_cast<acc_t>(grad_z[i]);
-      sum_g += g;
-      sum_g_eps += g * eps[i % 4];
+      acc_t eps[V];
+      eps_pack<V>(st, k * n + p, eps);
+      const auto g = load_pack<V>(grad_z + k * n + p);
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const acc_t gv = static_cast<acc_t>(g.v[v]);
+        sum_g[v] += gv;
+        sum_g_eps[v] += gv * eps[v];
+      }
     }
-    const acc_t lv = static_cast<acc_t>(logvar[p]);
-    // dz/dlogvar = eps * e^(logvar/2) / 2.
-    acc_t dmu = sum_g, dlv = sum_g_eps * acc_t(0.5) * fv_exp(acc_t(0.5) * lv);
-    if (grad_kl) {
-      const acc_t gk = grad_kl[p / cols];
-      dmu += gk * static_cast<acc_t>(mu[p]);
-      dlv += gk * kl_normal_grad_logvar(lv);
+    const auto lv = load_pack<V>(logvar + p);
+    Pack<scalar_t, V> m, gm, glv;
+    if (grad_kl) m = load_pack<V>(mu + p);
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const acc_t l = static_cast<acc_t>(lv.v[v]);
+      // dz/dlogvar = eps * e^(logvar/2) / 2.
+      acc_t dmu = sum_g[v], dlv = sum_g_eps[v] * acc_t(0.5) * fv_exp(acc_t(0.5) * l);
+      if (grad_kl) {
+        const acc_t gk = grad_kl[(p + v) / kl_cols];
+        dmu += gk * static_cast<acc_t>(m.v[v]);
+        dlv += gk * kl_normal_grad_logvar(l);
+      }
+      gm.v[v] = static_cast<scalar_t>(dmu);
+      glv.v[v] = static_cast<scalar_t>(dlv);
     }
-    grad_mu[p] = static_cast<scalar_t>(dmu);
-    grad_logvar[p] = static_cast<scalar_t>(dlv);
+    store_pack<V>(grad_mu + p, gm);
+    store_pack<V>(grad_logvar + p, glv);
   }
-}
+};
 
 }  // namespace
 
@@ -215,11 +238,11 @@ TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& m
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* gkl = grad_kl.has_value() && grad_kl->defined() ? grad_kl->const_data_ptr<acc_t>() : nullptr;
-    reparameterize_backward_kernel<scalar_t><<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        grad_z.const_data_ptr<scalar_t>(), mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(),
-        rng_state.const_data_ptr<int64_t>(), gkl, mu.dim() == 2 ? mu.size(1) : 1, n, grad_z.size(0),
-        grad_mu.mutable_data_ptr<scalar_t>(), grad_logvar.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    row_map(1, n,
+            SampleGrads<scalar_t>{grad_z.const_data_ptr<scalar_t>(), mu.const_data_ptr<scalar_t>(),
+                                  logvar.const_data_ptr<scalar_t>(), rng_state.const_data_ptr<int64_t>(), gkl,
+                                  grad_mu.mutable_data_ptr<scalar_t>(), grad_logvar.mutable_data_ptr<scalar_t>(), n,
+                                  grad_z.size(0), mu.dim() == 2 ? mu.size(1) : 1});
   });
   return {grad_mu, grad_logvar};
 }
