@@ -94,7 +94,17 @@ TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Ten
       return -g[r] * gaussian_ll_grad_mean(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]),
                                            fv_exp(-static_cast<acc_t>(lv[p])));
     };
-    row_map(rows, cols, GaussianGradA<scalar_t>{gaussian_operands<scalar_t>(z, mu, logvar), g, gz});
+    const auto operands = gaussian_operands<scalar_t>(z, mu, logvar);
+    if (mu_rows == rows) {
+      // No sample dim: all three gradients in one pass, nothing to sum.
+      grad_mu = at::empty_like(mu);
+      grad_logvar = at::empty_like(logvar);
+      row_map(rows, cols,
+              GaussianGrads<scalar_t>{operands, g, gz, grad_mu.mutable_data_ptr<scalar_t>(),
+                                      grad_logvar.mutable_data_ptr<scalar_t>()});
+      return;
+    }
+    row_map(rows, cols, GaussianGrads<scalar_t>{operands, g, gz, nullptr, nullptr});
     auto acc_opts = mu.options().dtype(acc_dtype(mu.scalar_type()));
     auto gmu = at::empty(mu.sizes(), acc_opts);
     auto glv = at::empty(mu.sizes(), acc_opts);

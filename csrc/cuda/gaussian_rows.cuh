@@ -52,26 +52,36 @@ struct GaussianRows : GaussianOperands<scalar_t> {
   }
 };
 
-// grad_a = grad[r] * d/da log N(a | b, e^logvar) = grad[r] * (b - a) / var.
+// The gradients of grad[r] * log N(a | b, e^logvar), one pass: grad_a = grad[r] * (b - a) / var,
+// and, where b and logvar have a row per row of a (nothing to sum over repeated rows), also
+// grad_b = -grad_a and grad_logvar = grad[r] * ((b - a)^2 / var - 1) / 2. Null: not asked for.
 template <typename scalar_t>
-struct GaussianGradA : GaussianOperands<scalar_t> {
+struct GaussianGrads : GaussianOperands<scalar_t> {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t* grad;
   scalar_t* grad_a;
+  scalar_t* grad_b;
+  scalar_t* grad_logvar;
 
   bool packs_fit() const {
     return GaussianOperands<scalar_t>::packs_fit() &&
-           cuda_detail::packs_fit<GaussianOperands<scalar_t>::kPack>(this->cols, grad_a);
+           cuda_detail::packs_fit<GaussianOperands<scalar_t>::kPack>(this->cols, grad_a, grad_b, grad_logvar);
   }
 
   template <int V>
   __device__ void map(int64_t r, int64_t j) const {
-    Pack<scalar_t, V> out;
+    Pack<scalar_t, V> ga, gb, glv;
     const acc_t g = grad[r];
     this->template for_pack<V>(r, j, [&](int v, acc_t a, acc_t b, acc_t, acc_t inv_var) {
-      out.v[v] = static_cast<scalar_t>(g * gaussian_ll_grad_mean(b, a, inv_var));
+      const acc_t d = g * gaussian_ll_grad_mean(b, a, inv_var);
+      ga.v[v] = static_cast<scalar_t>(d);
+      gb.v[v] = static_cast<scalar_t>(-d);
+      glv.v[v] = static_cast<scalar_t>(g * gaussian_ll_grad_logvar(b, a, inv_var));
     });
-    store_pack<V>(grad_a + r * this->cols + j, out);
+    const int64_t i = r * this->cols + j;
+    store_pack<V>(grad_a + i, ga);
+    if (grad_b) store_pack<V>(grad_b + i, gb);
+    if (grad_logvar) store_pack<V>(grad_logvar + i, glv);
   }
 };
 

@@ -110,9 +110,15 @@ TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Te
     const scalar_t* m = mean.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* lvp = logvar.const_data_ptr<scalar_t>();
-    scalar_t* gm = grad_mean.mutable_data_ptr<scalar_t>();
-    row_map(rows, cols, GaussianGradA<scalar_t>{gaussian_operands<scalar_t>(mean, x, logvar), gp, gm});
-    if (logvar_grad) {
+    // A per-element variance (the decoder's) gets its gradient in the same pass as the mean; a
+    // broadcast one is summed over the rows that read it, below.
+    const bool fused_logvar = logvar_grad && lv_rows == rows;
+    if (fused_logvar) grad_logvar = at::empty_like(logvar);
+    row_map(rows, cols,
+            GaussianGrads<scalar_t>{gaussian_operands<scalar_t>(mean, x, logvar), gp,
+                                    grad_mean.mutable_data_ptr<scalar_t>(), nullptr,
+                                    fused_logvar ? grad_logvar.mutable_data_ptr<scalar_t>() : nullptr});
+    if (logvar_grad && !fused_logvar) {
       auto acc_opts = logvar.options().dtype(acc_dtype(logvar.scalar_type()));
       auto acc = at::empty(logvar.sizes(), acc_opts);
       repeat_sums<acc_t>(rows, lv_rows, cols, acc.mutable_data_ptr<acc_t>(), acc_opts,
