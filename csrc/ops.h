@@ -31,8 +31,9 @@ using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
   /* likelihood */                                                                               \
   TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x,             \
                                       bool compute_grad, double grad_scale);                     \
-  at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x,                \
-                                     const at::Tensor& logvar);                                  \
+  TensorTriple gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x,              \
+                                       const at::Tensor& logvar, bool compute_grad,              \
+                                       double grad_scale);                                       \
   TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Tensor& mean,    \
                                               const at::Tensor& x, const at::Tensor& logvar,     \
                                               bool logvar_grad);                                 \

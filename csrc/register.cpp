@@ -9,7 +9,7 @@
 #include "ops.h"
 
 // Bumped whenever a schema changes, so that fastvae/_extension.py can refuse a stale build.
-#define FASTVAE_OPS_VERSION 3
+#define FASTVAE_OPS_VERSION 4
 
 TORCH_LIBRARY(fastvae, m) {
   m.def("philox_state(Tensor like, Generator? generator=None) -> Tensor",
@@ -20,7 +20,7 @@ TORCH_LIBRARY(fastvae, m) {
   m.def("kl_standard_normal(Tensor mu, Tensor logvar) -> Tensor");
   m.def("kl_standard_normal_backward(Tensor grad, Tensor mu, Tensor logvar) -> (Tensor, Tensor)");
   m.def("bernoulli_log_likelihood(Tensor logits, Tensor x, bool compute_grad, float grad_scale=1.0) -> (Tensor, Tensor)");
-  m.def("gaussian_log_likelihood(Tensor mean, Tensor x, Tensor logvar) -> Tensor");
+  m.def("gaussian_log_likelihood(Tensor mean, Tensor x, Tensor logvar, bool compute_grad=False, float grad_scale=1.0) -> (Tensor, Tensor, Tensor)");
   m.def("gaussian_log_likelihood_backward(Tensor grad, Tensor mean, Tensor x, Tensor logvar, bool logvar_grad) -> (Tensor, Tensor)");
   m.def("gaussian_log_density(Tensor z, Tensor mu, Tensor logvar) -> Tensor");
   m.def("gaussian_log_density_backward(Tensor grad, Tensor z, Tensor mu, Tensor logvar) -> (Tensor, Tensor, Tensor)");

@@ -254,8 +254,21 @@ def gaussian_log_likelihood(
 
     ``logvar`` is a Python float (fixed variance), a 0-dim tensor (one learned variance), a
     per-dim tensor shaped like the trailing dims, or a tensor shaped like ``mean`` (decoder
-    output). ``x`` and ``logvar`` are cast to mean's dtype.
+    output). ``x`` and ``logvar`` are cast to mean's dtype. With a fixed or a per-element
+    variance the gradients are computed in the forward pass.
     """
+    return _gaussian_log_likelihood(mean, x, logvar, event_dims, grad_scale=1.0)
+
+
+def _gaussian_log_likelihood(
+    mean: torch.Tensor,
+    x: torch.Tensor,
+    logvar: Union[float, torch.Tensor],
+    event_dims: Optional[int],
+    grad_scale: float,
+) -> torch.Tensor:
+    """gaussian_log_likelihood whose forward-pass gradients are pre-multiplied by grad_scale,
+    the gradient the caller's loss will send back for each row (see fastvae/ops.py)."""
     _check_float("mean", mean)
     _check_float("x", x)
     if isinstance(logvar, (int, float)) and not isinstance(logvar, bool):
@@ -268,10 +281,18 @@ def gaussian_log_likelihood(
         raise ValueError("mean must be at least 1-D")
     e = _event_dims(event_dims, len(shape), "mean")
     _check_nonempty(shape, "mean")
-    ll = ops.gaussian_log_likelihood(
-        _as_rows(mean, shape, e, full=True),
-        _as_rows(_cast(x, mean.dtype), shape, e),
-        _as_rows(_cast(logvar_t, mean.dtype), shape, e),
+    mean_rows = _as_rows(mean, shape, e, full=True)
+    logvar_rows = _as_rows(_cast(logvar_t, mean.dtype), shape, e)
+    # A learned variance shared by many rows needs its gradient summed over them: left to the
+    # backward op. Otherwise the forward pass writes the gradients.
+    per_element = logvar_rows.shape[0] == mean_rows.shape[0]
+    compute_grad = (
+        torch.is_grad_enabled()
+        and (mean.requires_grad or logvar_t.requires_grad or x.requires_grad)
+        and (per_element or not logvar_t.requires_grad)
+    )
+    ll, _, _ = ops.gaussian_log_likelihood(
+        mean_rows, _as_rows(_cast(x, mean.dtype), shape, e), logvar_rows, compute_grad, grad_scale
     )
     return ll.view(_split_event(shape, e))
 
@@ -337,13 +358,13 @@ def elbo(
     _check_float("recon", recon)
     if recon.dim() < 1:
         raise ValueError("recon must have a batch dim")
+    # d loss / d ll_row is -1/B for the mean and -1 for the sum: folded into the kernels.
+    rows = recon.shape[0] if recon.dim() > 1 else 1
+    scale = {"mean": -1.0 / rows, "sum": -1.0, "none": 1.0}[reduction]
     if likelihood == "bernoulli":
-        # d loss / d ll_row is -1/B for the mean and -1 for the sum: folded into the kernel.
-        rows = recon.shape[0] if recon.dim() > 1 else 1
-        scale = {"mean": -1.0 / rows, "sum": -1.0, "none": 1.0}[reduction]
         rec = _bernoulli_log_likelihood(recon, x, max(recon.dim() - 1, 1), grad_scale=scale)
     else:
-        rec = gaussian_log_likelihood(recon, x, obs_logvar, event_dims=max(recon.dim() - 1, 1))
+        rec = _gaussian_log_likelihood(recon, x, obs_logvar, max(recon.dim() - 1, 1), grad_scale=scale)
     if kl is None:
         kl = kl_standard_normal(mu, logvar)
     else:

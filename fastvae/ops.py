@@ -68,8 +68,11 @@ def _(logits, x, compute_grad, grad_scale=1.0):
 
 
 @torch.library.register_fake("fastvae::gaussian_log_likelihood")
-def _(mean, x, logvar):
-    return _rows_out(mean)
+def _(mean, x, logvar, compute_grad=False, grad_scale=1.0):
+    grad_mean = torch.empty_like(mean) if compute_grad else mean.new_empty((0,))
+    per_element = compute_grad and logvar.shape[0] == mean.shape[0]
+    grad_logvar = torch.empty_like(logvar) if per_element else logvar.new_empty((0,))
+    return _rows_out(mean), grad_mean, grad_logvar
 
 
 @torch.library.register_fake("fastvae::gaussian_log_likelihood_backward")
@@ -202,21 +205,49 @@ torch.library.register_autograd(
 )
 
 
-def _gaussian_ll_backward(ctx, grad):
-    mean, x, logvar = ctx.saved_tensors
-    grad_mean, grad_logvar = ops.gaussian_log_likelihood_backward(
-        grad.contiguous(), mean, x, logvar, ctx.needs_input_grad[2]
-    )
-    grad_x = _sum_repeats(-grad_mean, x.shape[0]) if ctx.needs_input_grad[1] else None
+def _gaussian_ll_setup(ctx, inputs, output):
+    mean, x, logvar, compute_grad, grad_scale = inputs
+    _, grad_mean, grad_logvar = output
+    # With compute_grad the forward pass wrote the gradients times grad_scale (the mean's, and a
+    # per-element variance's); the inputs are kept only for what those do not cover.
+    ctx.precomputed = compute_grad
+    ctx.needs_inputs = not compute_grad or (logvar.requires_grad and grad_logvar.numel() == 0)
+    ctx.save_for_backward(grad_mean, grad_logvar, *((mean, x, logvar) if ctx.needs_inputs else ()))
+    ctx.x_rows = x.shape[0]
+    ctx.grad_scale = grad_scale
+    ctx.mark_non_differentiable(grad_mean, grad_logvar)
+    ctx.set_materialize_grads(False)
+
+
+def _gaussian_ll_backward(ctx, grad, _grad_of_grad_mean, _grad_of_grad_logvar):
+    if grad is None:  # nothing flowed into the log-likelihood
+        return None, None, None, None, None
+    needs_mean, needs_x, needs_logvar = ctx.needs_input_grad[:3]
+    grad_mean, grad_logvar, *inputs = ctx.saved_tensors
+    if ctx.precomputed and not _is_exactly(grad, ctx.grad_scale):
+        # The forward pass applied grad_scale; any other per-row gradient rescales its result.
+        ratio = (grad / ctx.grad_scale).unsqueeze(1)
+        grad_mean = grad_mean * ratio.to(grad_mean.dtype)
+        if grad_logvar.numel():
+            grad_logvar = grad_logvar * ratio.to(grad_logvar.dtype)
+    if inputs:  # no precomputed gradients, or a broadcast variance's still to be summed
+        mean, x, logvar = inputs
+        recomputed_mean, grad_logvar = ops.gaussian_log_likelihood_backward(
+            grad.contiguous(), mean, x, logvar, needs_logvar
+        )
+        if not ctx.precomputed:
+            grad_mean = recomputed_mean
     return (
-        grad_mean if ctx.needs_input_grad[0] else None,
-        grad_x,
-        grad_logvar if ctx.needs_input_grad[2] else None,
+        grad_mean if needs_mean else None,
+        _sum_repeats(-grad_mean, ctx.x_rows) if needs_x else None,
+        grad_logvar if needs_logvar else None,
+        None,
+        None,
     )
 
 
 torch.library.register_autograd(
-    "fastvae::gaussian_log_likelihood", _gaussian_ll_backward, setup_context=_save_inputs
+    "fastvae::gaussian_log_likelihood", _gaussian_ll_backward, setup_context=_gaussian_ll_setup
 )
 
 

@@ -342,6 +342,37 @@ def test_raw_ops_reject_bad_layouts():
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("form", ["fixed", "per_element", "per_dim"])
+def test_gaussian_elbo_gradients_from_the_forward_pass(device, reduction, form):
+    """The Gaussian likelihood writes its gradients in the forward pass (fixed or per-element
+    variance) or leaves them to the backward op (a learned variance shared by rows): every
+    input's gradient equals the reference's, for the loss's own gradient and a scaled second one."""
+    recon, mu, lv = _inputs((9, 13), (9, 3), (9, 3), dtype=torch.float32, device=device)
+    x = torch.randn(9, 13, device=device, requires_grad=True)
+    obs = {"fixed": -0.3, "per_element": torch.randn(9, 13, device=device) * 0.5,
+           "per_dim": torch.randn(13, device=device) * 0.5}[form]
+    leaves = [recon.requires_grad_(), x] + ([obs.requires_grad_()] if form != "fixed" else [])
+    loss = F.elbo(recon, x, mu, lv, likelihood="gaussian", obs_logvar=obs, reduction=reduction)
+    w = torch.rand_like(loss) + 0.5  # not the gradient the forward pass was scaled by
+    loss.backward(torch.ones_like(loss), retain_graph=True)
+    first = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    loss.backward(w)
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    obs64 = leaves64[2] if form != "fixed" else obs
+    ref = R.elbo(leaves64[0], leaves64[1], mu.double(), lv.double(), likelihood="gaussian", obs_logvar=obs64,
+                 reduction=reduction)
+    ref_first = torch.autograd.grad(ref, leaves64, torch.ones_like(ref), retain_graph=True)
+    ref_scaled = torch.autograd.grad(ref, leaves64, w.double())
+    for got, want in zip(first, ref_first):
+        assert rel_err(got, want) < 1e-5
+    for t, want in zip(leaves, ref_scaled):
+        assert rel_err(t.grad, want) < 1e-5
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_elbo_plain_backward_reuses_forward_gradient(device, reduction):
     """loss.backward() sends back exactly the gradient the kernel pre-applied: the saved tensor

@@ -67,30 +67,49 @@ TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& 
   return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
 }
 
-at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x,
-                                   const at::Tensor& logvar) {
+TensorTriple gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar,
+                                     bool compute_grad, double grad_scale) {
   check_gaussian(mean, x, logvar);
+  TORCH_CHECK(grad_scale != 0.0, "fastvae: grad_scale must be non-zero");
   auto ll = at::empty({mean.size(0)}, mean.options().dtype(acc_dtype(mean.scalar_type())));
+  // With compute_grad the gradients times grad_scale are written in the same pass (as for the
+  // Bernoulli likelihood): the mean's, and a per-element variance's; a broadcast variance's needs
+  // a sum over rows, left to the backward op.
+  const bool logvar_grad = compute_grad && logvar.size(0) == mean.size(0);
+  at::Tensor grad_mean = compute_grad ? at::empty_like(mean) : at::empty({0}, mean.options());
+  at::Tensor grad_logvar = logvar_grad ? at::empty_like(logvar) : at::empty({0}, logvar.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "gaussian_ll", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t cols = mean.size(1), x_rows = x.size(0), lv_rows = logvar.size(0);
     const scalar_t* m = mean.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* lvp = logvar.const_data_ptr<scalar_t>();
+    scalar_t* gm = compute_grad ? grad_mean.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* glv = logvar_grad ? grad_logvar.mutable_data_ptr<scalar_t>() : nullptr;
+    const acc_t scale = static_cast<acc_t>(grad_scale);
+    const Vec<acc_t> vscale(scale);
     row_sums<acc_t>(
         mean.size(0), cols, ll.mutable_data_ptr<acc_t>(),
         [&](int64_t r, int64_t j) {
           const auto lv = load_widened<acc_t>(lvp + (r % lv_rows) * cols + j);
-          return gaussian_ll(load_widened<acc_t>(xp + (r % x_rows) * cols + j),
-                             load_widened<acc_t>(m + r * cols + j), lv, fv_exp(Vec<acc_t>(0) - lv));
+          const auto xv = load_widened<acc_t>(xp + (r % x_rows) * cols + j);
+          const auto mv = load_widened<acc_t>(m + r * cols + j);
+          const auto inv_var = fv_exp(Vec<acc_t>(0) - lv);
+          if (gm) store_narrowed<acc_t>(gm + r * cols + j, vscale * gaussian_ll_grad_mean(xv, mv, inv_var));
+          if (glv) store_narrowed<acc_t>(glv + r * cols + j, vscale * gaussian_ll_grad_logvar(xv, mv, inv_var));
+          return gaussian_ll(xv, mv, lv, inv_var);
         },
         [&](int64_t r, int64_t j) {
           const acc_t lv = static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]);
-          return gaussian_ll(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
-                             static_cast<acc_t>(m[r * cols + j]), lv, fv_exp(-lv));
+          const acc_t xv = static_cast<acc_t>(xp[(r % x_rows) * cols + j]);
+          const acc_t mv = static_cast<acc_t>(m[r * cols + j]);
+          const acc_t inv_var = fv_exp(-lv);
+          if (gm) gm[r * cols + j] = static_cast<scalar_t>(scale * gaussian_ll_grad_mean(xv, mv, inv_var));
+          if (glv) glv[r * cols + j] = static_cast<scalar_t>(scale * gaussian_ll_grad_logvar(xv, mv, inv_var));
+          return gaussian_ll(xv, mv, lv, inv_var);
         });
   });
-  return ll;
+  return {ll, grad_mean, grad_logvar};
 }
 
 TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Tensor& mean,

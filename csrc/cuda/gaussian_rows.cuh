@@ -37,17 +37,33 @@ struct GaussianOperands {
 };
 
 // log N(a | b, e^logvar) per row, which is also log N(b | a, e^logvar): the likelihood of x
-// given the decoder mean and the posterior density of z given mu are both this sum.
+// given the decoder mean and the posterior density of z given mu are both this sum. Where
+// grad_a (and grad_logvar, logvar then having a's rows) are given, the gradients times scale
+// are written in the same pass.
 template <typename scalar_t>
 struct GaussianRows : GaussianOperands<scalar_t> {
   using acc_t = at::opmath_type<scalar_t>;
+  scalar_t* grad_a = nullptr;
+  scalar_t* grad_logvar = nullptr;
+  acc_t scale = 1;
+
+  bool packs_fit() const {
+    return GaussianOperands<scalar_t>::packs_fit() &&
+           cuda_detail::packs_fit<GaussianOperands<scalar_t>::kPack>(this->cols, grad_a, grad_logvar);
+  }
 
   template <int V>
   __device__ acc_t sum(int64_t r, int64_t j) const {
     acc_t s = 0;
-    this->template for_pack<V>(r, j, [&](int, acc_t a, acc_t b, acc_t lv, acc_t inv_var) {
+    Pack<scalar_t, V> ga, glv;
+    this->template for_pack<V>(r, j, [&](int v, acc_t a, acc_t b, acc_t lv, acc_t inv_var) {
       s += gaussian_ll(b, a, lv, inv_var);
+      ga.v[v] = static_cast<scalar_t>(scale * gaussian_ll_grad_mean(b, a, inv_var));
+      glv.v[v] = static_cast<scalar_t>(scale * gaussian_ll_grad_logvar(b, a, inv_var));
     });
+    const int64_t i = r * this->cols + j;
+    if (grad_a) store_pack<V>(grad_a + i, ga);
+    if (grad_logvar) store_pack<V>(grad_logvar + i, glv);
     return s;
   }
 };

@@ -83,17 +83,26 @@ TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& 
   return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
 }
 
-at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar) {
+TensorTriple gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar,
+                                     bool compute_grad, double grad_scale) {
   check_gaussian(mean, x, logvar);
+  TORCH_CHECK(grad_scale != 0.0, "fastvae: grad_scale must be non-zero");
   const c10::cuda::CUDAGuard guard(mean.device());
   auto acc_opts = mean.options().dtype(acc_dtype(mean.scalar_type()));
   auto ll = at::empty({mean.size(0)}, acc_opts);
+  // As on the CPU: the mean's gradient, and a per-element variance's, times grad_scale.
+  const bool logvar_grad = compute_grad && logvar.size(0) == mean.size(0);
+  at::Tensor grad_mean = compute_grad ? at::empty_like(mean) : at::empty({0}, mean.options());
+  at::Tensor grad_logvar = logvar_grad ? at::empty_like(logvar) : at::empty({0}, logvar.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "gaussian_ll_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const GaussianRows<scalar_t> rows{gaussian_operands<scalar_t>(mean, x, logvar)};
+    const GaussianRows<scalar_t> rows{gaussian_operands<scalar_t>(mean, x, logvar),
+                                      compute_grad ? grad_mean.mutable_data_ptr<scalar_t>() : nullptr,
+                                      logvar_grad ? grad_logvar.mutable_data_ptr<scalar_t>() : nullptr,
+                                      static_cast<acc_t>(grad_scale)};
     row_sums<acc_t>(mean.size(0), mean.size(1), ll.mutable_data_ptr<acc_t>(), acc_opts, rows);
   });
-  return ll;
+  return {ll, grad_mean, grad_logvar};
 }
 
 TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Tensor& mean, const at::Tensor& x,
