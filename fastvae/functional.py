@@ -254,10 +254,9 @@ def gaussian_log_likelihood(
 
     ``logvar`` is a Python float (fixed variance), a 0-dim tensor (one learned variance), a
     per-dim tensor shaped like the trailing dims, or a tensor shaped like ``mean`` (decoder
-    output). ``x`` and ``logvar`` are cast to mean's dtype. With a fixed or a per-element
-    variance the gradients are computed in the forward pass.
+    output). ``x`` and ``logvar`` are cast to mean's dtype.
     """
-    return _gaussian_log_likelihood(mean, x, logvar, event_dims, grad_scale=1.0)
+    return _gaussian_log_likelihood(mean, x, logvar, event_dims, grad_scale=None)
 
 
 def _gaussian_log_likelihood(
@@ -265,10 +264,13 @@ def _gaussian_log_likelihood(
     x: torch.Tensor,
     logvar: Union[float, torch.Tensor],
     event_dims: Optional[int],
-    grad_scale: float,
+    grad_scale: Optional[float],
 ) -> torch.Tensor:
-    """gaussian_log_likelihood whose forward-pass gradients are pre-multiplied by grad_scale,
-    the gradient the caller's loss will send back for each row (see fastvae/ops.py)."""
+    """gaussian_log_likelihood that, given grad_scale (the gradient the caller's loss will send
+    back for every row), writes its gradients times grad_scale in the forward pass (see
+    fastvae/ops.py). Without it, or for a learned variance shared by rows (its gradient is a sum
+    over rows), the backward op computes them: rescaling two saved gradients for an arbitrary
+    incoming gradient would cost more than that one pass."""
     _check_float("mean", mean)
     _check_float("x", x)
     if isinstance(logvar, (int, float)) and not isinstance(logvar, bool):
@@ -283,16 +285,16 @@ def _gaussian_log_likelihood(
     _check_nonempty(shape, "mean")
     mean_rows = _as_rows(mean, shape, e, full=True)
     logvar_rows = _as_rows(_cast(logvar_t, mean.dtype), shape, e)
-    # A learned variance shared by many rows needs its gradient summed over them: left to the
-    # backward op. Otherwise the forward pass writes the gradients.
     per_element = logvar_rows.shape[0] == mean_rows.shape[0]
     compute_grad = (
-        torch.is_grad_enabled()
+        grad_scale is not None
+        and torch.is_grad_enabled()
         and (mean.requires_grad or logvar_t.requires_grad or x.requires_grad)
         and (per_element or not logvar_t.requires_grad)
     )
     ll, _, _ = ops.gaussian_log_likelihood(
-        mean_rows, _as_rows(_cast(x, mean.dtype), shape, e), logvar_rows, compute_grad, grad_scale
+        mean_rows, _as_rows(_cast(x, mean.dtype), shape, e), logvar_rows, compute_grad,
+        1.0 if grad_scale is None else grad_scale,
     )
     return ll.view(_split_event(shape, e))
 
@@ -364,7 +366,9 @@ def elbo(
     if likelihood == "bernoulli":
         rec = _bernoulli_log_likelihood(recon, x, max(recon.dim() - 1, 1), grad_scale=scale)
     else:
-        rec = _gaussian_log_likelihood(recon, x, obs_logvar, max(recon.dim() - 1, 1), grad_scale=scale)
+        # Per-example losses ("none") get arbitrary gradients: no forward-pass gradients then.
+        rec = _gaussian_log_likelihood(recon, x, obs_logvar, max(recon.dim() - 1, 1),
+                                       grad_scale=None if reduction == "none" else scale)
     if kl is None:
         kl = kl_standard_normal(mu, logvar)
     else:

@@ -73,17 +73,17 @@ __device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
 }
 
 // Stores of 16 and 8 bytes are written as one vector instruction by hand: in the block-per-row
-// kernels the compiler split even a uint4 store into four scalar ones (seen in the PTX).
+// kernels the compiler split even a uint4 store into four scalar ones (seen in the PTX). No
+// "memory" clobber: the kernels never read back what they store, and loads may move past it.
 template <int N, typename T>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& value) {
   using Bits = typename PackBits<sizeof(Pack<T, N>)>::type;
   Bits bits;
   memcpy(&bits, &value, sizeof(value));
   if constexpr (sizeof(Bits) == 16) {
-    asm volatile("st.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(bits.x), "r"(bits.y), "r"(bits.z), "r"(bits.w)
-                 : "memory");
+    asm volatile("st.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(bits.x), "r"(bits.y), "r"(bits.z), "r"(bits.w));
   } else if constexpr (sizeof(Bits) == 8) {
-    asm volatile("st.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(bits.x), "r"(bits.y) : "memory");
+    asm volatile("st.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(bits.x), "r"(bits.y));
   } else {
     *reinterpret_cast<Bits*>(p) = bits;
   }
