@@ -56,7 +56,7 @@ def _ptx(source: str, out_dir: Path) -> subprocess.Popen:
 def kernels(tmp_path_factory) -> List[Tuple[str, str]]:
     """(mangled name, body) of every kernel in the PTX of the KL and likelihood sources."""
     out = tmp_path_factory.mktemp("ptx")
-    procs = {src: _ptx(src, out) for src in ("kl.cu", "likelihood.cu")}
+    procs = {src: _ptx(src, out) for src in ("kl.cu", "likelihood.cu", "sampling.cu")}
     found = []
     for src, proc in procs.items():
         log, _ = proc.communicate(timeout=900)
@@ -69,14 +69,15 @@ def kernels(tmp_path_factory) -> List[Tuple[str, str]]:
     return found
 
 
-def _packed_row_sums(kernels) -> Dict[str, str]:
-    """Row-sum kernels instantiated with the functor's own pack width (not the V = 1 fallback)."""
+def _packed(kernels, kind: str = "row_sums_by_(?:lanes|block)_kernel", functor: str = "Rows") -> Dict[str, str]:
+    """Kernels of one skeleton instantiated with the functor's own pack width (not the V = 1
+    fallback)."""
     packed = {}
     for name, body in kernels:
-        m = re.search(r"row_sums_by_(?:lanes|block)_kernelILi(\d+)E", name)
-        if not m:
+        m = re.search(kind + r"ILi(\d+)E", name)
+        if not m or functor not in name:
             continue
-        scalar = re.search(r"RowsI(f|d|N3c104HalfE|N3c108BFloat16E)", name)
+        scalar = re.search(functor + r"I(f|d|N3c104HalfE|N3c108BFloat16E)", name)
         assert scalar, f"unknown scalar type in {name}"
         if int(m.group(1)) == PACK[scalar.group(1)]:
             packed[name] = body
@@ -88,7 +89,7 @@ def _global_loads(body: str) -> set:
 
 
 def test_packed_row_sums_read_their_operands_sixteen_bytes_at_a_time(kernels):
-    packed = _packed_row_sums(kernels)
+    packed = {n: b for n, b in _packed(kernels).items() if "SampleAndKlRows" not in n}
     # KL, Bernoulli (3 target types) and Gaussian, 4 dtypes each, lane groups of 8 and 32 and blocks.
     assert len(packed) == (1 + 3 + 1) * 4 * 3
     for name, body in packed.items():
@@ -98,8 +99,26 @@ def test_packed_row_sums_read_their_operands_sixteen_bytes_at_a_time(kernels):
 
 
 def test_bernoulli_gradient_is_stored_one_pack_per_instruction(kernels):
-    bernoulli = {n: b for n, b in _packed_row_sums(kernels).items() if "BernoulliRows" in n}
+    bernoulli = _packed(kernels, functor="BernoulliRows")
     assert len(bernoulli) == 3 * 4 * 3
     for name, body in bernoulli.items():
         # The one global store is the row's sum; the gradient goes out 16 bytes an instruction.
         assert "st.v4.b32" in body and len(re.findall(r"\bst\.global", body)) == 1, name
+
+
+def test_fused_sampling_kernels_move_sixteen_bytes_at_a_time(kernels):
+    """Sample + KL forward and the sampling backward: mu, logvar and grad_z read in 16-byte packs,
+    z and the gradients written one vector instruction per pack."""
+    forward = _packed(kernels, functor="SampleAndKlRows")
+    backward = _packed(kernels, kind="row_map_kernel", functor="SampleGrads")
+    assert len(forward) == 4 * 3 and len(backward) == 4
+    for name, body in {**forward, **backward}.items():
+        # Read-only (.nc) loads are the math library's tables (sin/cos range reduction).
+        loads = set(re.findall(r"ld\.global(?!\.nc)(?:\.v\d)?\.\w+", body))
+        assert loads & SIXTEEN_BYTES and "st.v4.b32" in body, name
+        # Besides the packs only the 2-int64 Philox state and, backward, grad_kl's value per row
+        # (in the accumulation type).
+        allowed = SIXTEEN_BYTES | {"ld.global.u64"}
+        if name in backward:
+            allowed |= {"ld.global.f64" if "SampleGradsIdE" in name else "ld.global.f32"}
+        assert loads <= allowed, (name, loads - allowed)
