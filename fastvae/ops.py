@@ -7,6 +7,8 @@ broadcasting for users live one layer up, in :mod:`fastvae.functional`.
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
@@ -178,6 +180,16 @@ def _is_exactly(grad: torch.Tensor, value: float) -> bool:
     return bool((grad == value).all())
 
 
+def _rescale(grad: torch.Tensor, scale: float, *saved: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """Gradients the forward pass wrote pre-multiplied by ``scale`` (the loss's own -1/B or -1),
+    for the per-row gradient ``grad`` that arrived: the saved tensors themselves when grad is
+    exactly that scale (a pass over B x D saved each), else rescaled copies (empty ones as they are)."""
+    if _is_exactly(grad, scale):
+        return saved
+    ratio = (grad / scale).unsqueeze(1)
+    return tuple(t * ratio.to(t.dtype) if t.numel() else t for t in saved)
+
+
 def _bernoulli_backward(ctx, grad_ll, _grad_of_grad):
     dlogits, logits = ctx.saved_tensors
     grad_logits = grad_x = None
@@ -189,12 +201,7 @@ def _bernoulli_backward(ctx, grad_ll, _grad_of_grad):
                 "fastvae::bernoulli_log_likelihood was called with compute_grad=False, "
                 "so it has no gradient for logits"
             )
-        if _is_exactly(grad_ll, ctx.grad_scale):
-            # The forward pass already applied exactly this gradient (the loss's own -1/B or
-            # -1): hand the saved tensor on instead of a rescaled copy, a pass over B x D saved.
-            grad_logits = dlogits
-        else:
-            grad_logits = dlogits * (grad_ll / ctx.grad_scale).unsqueeze(1).to(dlogits.dtype)
+        (grad_logits,) = _rescale(grad_ll, ctx.grad_scale, dlogits)
     if ctx.needs_input_grad[1]:
         grad_x = _sum_repeats(logits * grad_ll.unsqueeze(1).to(logits.dtype), ctx.x_rows)
     return grad_logits, grad_x, None, None
@@ -224,12 +231,8 @@ def _gaussian_ll_backward(ctx, grad, _grad_of_grad_mean, _grad_of_grad_logvar):
         return None, None, None, None, None
     needs_mean, needs_x, needs_logvar = ctx.needs_input_grad[:3]
     grad_mean, grad_logvar, *inputs = ctx.saved_tensors
-    if ctx.precomputed and not _is_exactly(grad, ctx.grad_scale):
-        # The forward pass applied grad_scale; any other per-row gradient rescales its result.
-        ratio = (grad / ctx.grad_scale).unsqueeze(1)
-        grad_mean = grad_mean * ratio.to(grad_mean.dtype)
-        if grad_logvar.numel():
-            grad_logvar = grad_logvar * ratio.to(grad_logvar.dtype)
+    if ctx.precomputed:
+        grad_mean, grad_logvar = _rescale(grad, ctx.grad_scale, grad_mean, grad_logvar)
     if inputs:  # no precomputed gradients, or a broadcast variance's still to be summed
         mean, x, logvar = inputs
         recomputed_mean, grad_logvar = ops.gaussian_log_likelihood_backward(

@@ -58,8 +58,10 @@ struct GaussianRows : GaussianOperands<scalar_t> {
     Pack<scalar_t, V> ga, glv;
     this->template for_pack<V>(r, j, [&](int v, acc_t a, acc_t b, acc_t lv, acc_t inv_var) {
       s += gaussian_ll(b, a, lv, inv_var);
-      ga.v[v] = static_cast<scalar_t>(scale * gaussian_ll_grad_mean(b, a, inv_var));
-      glv.v[v] = static_cast<scalar_t>(scale * gaussian_ll_grad_logvar(b, a, inv_var));
+      if (grad_a) {  // the same for every thread: no divergence, no gradient math when not asked
+        ga.v[v] = static_cast<scalar_t>(scale * gaussian_ll_grad_mean(b, a, inv_var));
+        glv.v[v] = static_cast<scalar_t>(scale * gaussian_ll_grad_logvar(b, a, inv_var));
+      }
     });
     const int64_t i = r * this->cols + j;
     if (grad_a) store_pack<V>(grad_a + i, ga);
