@@ -417,7 +417,7 @@ class Trainer:
         self.extra = dict(extra or {})
         self.callbacks = list(callbacks)
 
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
         objective: nn.Module = _Objective(self.model, cfg.loss_impl, cfg.free_bits)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
