@@ -20,7 +20,6 @@ update on the whole global batch.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -29,6 +28,7 @@ import sys
 import threading
 import time
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -40,6 +40,7 @@ from torch import nn
 
 from . import reference
 from .models import VAE, build_vae
+from .runlog import append_record, truncate_after_step
 
 __all__ = [
     "TrainConfig",
@@ -51,6 +52,7 @@ __all__ = [
     "resolve_device",
     "load_checkpoint",
     "load_model",
+    "CheckpointError",
     "LOSS_IMPLS",
     "CHECKPOINT_NAME",
     "METRICS_NAME",
@@ -334,27 +336,135 @@ class _StopRequested(KeyboardInterrupt):
 
 
 # ---------------------------------------------------------------------- checkpoints
+class CheckpointError(ValueError):
+    """A file that is not a readable fastvae checkpoint; the message says which part is wrong."""
+
+    def __init__(self, path: Optional[PathLike], why: str) -> None:
+        self.path, self.why = path, why
+        where = f"{path} is" if path is not None else "this is"
+        super().__init__(f"{where} not a readable fastvae checkpoint ({why})")
+
+
+# Entries every checkpoint `Trainer` writes, with the types they must have.
+_CHECKPOINT_ENTRIES: Dict[str, Tuple[type, ...]] = {
+    "model_config": (dict,), "model_state": (dict,), "train_config": (dict,),
+    "optimizer_state": (dict,), "epoch": (int,), "step": (int,), "batch_in_epoch": (int,),
+    "perm": (torch.Tensor, type(None)), "data_generator": (torch.Tensor,),
+    "epoch_loss_sum": (torch.Tensor,), "epoch_batches": (int,), "elapsed": (int, float),
+    "rng": (list,), "extra": (dict,),
+}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _torch_load(path: Path, map_location: Union[str, torch.device]) -> Any:
+    """torch.load, with the usual ways a file is unreadable told apart."""
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(path, "the file is empty")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":
+        raise CheckpointError(path, "not a torch.save archive: it does not start like a zip file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(path, f"truncated: the zip archive ({size} bytes) has no central "
+                                    "directory (an interrupted copy or save?)")
+    try:
+        # weights_only: checkpoints hold only tensors and plain Python values, so loading one
+        # cannot run code.
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, KeyError ...
+        raise CheckpointError(path, f"torch.load failed: {_first_line(err)}") from err
+
+
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint written by `Trainer` (a file, or a directory holding checkpoint.pt)."""
+    """Read a checkpoint written by `Trainer` (a file, or a directory holding checkpoint.pt).
+
+    Raises FileNotFoundError when there is no such file and `CheckpointError` (a ValueError)
+    naming the part that is wrong when the file is not one: unreadable, another format or
+    version, or an entry missing or of the wrong type. `load_model` and
+    `Trainer.from_checkpoint` also check the weights against the model ``model_config`` builds.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    # weights_only: checkpoints hold only tensors and plain Python values, so loading one cannot run code.
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = _torch_load(path, map_location)
     if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a fastvae checkpoint")
+        raise CheckpointError(path, f"no {_CHECKPOINT_FORMAT!r} format marker: not written by fastvae's Trainer")
     if state.get("version") != _CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')} unsupported (expected {_CHECKPOINT_VERSION})")
+        raise CheckpointError(path, f"format version {state.get('version')!r}; this fastvae reads "
+                                    f"version {_CHECKPOINT_VERSION}")
+    for key, types in _CHECKPOINT_ENTRIES.items():
+        if key not in state:
+            raise CheckpointError(path, f"no {key!r} entry")
+        # bool is an int; no checkpoint entry is meant to be one.
+        if not isinstance(state[key], types) or isinstance(state[key], bool):
+            raise CheckpointError(path, f"{key!r} is a {type(state[key]).__name__}, expected "
+                                        + " or ".join(t.__name__ for t in types))
+    bad = [k for k, v in state["model_state"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(path, f"'model_state' entry {bad[0]!r} is not a tensor")
     return state
+
+
+def _shape(t: Any) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _check_model_state(model: nn.Module, model_state: Dict[str, Any], path: Optional[PathLike]) -> None:
+    """The saved weights fit ``model``: the same names, each with the same shape."""
+    expected = model.state_dict()
+    problems = [f"{k!r} is {_shape(v)}, the model needs {tuple(expected[k].shape)}"
+                for k, v in model_state.items()
+                if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)]
+    missing = [k for k in expected if k not in model_state]
+    unexpected = [k for k in model_state if k not in expected]
+    if missing:
+        problems.append(f"missing {missing[:3]}" + (" ..." if len(missing) > 3 else ""))
+    if unexpected:
+        problems.append(f"unexpected {unexpected[:3]}" + (" ..." if len(unexpected) > 3 else ""))
+    if problems:
+        raise CheckpointError(path, "'model_state' does not fit the model 'model_config' describes: "
+                                    + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else ""))
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, opt_state: Dict[str, Any],
+                           path: Optional[PathLike]) -> None:
+    """The saved Adam state fits ``optimizer``'s parameters (count and moment shapes)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    groups, per_param = opt_state.get("param_groups"), opt_state.get("state")
+    if not isinstance(groups, list) or not isinstance(per_param, dict):
+        raise CheckpointError(path, "'optimizer_state' lacks 'param_groups' or 'state'")
+    ids = [i for g in groups if isinstance(g, dict) for i in g.get("params", [])]
+    if len(ids) != len(params):
+        raise CheckpointError(path, f"'optimizer_state' holds {len(ids)} parameters, the model has {len(params)}")
+    for i, p in zip(ids, params):
+        for name, value in (per_param.get(i) or {}).items():
+            if name != "step" and isinstance(value, torch.Tensor) and value.shape != p.shape:
+                raise CheckpointError(path, f"'optimizer_state' {name} of parameter {i} is "
+                                            f"{tuple(value.shape)}, the parameter is {tuple(p.shape)}")
+
+
+def _build_checked(state: Dict[str, Any], path: Optional[PathLike]) -> VAE:
+    """The model ``state['model_config']`` describes, with the checkpoint's weights checked to fit."""
+    try:
+        model = build_vae(state["model_config"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(path, f"'model_config' does not build a model: {err}") from err
+    _check_model_state(model, state["model_state"], path)
+    return model
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[VAE, Dict[str, Any]]:
     """The trained VAE of a checkpoint (in eval mode on ``device``) and the checkpoint itself."""
     device = resolve_device(device) if isinstance(device, str) else device
     state = load_checkpoint(path)
-    model = build_vae(state["model_config"])
+    model = _build_checked(state, path)
     model.load_state_dict(state["model_state"])
     return model.to(device).eval(), state
 
@@ -567,12 +677,30 @@ class Trainer:
             "extra": self.extra,
         }
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore weights, optimizer, counters, data order and RNG states from a checkpoint."""
+    def load_state_dict(self, state: Dict[str, Any], path: Optional[PathLike] = None) -> None:
+        """Restore weights, optimizer, counters, data order and RNG states from a checkpoint
+        (as `load_checkpoint` returns it; ``path``, where it came from, is named in errors).
+
+        A checkpoint of another architecture raises ValueError; one whose parts do not fit
+        this trainer (weights, optimizer moments, data order) raises `CheckpointError`.
+        """
         if self.model.config != state["model_config"]:
             raise ValueError(
                 f"checkpoint model config {state['model_config']} differs from this model's {self.model.config}"
             )
+        _check_model_state(self.model, state["model_state"], path)
+        _check_optimizer_state(self.optimizer, state["optimizer_state"], path)
+        perm = state["perm"]
+        if perm is not None and (perm.dim() != 1 or perm.numel() != self.train_data.shape[0]):
+            raise CheckpointError(path, f"'perm' orders {perm.numel()} examples, the training set has "
+                                        f"{self.train_data.shape[0]} (resumed with other data?)")
+        try:
+            self._restore(state)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(path, f"cannot restore the training state: {_first_line(err)}") from err
+        self._resumed = True
+
+    def _restore(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -589,9 +717,8 @@ class Trainer:
             # Another world size: the sampling streams cannot continue; start fresh ones.
             if self.dist.is_main:
                 warnings.warn(f"checkpoint was written by {len(rngs)} rank(s), this run has "
-                              f"{self.dist.world_size}: sampling noise restarts from the seed", stacklevel=2)
+                              f"{self.dist.world_size}: sampling noise restarts from the seed", stacklevel=3)
             seed_everything(_rank_seed(self.config.seed + self.step, self.dist.rank))
-        self._resumed = True
 
     @classmethod
     def from_checkpoint(
@@ -614,10 +741,15 @@ class Trainer:
             raise ValueError(f"cannot change {bad} when resuming; allowed: {sorted(_RESUME_OVERRIDABLE)}")
         state = load_checkpoint(path)
         known = {f.name for f in fields(TrainConfig)}
-        cfg = TrainConfig(**{**{k: v for k, v in state["train_config"].items() if k in known}, **overrides})
-        model = build_vae(state["model_config"])
+        saved = {k: v for k, v in state["train_config"].items() if k in known}
+        try:
+            TrainConfig(**saved)
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(path, f"'train_config': {err}") from err
+        cfg = TrainConfig(**{**saved, **overrides})
+        model = _build_checked(state, path)
         trainer = cls(model, train, test, cfg, out_dir=out_dir, extra=state.get("extra"), callbacks=callbacks)
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(state, path)
         return trainer
 
     def _gather_rng(self) -> Optional[List[Dict[str, Any]]]:
@@ -649,8 +781,7 @@ class Trainer:
         self.history.append(record)
         if self.dist.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / METRICS_NAME, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(self.out_dir / METRICS_NAME, record)  # whole lines, even under a kill
 
     def _reduce_mean(self, total: torch.Tensor, count: int) -> float:
         """Mean over ranks of per-rank means (equal batch sizes: the global mean)."""
@@ -707,6 +838,10 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if not self._resumed:
                 (self.out_dir / METRICS_NAME).write_text("")  # a fresh run starts a fresh log
+            else:
+                # Records written after the checkpoint (a kill before the next save) would
+                # otherwise appear twice; a torn last line goes too.
+                truncate_after_step(self.out_dir / METRICS_NAME, self.step)
         steps_per_epoch = self.steps_per_epoch
         if steps_per_epoch < 1:
             raise ValueError(f"{self.train_data.shape[0]} training examples are fewer than the "
