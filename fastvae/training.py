@@ -65,6 +65,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 _CHECKPOINT_FORMAT = "fastvae.checkpoint"
 _CHECKPOINT_VERSION = 1
+# Share of the free CUDA memory a training set may take and still be kept on the device.
+_DEVICE_DATA_FRACTION = 0.25
 # Settings a resumed run may change without breaking the continuation of the saved run.
 _RESUME_OVERRIDABLE = frozenset(
     {"epochs", "max_steps", "progress", "device", "log_every", "checkpoint_every",
@@ -480,6 +482,12 @@ def _atomic_save(obj: Any, path: Path) -> None:
 class Trainer:
     """Trains a `VAE` on in-memory tensors.
 
+    A training step does not wait for the device: the loss stays a tensor (read every
+    `TrainConfig.log_every` steps, every 10 steps by the progress bar, and at epoch ends), a
+    training set that fits is kept on the CUDA device (otherwise batches come from pinned
+    memory with non-blocking copies), and under DDP the ranks agree on a Ctrl-C only every
+    `stop_check_every` steps.
+
     Args:
         model: the VAE (moved to the configured device).
         train: training examples (N, ...) as floats; labels are not needed.
@@ -496,6 +504,9 @@ class Trainer:
                           TrainConfig(epochs=20), out_dir="runs/digits")
         summary = trainer.fit()
     """
+
+    #: Under DDP, steps between the collective checks for a Ctrl-C (each one waits for the device).
+    stop_check_every: int = 16
 
     def __init__(
         self,
@@ -527,7 +538,10 @@ class Trainer:
         self.extra = dict(extra or {})
         self.callbacks = list(callbacks)
 
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)
+        # The fused Adam keeps its step counts on the parameters' device; the default one reads
+        # each count with .item() every step, a device sync once they live on CUDA.
+        fused = self.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=fused or None)
         objective: nn.Module = _Objective(self.model, cfg.loss_impl, cfg.free_bits)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -549,11 +563,13 @@ class Trainer:
             self.test_data = eval_data(self.test_data, cfg.binarize, cfg.seed)
         if cfg.binarize == "static":
             self.train_data = _binarize(self.train_data, "static", None)
+        self._place_train_data()
 
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
         self.batch_in_epoch = 0
         self._perm: Optional[torch.Tensor] = None
+        self._perm_on_data: Optional[torch.Tensor] = None  # _perm where the training set lives
         self._epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._epoch_batches = 0
         self._elapsed = 0.0  # from the runs this one resumed
@@ -582,22 +598,57 @@ class Trainer:
         last = n - (steps - 1) * b
         return steps - 1 if last < w else steps
 
+    def _place_train_data(self) -> None:
+        """On CUDA, keep the training set on the device when it fits comfortably, so a step
+        only gathers rows there; otherwise pin it, so batches copy with ``non_blocking``."""
+        self._pin_batches = False
+        if self.device.type != "cuda" or self.train_data.device == self.device:
+            return
+        nbytes = self.train_data.numel() * self.train_data.element_size()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if nbytes <= _DEVICE_DATA_FRACTION * free:
+            self.train_data = self.train_data.to(self.device)
+        else:
+            self._pin_batches = True
+
+    def _epoch_order(self) -> torch.Tensor:
+        """This epoch's order where the training set lives (copied once per epoch, not per step)."""
+        if self._perm_on_data is None:
+            self._perm_on_data = self._perm.to(self.train_data.device)
+        return self._perm_on_data
+
     def _global_batch(self, index: int) -> torch.Tensor:
-        """This rank's slice of global batch ``index`` of the current epoch."""
+        """This rank's slice of global batch ``index`` of the current epoch, on the device.
+
+        Issues no device sync: rows are gathered where the data lives (on the device, or into
+        pinned host memory copied with ``non_blocking``), and dynamic binarisation compares
+        against uniforms drawn on the CPU and copied the same way.
+        """
         b, w = self.config.batch_size, self.dist.world_size
-        idx = self._perm[index * b:(index + 1) * b]
-        usable = len(idx) - len(idx) % w
-        if usable != len(idx) and self.dist.is_main and not self._warned_drop:
+        n_idx = min(b, self._perm.shape[0] - index * b)
+        usable = n_idx - n_idx % w
+        if usable != n_idx and self.dist.is_main and not self._warned_drop:
             # Equal shares keep the mean of per-rank means equal to the global mean.
-            warnings.warn(f"the last batch of each epoch loses {len(idx) - usable} example(s) so that "
+            warnings.warn(f"the last batch of each epoch loses {n_idx - usable} example(s) so that "
                           f"it splits evenly over {w} ranks", stacklevel=3)
             self._warned_drop = True
-        x = self.train_data[idx[:usable]]
-        if self.config.binarize == "dynamic":
-            x = _binarize(x, "dynamic", self.data_generator)
         per_rank = usable // w
-        x = x[self.dist.rank * per_rank:(self.dist.rank + 1) * per_rank]
-        return x.to(self.device, non_blocking=True)
+        start = index * b + self.dist.rank * per_rank
+        rows = self._epoch_order()[start:start + per_rank]
+        pin = self._pin_batches
+        if pin:
+            x = torch.empty((per_rank, *self.train_data.shape[1:]), dtype=self.train_data.dtype, pin_memory=True)
+            torch.index_select(self.train_data, 0, rows, out=x)
+        else:
+            x = self.train_data[rows]
+        x = x.to(self.device, non_blocking=True)
+        if self.config.binarize == "dynamic":
+            # Uniforms for the whole global batch from the CPU generator every rank holds, so all
+            # ranks and devices see the same draw; this rank compares against its own rows.
+            u = torch.rand((usable, *self.train_data.shape[1:]), generator=self.data_generator, pin_memory=pin)
+            u = u[self.dist.rank * per_rank:(self.dist.rank + 1) * per_rank]
+            x = (u.to(self.device, non_blocking=True) < x).to(x.dtype)
+        return x
 
     # ------------------------------------------------------------------ schedule
     def beta_at(self, step: int) -> float:
@@ -705,7 +756,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer_state"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
-        self._perm = state["perm"]
+        self._perm, self._perm_on_data = state["perm"], None
         self.data_generator.set_state(state["data_generator"])
         self._epoch_loss_sum = state["epoch_loss_sum"].to(self.device, torch.float64)
         self._epoch_batches = int(state["epoch_batches"])
@@ -791,9 +842,14 @@ class Trainer:
             value = value / self.dist.world_size
         return value.item()
 
-    def _stop_everywhere(self, requested: bool) -> bool:
+    def _stop_everywhere(self, requested: bool, epoch_end: bool) -> bool:
+        """Whether every rank stops after this step. One process: its own Ctrl-C flag, a Python
+        bool. DDP: the ranks agree with an all-reduce that the host must wait for, so only every
+        `stop_check_every` steps and at the end of an epoch, never on the others."""
         if not self.dist.enabled:
             return requested
+        if self.step % self.stop_check_every and not epoch_end:
+            return False
         flag = torch.tensor([int(requested)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
@@ -854,6 +910,7 @@ class Trainer:
                 while self.epoch < cfg.epochs and self.step < max_steps:
                     if self._perm is None:
                         self._perm = torch.randperm(self.train_data.shape[0], generator=self.data_generator)
+                        self._perm_on_data = None
                         self.batch_in_epoch = 0
                         self._epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
                         self._epoch_batches = 0
@@ -862,7 +919,7 @@ class Trainer:
                     partial = self.batch_in_epoch < steps_per_epoch
                     if not partial:
                         self.epoch += 1
-                        self._perm = None
+                        self._perm = self._perm_on_data = None
                     self._log(self._epoch_record(time.perf_counter() - epoch_start, partial))
                     if partial or self.epoch == cfg.epochs or (
                         cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0
@@ -913,8 +970,8 @@ class Trainer:
                 self.batch_in_epoch += 1
                 self.step += 1
                 self._in_step = False
-                running = loss if running is None else 0.9 * running + 0.1 * loss
                 if bar is not None:
+                    running = loss if running is None else 0.9 * running + 0.1 * loss
                     bar.update(1)
                     # .item() waits for the device: only every few steps.
                     if self.batch_in_epoch % 10 == 0 or self.batch_in_epoch == steps_per_epoch:
@@ -925,7 +982,7 @@ class Trainer:
                                "time": self.elapsed})
                 for cb in self.callbacks:
                     cb(self, {"step": self.step, "epoch": self.epoch, "loss": loss})
-                if self._stop_everywhere(interrupt.requested):
+                if self._stop_everywhere(interrupt.requested, self.batch_in_epoch == steps_per_epoch):
                     raise _StopRequested
         finally:
             if bar is not None:
