@@ -236,6 +236,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
     r.add_argument("--no-plots", dest="plots", action="store_false", default=None,
                    help="skip samples.png, reconstructions.png, curve.png and latents.png")
+    r.add_argument("--plots", dest="plots", action="store_true",
+                   help="draw the pictures (the default; with --resume, draws them for a run saved with --no-plots)")
     r.add_argument("--num-images", type=int, default=None,
                    help="images in samples.png" + _default("num_images"))
 
@@ -303,7 +305,8 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any,
                  option_string: Optional[str] = None) -> None:
-        parser.exit(0, version_text() + "\n")
+        print(version_text())  # stdout, as argparse's own version action does
+        parser.exit(0)
 
 
 def _add_bench(sub: Any, wanted: bool) -> None:
