@@ -20,7 +20,7 @@ import torch
 
 import fastvae
 from fastvae import cli
-from fastvae.training import CHECKPOINT_NAME, METRICS_NAME, load_checkpoint
+from fastvae.training import CHECKPOINT_NAME, METRICS_NAME, CheckpointError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # The console script next to this interpreter; `python -m fastvae` runs the same main().
@@ -41,9 +41,15 @@ def _run(args: Sequence[str], cwd: Path, env: dict | None = None) -> subprocess.
 
 
 def _run_all(cases: Sequence[Sequence[str]], cwd: Path) -> List[subprocess.CompletedProcess]:
-    # Mostly interpreter start-up: a few at a time even on two cores.
+    """Run each case (a leading "--debug-env" sets FASTVAE_DEBUG=1 instead of a flag); mostly
+    interpreter start-up, so a few at a time even on two cores."""
+    def one(argv: Sequence[str]) -> subprocess.CompletedProcess:
+        if argv and argv[0] == "--debug-env":
+            return _run(argv[1:], cwd, env={"FASTVAE_DEBUG": "1"})
+        return _run(argv, cwd)
+
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(lambda a: _run(a, cwd), cases))
+        return list(pool.map(one, cases))
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -69,14 +75,14 @@ def test_version_says_whether_cuda_kernels_are_built(tmp_path):
 def test_debug_flag_and_environment_show_the_traceback(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"")
-    plain, flag, env = (_run(["sample", str(bad)], tmp_path),
-                        _run(["sample", str(bad), "--debug"], tmp_path),
-                        _run(["sample", str(bad)], tmp_path, env={"FASTVAE_DEBUG": "1"}))
+    plain, flag, env = _run_all([["sample", str(bad)], ["sample", str(bad), "--debug"],
+                                 ["--debug-env", "sample", str(bad)]], tmp_path)
     _assert_one_line_error(plain, "the file is empty")
     for proc in (flag, env):
         assert proc.returncode != 0 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
-    # Before the command name too.
-    assert "Traceback" in _run(["--debug", "sample", str(bad)], tmp_path).stderr
+    # --debug before the command name, in-process: the exception itself comes through.
+    with pytest.raises(CheckpointError, match="the file is empty"):
+        cli.main(["--debug", "sample", str(bad)])
 
 
 # ---------------------------------------------------------------------- flags
@@ -89,9 +95,7 @@ def test_size_and_seed_flags_are_checked_before_anything_is_loaded(tmp_path):
     cases = {
         ("train", "--latent-dim", "-3", *data): ("--latent-dim", "-3"),
         ("train", "--num-images", "0", *data): ("--num-images", "0"),
-        ("train", "--num-images", "-4", *data): ("--num-images",),
         ("train", "--seed", "99999999999999999999", *data): ("--seed", "2**63 - 1"),
-        ("sample", missing, "--seed", "-1"): ("--seed",),
         ("eval", missing, "--num-samples", "0"): ("--num-samples",),
     }
     for proc, needles in zip(_run_all(list(cases), tmp_path), cases.values()):
@@ -125,7 +129,7 @@ def test_every_flag_is_checked_up_front(tmp_path, capsys, argv, needle):
     assert "not found" not in err and not (tmp_path / "o").exists()
 
 
-def test_a_cuda_device_this_machine_lacks(tmp_path):
+def test_a_cuda_device_this_machine_lacks(tmp_path, capsys):
     if torch.cuda.is_available():
         wanted, needle = [f"cuda:{torch.cuda.device_count() + 3}"], "CUDA device(s)"
     else:
@@ -135,8 +139,15 @@ def test_a_cuda_device_this_machine_lacks(tmp_path):
     for device in wanted:
         cases += [["train", "--device", device, "--out", str(tmp_path / "o"), "--no-progress"],
                   ["sample", missing, "--device", device], ["eval", missing, "--device", device]]
-    for proc, case in zip(_run_all(cases, tmp_path), cases):
-        _assert_one_line_error(proc, f"--device {case[case.index('--device') + 1]}", needle)
+    # Every command once through the console script, every case in-process.
+    procs = _run_all([cases[3 * (i % len(wanted)) + i] for i in range(3)], tmp_path)
+    for proc in procs:
+        _assert_one_line_error(proc, "--device cuda", needle)
+    for case in cases:
+        with pytest.raises(SystemExit) as exc:
+            cli.main(case)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"--device {case[case.index('--device') + 1]}" in err and needle in err, err
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -176,16 +187,21 @@ def _broken_checkpoints(good: Path, where: Path) -> dict:
     return cases
 
 
-def test_unreadable_checkpoints_give_one_line_errors(trained, tmp_path):
+def test_unreadable_checkpoints_give_one_line_errors(trained, tmp_path, capsys):
     cases = _broken_checkpoints(trained / CHECKPOINT_NAME, tmp_path)
-    runs, expect = [], []
-    for name, (path, why) in cases.items():
-        for argv in (["eval", str(path), "--device", "cpu", "--no-progress"], ["sample", str(path)],
-                     ["train", "--resume", str(path), "--no-progress"]):
-            runs.append(argv)
-            expect.append((f"{path} is not a readable fastvae checkpoint (", why))
-    for proc, needles in zip(_run_all(runs, tmp_path), expect):
-        _assert_one_line_error(proc, *needles)
+    commands = (lambda p: ["eval", str(p), "--device", "cpu", "--no-progress"], lambda p: ["sample", str(p)],
+                lambda p: ["train", "--resume", str(p), "--no-progress"])
+    # Each kind of damage once through the console script (the commands taking turns) ...
+    runs = [commands[i % 3](path) for i, (path, _) in enumerate(cases.values())]
+    for proc, (path, why) in zip(_run_all(runs, tmp_path), cases.values()):
+        _assert_one_line_error(proc, f"{path} is not a readable fastvae checkpoint (", why)
+    # ... and every kind with every command in-process.
+    for path, why in cases.values():
+        for command in commands:
+            with pytest.raises(SystemExit) as exc:
+                cli.main(command(path))
+            err = capsys.readouterr().err
+            assert exc.value.code == 2 and f"{path} is not a readable fastvae checkpoint (" in err and why in err, err
     assert not (tmp_path / "samples.png").exists()
 
 
