@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
+import re
 import signal
 import sys
 import threading
@@ -378,7 +380,13 @@ def _torch_load(path: Path, map_location: Union[str, torch.device]) -> Any:
         # weights_only: checkpoints hold only tensors and plain Python values, so loading one
         # cannot run code.
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, KeyError ...
+    except pickle.UnpicklingError as err:
+        # torch's message is a page of advice; the line naming the refused object is the point.
+        refused = [l.strip() for l in str(err).splitlines() if "Unsupported global" in l]
+        detail = re.sub(r"\x1b\[[0-9;]*m", "", refused[0]).split(" was not")[0] if refused else _first_line(err)
+        raise CheckpointError(path, "torch.load failed: it holds Python objects a weights-only load "
+                                    f"refuses ({detail})") from err
+    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError ...
         raise CheckpointError(path, f"torch.load failed: {_first_line(err)}") from err
 
 

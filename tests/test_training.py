@@ -328,7 +328,7 @@ def _damaged(good: Path, where: Path):
     put("empty", "the file is empty", payload=b"")
     put("truncated", "truncated", payload=raw[: len(raw) - 100])
     put("random", "not a torch.save archive", payload=bytes(torch.randint(0, 256, (3000,), dtype=torch.uint8).tolist()))
-    put("pickle_of_code", "torch.load failed", obj={"f": os.path.join})  # not loadable with weights_only
+    put("pickle_of_code", "Python objects a weights-only load refuses", obj={"f": os.path.join})  # not loadable with weights_only
     put("list", "format marker", obj=[1, 2])
     put("version", "format version 7", obj={**state, "version": 7})
     put("no_model_config", "no 'model_config' entry", obj={k: v for k, v in state.items() if k != "model_config"})
