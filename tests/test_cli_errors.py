@@ -238,3 +238,16 @@ def test_resume_cuts_the_log_back_to_the_checkpoint(trained, tmp_path, recwarn):
     # The exact resume redoes the same epoch: the same loss, logged once.
     assert again[1]["train_loss"] == once[1]["train_loss"] and again[1]["step"] == 2 * step
     assert any(f"dropped 1 record(s) after step {step}" in str(w.message) for w in recwarn)
+
+
+def test_an_idx_file_without_images_is_named(tmp_path):
+    import gzip
+    import struct
+
+    data = tmp_path / "mnist"
+    data.mkdir()
+    for name, magic, dims in (("t10k-images-idx3-ubyte", 0x803, (0, 28, 28)), ("t10k-labels-idx1-ubyte", 0x801, (0,))):
+        with gzip.open(data / f"{name}.gz", "wb") as f:
+            f.write(struct.pack(">I", magic) + struct.pack(f">{len(dims)}I", *dims))
+    proc = _run(["train", "--data", "mnist", "--data-dir", str(data), "--out", str(tmp_path / "o"), *TINY], tmp_path)
+    _assert_one_line_error(proc, f"{data / 't10k-images-idx3-ubyte.gz'}: holds no images")
