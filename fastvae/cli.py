@@ -427,9 +427,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "out" not in given:
             cfg["out"] = str(ckpt if ckpt.is_dir() else ckpt.parent)
         try:
-            _check_train_flags({k: v for k, v in cfg.items() if k not in given})
+            _check_train_flags({k: v for k, v in cfg.items() if k not in given and k not in ("device", "amp")})
         except ValueError as err:
             raise CheckpointError(ckpt, f"its saved training flags: {err}") from err
+        try:  # the saved device may be one this machine lacks: a run flag, not damage
+            _check_train_flags({k: cfg[k] for k in ("device", "amp", "loss_impl")})
+        except CLIError as err:
+            hint = "" if "device" in given else " (saved in the checkpoint; choose another with --device)"
+            raise CLIError(f"{err}{hint}") from err
     else:
         cfg = _resolve_auto({**TRAIN_DEFAULTS, **given})
         _check_train_flags(cfg)
@@ -614,8 +619,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover
