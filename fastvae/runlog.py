@@ -33,16 +33,29 @@ def _warn(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+def _read_at(fd: int, offset: int, size: int) -> bytes:
+    # lseek + read rather than os.pread, which Windows lacks; O_APPEND writes go to the end anyway.
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks = []
+    while size > 0:
+        chunk = os.read(fd, size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
 def append_record(path: PathLike, record: Dict[str, Any]) -> None:
     """Append ``record`` to the log at ``path`` as one whole line (created when missing)."""
     path = Path(path)
     line = (json.dumps(record) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
     try:
         size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
+        if size and _read_at(fd, size - 1, 1) != b"\n":
             # A kill during an earlier append left half a line: drop it rather than glue onto it.
-            keep = _torn_tail(os.pread(fd, size, 0))
+            keep = _torn_tail(_read_at(fd, 0, size))
             os.ftruncate(fd, keep)
             _warn(f"{path}: dropped a torn last line ({size - keep} bytes, left by a killed run)")
         # One write for the whole line; the loop only matters for a short write (a full disk).
