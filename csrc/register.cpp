@@ -1,6 +1,6 @@
 // The one place that declares every fastvae op to the PyTorch dispatcher and binds the CPU (and,
-// when built, CUDA) kernels to it. Fake tensors and autograd are registered from Python
-// (fastvae/ops.py), next to the Python wrappers.
+// when built, CUDA) kernels to it. Autograd kernels are registered by csrc/autograd/*.cpp; fake
+// tensors from Python (fastvae/ops.py), next to the Python wrappers.
 #include <torch/library.h>
 #ifndef FASTVAE_NO_PYTHON
 #include <torch/extension.h>
