@@ -62,9 +62,10 @@ inline variable_list once_differentiable(const char* op_name, variable_list grad
 
 // The gradient of an operand that broadcast over the leading rows of a (R, D) one (row r read
 // its row r % rows): grad (R, D) summed over the R / rows repeats. No copy when nothing repeats.
-inline at::Tensor sum_repeats(const at::Tensor& grad, int64_t rows) {
-  if (grad.size(0) == rows) return grad;
-  return grad.view({grad.size(0) / rows, rows, grad.size(1)}).sum(0);
+// Sizes are SymInts so that torch.compile can trace it with dynamic shapes.
+inline at::Tensor sum_repeats(const at::Tensor& grad, const c10::SymInt& rows) {
+  if (grad.sym_size(0) == rows) return grad;
+  return grad.view_symint({grad.sym_size(0) / rows, rows, grad.sym_size(1)}).sum(0);
 }
 
 }  // namespace autograd
