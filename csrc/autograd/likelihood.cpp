@@ -57,7 +57,8 @@ class BernoulliLogLikelihood : public torch::autograd::Function<BernoulliLogLike
       grad_x = sum_repeats(logits.mul(grad_ll.unsqueeze(1).to(logits.scalar_type())),
                            ctx->saved_data["x_rows"].toSymInt());
     }
-    return once_differentiable("fastvae::bernoulli_log_likelihood", {grad_logits, grad_x, at::Tensor(), at::Tensor()});
+    return once_differentiable("fastvae::bernoulli_log_likelihood", {grad_logits, grad_x, at::Tensor(), at::Tensor()},
+                               grads);
   }
 };
 
@@ -107,10 +108,11 @@ class GaussianLogLikelihood : public torch::autograd::Function<GaussianLogLikeli
       if (!precomputed) grad_mean = recomputed_mean;
       grad_logvar = recomputed_logvar;
     }
-    return once_differentiable(
-        "fastvae::gaussian_log_likelihood",
-        {needs_mean ? grad_mean : at::Tensor(), needs_x ? sum_repeats(grad_mean.neg(), ctx->saved_data["x_rows"].toSymInt()) : at::Tensor(),
-         needs_logvar ? grad_logvar : at::Tensor(), at::Tensor(), at::Tensor()});
+    const at::Tensor grad_x = needs_x ? sum_repeats(grad_mean.neg(), ctx->saved_data["x_rows"].toSymInt()) : at::Tensor();
+    return once_differentiable("fastvae::gaussian_log_likelihood",
+                               {needs_mean ? grad_mean : at::Tensor(), grad_x,
+                                needs_logvar ? grad_logvar : at::Tensor(), at::Tensor(), at::Tensor()},
+                               grads);
   }
 };
 
