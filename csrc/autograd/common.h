@@ -6,8 +6,12 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/node.h>
 
+#include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace fastvae {
@@ -34,37 +38,60 @@ Ret call_below_autograd(const c10::TypedOperatorHandle<Ret(Args...)>& op, CallAr
   return op.call(std::forward<CallArgs>(args)...);
 }
 
+namespace detail {
+
+// Autograd nodes are held by std::shared_ptr in older torch releases and by c10::intrusive_ptr in
+// newer ones; get_current_node() returns whichever this torch uses.
+using NodePtr = decltype(torch::autograd::get_current_node());
+
+template <typename N, typename... A>
+NodePtr make_node(A&&... args) {
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>) {
+    return std::make_shared<N>(std::forward<A>(args)...);
+  } else {
+    return c10::make_intrusive<N>(std::forward<A>(args)...);
+  }
+}
+
+}  // namespace detail
+
 // The gradients a backward pass returns, made safe for create_graph=True. The backward ops are
 // not themselves differentiable, so a gradient of these gradients would be silently wrong.
-// When grad mode is on inside a backward (create_graph=True), the defined gradients are passed
-// through a DelayedError node, as Python's @once_differentiable does: their values are unchanged
-// and first-order use works, but any backward through them raises a RuntimeError naming op_name.
-// Otherwise (the usual case) they are returned untouched, at no cost.
-inline variable_list once_differentiable(const char* op_name, variable_list grads) {
+// When grad mode is on inside a backward (create_graph=True), the defined gradients get, as
+// their grad_fn, an Error node whose edges lead to everything they were computed from: the
+// forward op's inputs (the edges of the node being run) and the incoming gradients `incoming`
+// that require grad. Their values are unchanged, so first-order use works, but any gradient
+// of them, through backward() or autograd.grad(..., inputs=...), reaches the Error node and
+// raises a RuntimeError naming op_name. (Python's @once_differentiable wires its error to
+// detached copies only, so autograd.grad with allow_unused=True silently returns None past
+// it.) Otherwise, the usual case, the gradients are returned untouched at no cost.
+inline variable_list once_differentiable(const char* op_name, variable_list grads,
+                                         const variable_list& incoming = {}) {
   if (!at::GradMode::is_enabled()) return grads;
-  for (auto& g : grads) {
-    if (!g.defined()) continue;
-    // A fresh leaf that requires grad, so that DelayedError attaches its Error node whether or
-    // not the incoming gradients required grad (a gradient penalty's grad_outputs usually don't).
-    g = g.detach();
-    g.set_requires_grad(true);
+  torch::autograd::edge_list edges;
+  if (auto node = torch::autograd::get_current_node()) edges = node->next_edges();
+  for (const auto& g : incoming) {
+    if (g.defined() && g.requires_grad()) edges.push_back(torch::autograd::impl::gradient_edge(g));
   }
-  // DelayedError is only a factory here (identity values, Error node as grad_fn); it is not
-  // kept in the graph, so a stack object works on every torch version (shared_ptr or
-  // intrusive_ptr nodes).
-  torch::autograd::DelayedError err(
+  auto error = detail::make_node<torch::autograd::Error>(
       std::string(op_name) +
           " does not support double backward (a gradient of its gradient, e.g. "
           "torch.autograd.grad(..., create_graph=True) then backward again)",
-      static_cast<int64_t>(grads.size()));
-  return err.apply(std::move(grads));
+      std::move(edges));
+  for (auto& g : grads) {
+    if (!g.defined()) continue;
+    g = g.detach();  // same values, no history: the Error node becomes its only history
+    torch::autograd::set_history(g, error);
+  }
+  return grads;
 }
 
 // The gradient of an operand that broadcast over the leading rows of a (R, D) one (row r read
 // its row r % rows): grad (R, D) summed over the R / rows repeats. No copy when nothing repeats.
-inline at::Tensor sum_repeats(const at::Tensor& grad, int64_t rows) {
-  if (grad.size(0) == rows) return grad;
-  return grad.view({grad.size(0) / rows, rows, grad.size(1)}).sum(0);
+// Sizes are SymInts so that torch.compile can trace it with dynamic shapes.
+inline at::Tensor sum_repeats(const at::Tensor& grad, const c10::SymInt& rows) {
+  if (grad.sym_size(0) == rows) return grad;
+  return grad.view_symint({grad.sym_size(0) / rows, rows, grad.sym_size(1)}).sum(0);
 }
 
 }  // namespace autograd

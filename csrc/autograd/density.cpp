@@ -25,7 +25,7 @@ class GaussianLogDensity : public torch::autograd::Function<GaussianLogDensity> 
     const auto saved = ctx->get_saved_variables();
     auto [grad_z, grad_mu, grad_logvar] =
         call_below_autograd(op, grads[0].contiguous(), saved[0], saved[1], saved[2]);
-    return once_differentiable("fastvae::gaussian_log_density", {grad_z, grad_mu, grad_logvar});
+    return once_differentiable("fastvae::gaussian_log_density", {grad_z, grad_mu, grad_logvar}, grads);
   }
 };
 
@@ -42,7 +42,7 @@ class StandardNormalLogDensity : public torch::autograd::Function<StandardNormal
         "fastvae::standard_normal_log_density_backward");
     const auto saved = ctx->get_saved_variables();
     return once_differentiable("fastvae::standard_normal_log_density",
-                               {call_below_autograd(op, grads[0].contiguous(), saved[0])});
+                               {call_below_autograd(op, grads[0].contiguous(), saved[0])}, grads);
   }
 };
 

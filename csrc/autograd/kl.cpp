@@ -20,7 +20,7 @@ class KlStandardNormal : public torch::autograd::Function<KlStandardNormal> {
         "fastvae::kl_standard_normal_backward");
     const auto saved = ctx->get_saved_variables();
     auto [grad_mu, grad_logvar] = call_below_autograd(op, grads[0].contiguous(), saved[0], saved[1]);
-    return once_differentiable("fastvae::kl_standard_normal", {grad_mu, grad_logvar});
+    return once_differentiable("fastvae::kl_standard_normal", {grad_mu, grad_logvar}, grads);
   }
 };
 

@@ -15,7 +15,7 @@ namespace {
 // Deliberately no test whether grad equals grad_scale (it usually does): on a GPU the answer
 // would need a device-to-host sync. Two kernels: a (rows,) division, then one (rows, D) multiply.
 at::Tensor rescale(const at::Tensor& saved, const at::Tensor& grad, double grad_scale) {
-  if (saved.numel() == 0) return saved;  // nothing was written in the forward pass
+  if (saved.sym_numel() == 0) return saved;  // nothing was written in the forward pass
   const at::Tensor ratio = grad_scale == 1.0 ? grad : grad.div(grad_scale);
   return saved.mul(ratio.unsqueeze(1).to(saved.scalar_type()));
 }
@@ -32,7 +32,7 @@ class BernoulliLogLikelihood : public torch::autograd::Function<BernoulliLogLike
     // d ll / d logits was written by the forward pass; the logits are kept only if x needs a
     // gradient (d ll / d x = logits), which soft targets rarely do.
     ctx->save_for_backward({dlogits, x.requires_grad() ? logits : at::Tensor()});
-    ctx->saved_data["x_rows"] = x.size(0);
+    ctx->saved_data["x_rows"] = x.sym_size(0);
     ctx->saved_data["grad_scale"] = grad_scale;
     // The second output is the saved gradient itself: no gradient flows into it, and autograd
     // must not fill a zero tensor of the data's size for it on every backward pass.
@@ -48,16 +48,17 @@ class BernoulliLogLikelihood : public torch::autograd::Function<BernoulliLogLike
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &dlogits = saved[0], &logits = saved[1];
     if (ctx->needs_input_grad(0)) {
-      TORCH_CHECK(dlogits.numel() > 0,
+      TORCH_CHECK(dlogits.sym_numel() != 0,
                   "fastvae::bernoulli_log_likelihood was called with compute_grad=False, so it has no "
                   "gradient for logits");
       grad_logits = rescale(dlogits, grad_ll, ctx->saved_data["grad_scale"].toDouble());
     }
     if (ctx->needs_input_grad(1)) {
       grad_x = sum_repeats(logits.mul(grad_ll.unsqueeze(1).to(logits.scalar_type())),
-                           ctx->saved_data["x_rows"].toInt());
+                           ctx->saved_data["x_rows"].toSymInt());
     }
-    return once_differentiable("fastvae::bernoulli_log_likelihood", {grad_logits, grad_x, at::Tensor(), at::Tensor()});
+    return once_differentiable("fastvae::bernoulli_log_likelihood", {grad_logits, grad_x, at::Tensor(), at::Tensor()},
+                               grads);
   }
 };
 
@@ -71,14 +72,14 @@ class GaussianLogLikelihood : public torch::autograd::Function<GaussianLogLikeli
     auto [ll, grad_mean, grad_logvar] = call_below_autograd(op, mean, x, logvar, compute_grad, grad_scale);
     // With compute_grad the forward pass wrote the mean's gradient and a per-element variance's;
     // the inputs are kept only for what those do not cover (then the backward op computes it).
-    const bool needs_inputs = !compute_grad || (logvar.requires_grad() && grad_logvar.numel() == 0);
+    const bool needs_inputs = !compute_grad || (logvar.requires_grad() && grad_logvar.sym_numel() == 0);
     if (needs_inputs) {
       ctx->save_for_backward({grad_mean, grad_logvar, mean, x, logvar});
     } else {
       ctx->save_for_backward({grad_mean, grad_logvar});
     }
     ctx->saved_data["precomputed"] = compute_grad;
-    ctx->saved_data["x_rows"] = x.size(0);
+    ctx->saved_data["x_rows"] = x.sym_size(0);
     ctx->saved_data["grad_scale"] = grad_scale;
     ctx->mark_non_differentiable({grad_mean, grad_logvar});
     ctx->set_materialize_grads(false);
@@ -107,10 +108,11 @@ class GaussianLogLikelihood : public torch::autograd::Function<GaussianLogLikeli
       if (!precomputed) grad_mean = recomputed_mean;
       grad_logvar = recomputed_logvar;
     }
-    return once_differentiable(
-        "fastvae::gaussian_log_likelihood",
-        {needs_mean ? grad_mean : at::Tensor(), needs_x ? sum_repeats(grad_mean.neg(), ctx->saved_data["x_rows"].toInt()) : at::Tensor(),
-         needs_logvar ? grad_logvar : at::Tensor(), at::Tensor(), at::Tensor()});
+    const at::Tensor grad_x = needs_x ? sum_repeats(grad_mean.neg(), ctx->saved_data["x_rows"].toSymInt()) : at::Tensor();
+    return once_differentiable("fastvae::gaussian_log_likelihood",
+                               {needs_mean ? grad_mean : at::Tensor(), grad_x,
+                                needs_logvar ? grad_logvar : at::Tensor(), at::Tensor(), at::Tensor()},
+                               grads);
   }
 };
 

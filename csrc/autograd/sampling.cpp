@@ -34,7 +34,7 @@ class Reparameterize : public torch::autograd::Function<Reparameterize> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto [grad_mu, grad_logvar] = sampling_backward(grads[0], ctx->get_saved_variables(), std::nullopt);
-    return once_differentiable("fastvae::reparameterize", {grad_mu, grad_logvar, at::Tensor(), at::Tensor()});
+    return once_differentiable("fastvae::reparameterize", {grad_mu, grad_logvar, at::Tensor(), at::Tensor()}, grads);
   }
 };
 
@@ -67,7 +67,7 @@ class ReparameterizeWithKl : public torch::autograd::Function<ReparameterizeWith
           grad_z, saved, grad_kl.defined() ? std::optional<at::Tensor>(grad_kl.contiguous()) : std::nullopt);
     }
     return once_differentiable("fastvae::reparameterize_with_kl",
-                               {grad_mu, grad_logvar, at::Tensor(), at::Tensor()});
+                               {grad_mu, grad_logvar, at::Tensor(), at::Tensor()}, grads);
   }
 };
 
