@@ -60,8 +60,11 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
     const bool x_grad = x.requires_grad();
     // A variance shared by rows under reduction "none": its gradient (a sum over rows of
     // arbitrary per-row weights) is left to gaussian_log_likelihood_backward.
-    const bool obs_later = gaussian && obs_logvar.defined() && obs_logvar.requires_grad() && g_obs.numel() == 0 &&
-                           none && obs_logvar.size(0) != recon.size(0);
+    // (Sizes are read as SymInts: torch.compile traces this with dynamic shapes.)
+    const bool obs_written = grad_mask[2] && gaussian && obs_logvar.defined() &&
+                             (!none || obs_logvar.sym_size(0) == recon.sym_size(0));
+    const bool obs_later = gaussian && obs_logvar.defined() && obs_logvar.requires_grad() && !obs_written && none &&
+                           obs_logvar.sym_size(0) != recon.sym_size(0);
     // The logits are kept only for d loss / d x (soft Bernoulli targets), the Gaussian inputs only
     // for obs_later: usually nothing but the forward pass's gradients is saved.
     at::Tensor keep_recon = (x_grad && !gaussian) || obs_later ? recon : at::Tensor();
@@ -69,8 +72,13 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
                             obs_later ? obs_logvar : at::Tensor()});
     ctx->saved_data["gaussian"] = gaussian;
     ctx->saved_data["none"] = none;
-    ctx->saved_data["x_rows"] = x.size(0);
-    ctx->saved_data["row_scale"] = reduction == "mean" ? 1.0 / static_cast<double>(recon.size(0)) : 1.0;
+    ctx->saved_data["mean"] = reduction == "mean";
+    ctx->saved_data["x_rows"] = x.sym_size(0);
+    ctx->saved_data["rows"] = recon.sym_size(0);
+    // Which of the five gradient outputs the forward pass wrote (recon, kl, mu, logvar, obs_logvar).
+    ctx->saved_data["written"] = c10::List<bool>({grad_mask[0], grad_mask[1] && kl.defined(),
+                                                   grad_mask[1] && !kl.defined(), grad_mask[1] && !kl.defined(),
+                                                   obs_written});
     ctx->mark_non_differentiable({g_recon, g_kl, g_mu, g_logvar, g_obs});
     // Unused outputs send no gradient: no zero tensors are made for the five gradient outputs.
     ctx->set_materialize_grads(false);
@@ -92,11 +100,12 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
     static const Input inputs[] = {kRecon, kKl, kMu, kLogvar, kObs};
     std::vector<at::Tensor> pre;
     std::vector<int> slot;
+    const auto written = ctx->saved_data["written"].toBoolList();
     for (int k = 0; k < 5; ++k) {
       // The Gaussian d loss / d x is -(d loss / d mean): recon's gradient serves x too.
       const bool wanted = need[inputs[k]] || (k == 0 && gaussian && need[kX]);
       if (!wanted) continue;
-      if (saved[k].numel() == 0) {
+      if (!written.get(k)) {
         // A shared variance under reduction "none" is computed below; anything else is missing.
         TORCH_CHECK(k == 4 && saved[7].defined(), "fastvae::elbo_loss was called with its grad_mask entry for ",
                     names[k], " False, so it has no gradient for ", names[k]);
@@ -130,14 +139,15 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
     const bool none = ctx->saved_data["none"].toBool();
     if (need[kX]) {
       at::NoGradGuard no_grad;
-      const int64_t x_rows = ctx->saved_data["x_rows"].toInt();
+      const c10::SymInt x_rows = ctx->saved_data["x_rows"].toSymInt();
       if (gaussian) {
         out[kX] = sum_repeats(grad_recon.neg(), x_rows);
       } else {
         // d loss / d x = -w_r * logits with w_r the row's weight: row_scale times its gradient.
         const at::Tensor& logits = saved[5];
-        const double row_scale = ctx->saved_data["row_scale"].toDouble();
-        const at::Tensor w = (none ? grad.unsqueeze(1) : grad).mul(-row_scale);
+        const at::Tensor w = none ? grad.unsqueeze(1).neg()
+                             : ctx->saved_data["mean"].toBool() ? grad.div(c10::Scalar(ctx->saved_data["rows"].toSymInt())).neg()
+                                                                 : grad.neg();
         out[kX] = sum_repeats(logits.to(w.scalar_type()).mul(w), x_rows);
       }
     }
@@ -147,7 +157,7 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
       // loss_r = beta * kl_r - ll_r: the likelihood's incoming gradient is -grad.
       out[kObs] = std::get<1>(call_below_autograd(op, grad.neg().contiguous(), saved[5], saved[6], saved[7], true));
     }
-    return once_differentiable("fastvae::elbo_loss", std::move(out));
+    return once_differentiable("fastvae::elbo_loss", std::move(out), grads);
   }
 };
 
