@@ -77,7 +77,8 @@ def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
     dtype = tensors[0].dtype
     for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+        if t.dtype != dtype:  # torch.promote_types is a dispatcher call: only when needed
+            dtype = torch.promote_types(dtype, t.dtype)
     return dtype
 
 

@@ -227,12 +227,13 @@ def test_scaled_and_retained_backward(device, reduction, form):
     differentiated again with another gradient; (3 * loss) scales; a gradient already returned
     by autograd.grad is not changed by a later call."""
     recon, x, mu, lv, obs, likelihood = _case(form, 9, 13, torch.float32, device)
-    leaves = [_leaf(recon), _leaf(mu), _leaf(lv), _leaf(obs)]
-    loss = F.elbo(leaves[0], x, leaves[1], leaves[2], likelihood=likelihood, obs_logvar=leaves[3], beta=0.9,
-                  reduction=reduction)
+    learned = isinstance(obs, torch.Tensor)
+    leaves = [_leaf(recon), _leaf(mu), _leaf(lv)] + ([_leaf(obs)] if learned else [])
+    loss = F.elbo(leaves[0], x, leaves[1], leaves[2], likelihood=likelihood, obs_logvar=leaves[3] if learned else obs,
+                  beta=0.9, reduction=reduction)
     leaves64 = [_leaf(t, torch.float64) for t in leaves]
-    ref = R.elbo(leaves64[0], x.double(), leaves64[1], leaves64[2], likelihood=likelihood, obs_logvar=leaves64[3],
-                 beta=0.9, reduction=reduction)
+    ref = R.elbo(leaves64[0], x.double(), leaves64[1], leaves64[2], likelihood=likelihood,
+                 obs_logvar=leaves64[3] if learned else obs, beta=0.9, reduction=reduction)
     w = torch.rand_like(ref) + 0.5
     ones = torch.ones_like(ref)
     first = torch.autograd.grad(loss, leaves, ones.float(), retain_graph=True)
