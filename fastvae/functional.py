@@ -341,7 +341,7 @@ def _real(name: str, value: object) -> float:
 
 
 def _elbo_obs_logvar(
-    obs_logvar: Union[float, torch.Tensor], recon: torch.Tensor, shape: torch.Size
+    obs_logvar: Union[float, torch.Tensor], recon: torch.Tensor, recon2: torch.Tensor
 ) -> Tuple[Optional[torch.Tensor], float]:
     """The Gaussian observation log-variance as elbo_loss takes it: (tensor rows or None, constant)."""
     if type(obs_logvar) is float:
@@ -350,8 +350,9 @@ def _elbo_obs_logvar(
         return None, _real("obs_logvar", obs_logvar)
     lv = _check_float("obs_logvar", obs_logvar)
     _check_devices(recon=recon, obs_logvar=lv)
+    shape = recon.shape
     if lv.shape == shape and lv.is_contiguous() and lv.dtype == recon.dtype:  # per element, as the decoder gives it
-        return (lv if lv.dim() == 2 else lv.view(recon.shape[0], -1)), 0.0
+        return (lv if lv.dim() == 2 else lv.view(recon2.shape)), 0.0
     if _broadcast_shape(recon=recon, obs_logvar=lv) != shape:
         raise ValueError(f"obs_logvar of shape {tuple(lv.shape)} does not broadcast to recon's {tuple(shape)}")
     return _as_rows(_cast(lv, recon.dtype), shape, max(len(shape) - 1, 1)), 0.0
@@ -456,7 +457,7 @@ def elbo(
             mu2, lv2 = mu2.reshape(rows, -1), lv2.reshape(rows, -1)
         kl_grad = grad and (mu.requires_grad or logvar.requires_grad)
 
-    obs, obs_value = (None, 0.0) if likelihood == "bernoulli" else _elbo_obs_logvar(obs_logvar, recon, shape)
+    obs, obs_value = (None, 0.0) if likelihood == "bernoulli" else _elbo_obs_logvar(obs_logvar, recon, recon2)
     mask = [grad and (recon.requires_grad or x.requires_grad), kl_grad, grad and obs is not None and obs.requires_grad]
     loss = ops.elbo_loss(recon2, x2, kl2, mu2, lv2, obs, obs_value, likelihood, beta, reduction, mask)[0]
     return loss if reduction != "none" or len(shape) > 1 else loss.view(())

@@ -396,3 +396,31 @@ def test_grad_mask_off_then_backward_raises():
                          [False, False, False])[0]
     with pytest.raises(RuntimeError, match="no gradient for recon"):
         loss.backward()
+
+
+@pytest.mark.parametrize("obs_shape", [None, (), (3,), (2, 1), (5, 2, 3)])
+def test_event_shapes_and_variance_broadcasts(obs_shape):
+    """recon with several event dims, or none (one example); variances broadcast inside them."""
+    kw = dict(dtype=torch.float64)
+    for shape, latent in (((5, 2, 3), (5, 4)), ((3,), (2,))):
+        recon = torch.randn(shape, **kw).requires_grad_()
+        x = torch.randn(shape, **kw)
+        mu = torch.randn(latent, **kw).requires_grad_()
+        full = (5, 2, 3) if len(shape) == 3 else shape
+        if obs_shape is not None and len(obs_shape) > len(shape) or obs_shape == (5, 2, 3) and len(shape) == 1:
+            continue
+        obs = 0.4 if obs_shape is None else (torch.randn(obs_shape, **kw) * 0.5).requires_grad_()
+        got = F.elbo(recon, x, mu, mu * 0.3, likelihood="gaussian", obs_logvar=obs, reduction="none")
+        leaves = [recon, mu] + ([obs] if obs_shape is not None else [])
+        leaves64 = [_leaf(t) for t in leaves]
+        o64 = leaves64[2] if obs_shape is not None else obs
+        if len(shape) == 1:  # one example: the reference needs its batch dim
+            want = R.elbo(leaves64[0].unsqueeze(0), x.unsqueeze(0), leaves64[1], leaves64[1] * 0.3,
+                          likelihood="gaussian", obs_logvar=o64, reduction="none").squeeze(0)
+        else:
+            want = R.elbo(leaves64[0], x, leaves64[1], leaves64[1] * 0.3, likelihood="gaussian", obs_logvar=o64,
+                          reduction="none")
+        assert got.shape == want.shape and rel_err(got, want) < 1e-12, full
+        w = torch.rand_like(want) + 0.5
+        for g, r in zip(torch.autograd.grad(got, leaves, w), torch.autograd.grad(want, leaves64, w)):
+            assert rel_err(g, r) < 1e-12
