@@ -70,7 +70,7 @@ def _cpu_has_avx2() -> bool:
 
 def _extension():
     with_cuda = _want_cuda()
-    sources = ["csrc/register.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/register.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp")) + sorted(glob.glob("csrc/autograd/*.cpp"))
     cxx = ["-O3", "-fvisibility=hidden", "-Wno-unknown-pragmas"]  # torch adds the -std it needs (C++20 since 2.12)
     avx2 = _flag("FASTVAE_CPU_AVX2")
     if avx2 is None:

@@ -1,6 +1,6 @@
 // The one place that declares every fastvae op to the PyTorch dispatcher and binds the CPU (and,
-// when built, CUDA) kernels to it. Fake tensors and autograd are registered from Python
-// (fastvae/ops.py), next to the Python wrappers.
+// when built, CUDA) kernels to it. Autograd kernels are registered by csrc/autograd/*.cpp; fake
+// tensors from Python (fastvae/ops.py), next to the Python wrappers.
 #include <torch/library.h>
 #ifndef FASTVAE_NO_PYTHON
 #include <torch/extension.h>
@@ -9,7 +9,7 @@
 #include "ops.h"
 
 // Bumped whenever a schema changes, so that fastvae/_extension.py can refuse a stale build.
-#define FASTVAE_OPS_VERSION 4
+#define FASTVAE_OPS_VERSION 5
 
 TORCH_LIBRARY(fastvae, m) {
   m.def("philox_state(Tensor like, Generator? generator=None) -> Tensor",
@@ -26,6 +26,15 @@ TORCH_LIBRARY(fastvae, m) {
   m.def("gaussian_log_density_backward(Tensor grad, Tensor z, Tensor mu, Tensor logvar) -> (Tensor, Tensor, Tensor)");
   m.def("standard_normal_log_density(Tensor z) -> Tensor");
   m.def("standard_normal_log_density_backward(Tensor grad, Tensor z) -> Tensor");
+  // The whole reduced negative ELBO (csrc/cpu/elbo.cpp): the loss plus, per grad_mask entry
+  // (recon, kl or mu/logvar, obs_logvar), the input gradients for an incoming gradient of 1.
+  m.def("elbo_loss(Tensor recon, Tensor x, Tensor? kl, Tensor? mu, Tensor? logvar, Tensor? obs_logvar, "
+        "float obs_logvar_value, str likelihood, float beta, str reduction, bool[3] grad_mask) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradients pre-computed for an incoming gradient of 1, times the one that came (a scalar or
+  // one per row): in place (rows whose factor is 1 untouched), or into new tensors.
+  m.def("elbo_rescale_(Tensor grad, Tensor(a!)[] grads) -> ()");
+  m.def("elbo_rescale(Tensor grad, Tensor[] grads) -> Tensor[]");
 }
 
 #define FASTVAE_IMPL_ALL(ns)                                                                   \
@@ -41,7 +50,10 @@ TORCH_LIBRARY(fastvae, m) {
   m.impl("gaussian_log_density", &fastvae::ns::gaussian_log_density);                          \
   m.impl("gaussian_log_density_backward", &fastvae::ns::gaussian_log_density_backward);        \
   m.impl("standard_normal_log_density", &fastvae::ns::standard_normal_log_density);            \
-  m.impl("standard_normal_log_density_backward", &fastvae::ns::standard_normal_log_density_backward);
+  m.impl("standard_normal_log_density_backward", &fastvae::ns::standard_normal_log_density_backward); \
+  m.impl("elbo_loss", &fastvae::ns::elbo_loss);                                                \
+  m.impl("elbo_rescale_", &fastvae::ns::elbo_rescale_);                                        \
+  m.impl("elbo_rescale", &fastvae::ns::elbo_rescale);
 
 TORCH_LIBRARY_IMPL(fastvae, CPU, m) { FASTVAE_IMPL_ALL(cpu) }
 

@@ -469,3 +469,18 @@ def test_builders_reject_bad_arguments():
         build_mlp_vae(hidden=(0,))
     with pytest.raises(ValueError, match="data_shape"):
         build_mlp_vae(input_dim=10, data_shape=(3, 3))
+
+
+def test_top_level_api():
+    """`from fastvae import ...` gives the names torch-style users reach for first."""
+    import fastvae
+    from fastvae import ELBOLoss, Trainer, VAE, build_conv_vae, build_mlp_vae, functional
+    from fastvae import models, training
+
+    assert VAE is models.VAE and Trainer is training.Trainer and ELBOLoss is fastvae.loss.ELBOLoss
+    assert build_mlp_vae is models.build_mlp_vae and build_conv_vae is models.build_conv_vae
+    assert functional.elbo is fastvae.functional.elbo
+    assert isinstance(build_mlp_vae(input_dim=6, hidden=(5,), latent_dim=2), VAE)
+    assert set(fastvae.__all__) <= set(dir(fastvae))
+    with pytest.raises(AttributeError, match="no attribute 'Trainr'"):
+        fastvae.Trainr  # noqa: B018

@@ -1,0 +1,92 @@
+// Autograd for reparameterised sampling. Only mu, logvar and the 2-element Philox state are
+// saved: the backward kernels draw eps again from the state instead of storing it.
+#include <torch/library.h>
+
+#include "autograd/common.h"
+#include "ops.h"
+
+namespace fastvae {
+namespace autograd {
+
+namespace {
+
+using BackwardSig = TensorPair(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const std::optional<at::Tensor>&);
+
+// d/dmu and d/dlogvar from the sample's gradient, plus the KL's when grad_kl is given: one pass.
+TensorPair sampling_backward(const at::Tensor& grad_z, const variable_list& saved,
+                             const std::optional<at::Tensor>& grad_kl) {
+  static const auto op = find_op<BackwardSig>("fastvae::reparameterize_backward");
+  return call_below_autograd(op, grad_z.contiguous(), saved[0], saved[1], saved[2], grad_kl);
+}
+
+}  // namespace
+
+class Reparameterize : public torch::autograd::Function<Reparameterize> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
+                            const at::Tensor& rng_state, int64_t num_samples) {
+    static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
+        "fastvae::reparameterize");
+    ctx->save_for_backward({mu, logvar, rng_state});
+    return call_below_autograd(op, mu, logvar, rng_state, num_samples);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto [grad_mu, grad_logvar] = sampling_backward(grads[0], ctx->get_saved_variables(), std::nullopt);
+    return once_differentiable("fastvae::reparameterize", {grad_mu, grad_logvar, at::Tensor(), at::Tensor()}, grads);
+  }
+};
+
+class ReparameterizeWithKl : public torch::autograd::Function<ReparameterizeWithKl> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
+                               const at::Tensor& rng_state, int64_t num_samples) {
+    static const auto op = find_op<TensorPair(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
+        "fastvae::reparameterize_with_kl");
+    ctx->save_for_backward({mu, logvar, rng_state});
+    // A term nobody used sends no gradient: no zero tensor of z's size is made for it.
+    ctx->set_materialize_grads(false);
+    auto [z, kl] = call_below_autograd(op, mu, logvar, rng_state, num_samples);
+    return {z, kl};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor &grad_z = grads[0], &grad_kl = grads[1];
+    if (!grad_z.defined() && !grad_kl.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    at::Tensor grad_mu, grad_logvar;
+    if (!grad_z.defined()) {
+      // Only the KL was used: its own backward, which draws no eps.
+      static const auto kl_op = find_op<TensorPair(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
+          "fastvae::kl_standard_normal_backward");
+      std::tie(grad_mu, grad_logvar) = call_below_autograd(kl_op, grad_kl.contiguous(), saved[0], saved[1]);
+    } else {
+      // Both terms' gradients in one pass over mu and logvar.
+      std::tie(grad_mu, grad_logvar) = sampling_backward(
+          grad_z, saved, grad_kl.defined() ? std::optional<at::Tensor>(grad_kl.contiguous()) : std::nullopt);
+    }
+    return once_differentiable("fastvae::reparameterize_with_kl",
+                               {grad_mu, grad_logvar, at::Tensor(), at::Tensor()}, grads);
+  }
+};
+
+namespace {
+at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state,
+                          int64_t num_samples) {
+  return Reparameterize::apply(mu, logvar, rng_state, num_samples);
+}
+TensorPair reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state,
+                                  int64_t num_samples) {
+  auto out = ReparameterizeWithKl::apply(mu, logvar, rng_state, num_samples);
+  return {out[0], out[1]};
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastvae, Autograd, m) {
+  m.impl("reparameterize", &reparameterize);
+  m.impl("reparameterize_with_kl", &reparameterize_with_kl);
+}
+
+}  // namespace autograd
+}  // namespace fastvae
