@@ -11,7 +11,8 @@ float64 inputs. Every floating input that requires grad gets its gradient.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+import os
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -88,6 +89,38 @@ def _event_dims(event_dims: Optional[int], ndim: int, name: str) -> int:
     return event_dims
 
 
+_DEVICE_MEMORY: Dict[str, int] = {}
+
+
+@torch.compiler.assume_constant_result
+def _device_memory(device: torch.device) -> int:
+    """Total memory of ``device`` in bytes (physical RAM for the CPU): no allocation can exceed
+    it. Looked up once per device; no device call, no sync."""
+    key = str(device)
+    if key not in _DEVICE_MEMORY:
+        if device.type == "cuda":
+            _DEVICE_MEMORY[key] = torch.cuda.get_device_properties(device).total_memory
+        elif device.type == "cpu" and hasattr(os, "sysconf"):
+            _DEVICE_MEMORY[key] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        else:  # meta and other devices: only overflow matters
+            _DEVICE_MEMORY[key] = 2**63 - 1
+    return _DEVICE_MEMORY[key]
+
+
+def _check_samples_fit(k: int, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
+    """Refuses a draw of k samples of ``shape`` whose output could never be allocated (before
+    asking the allocator for, say, 48 TB, and before the generator advances)."""
+    elements = k * math.prod(shape)
+    nbytes = elements * dtype.itemsize
+    memory = _device_memory(device)
+    if nbytes > memory:
+        raise ValueError(
+            f"num_samples={k} would draw {elements} elements of shape {tuple(shape)} "
+            f"({nbytes / 2**30:.1f} GiB of {dtype}), more than {device} has ({memory / 2**30:.1f} GiB): "
+            "draw fewer samples per call"
+        )
+
+
 # ---------------------------------------------------------------- layout
 def _as_rows(t: torch.Tensor, shape: torch.Size, event_ndim: int, full: bool = False) -> torch.Tensor:
     """``t`` (broadcastable to ``shape``) as a contiguous (rows, D) matrix for the kernels.
@@ -141,9 +174,11 @@ def _sampling_inputs(
         raise ValueError("mu and logvar need a latent dim (at least 1-D)")
     _check_nonempty(shape, "mu")
     dtype = _common_dtype(mu, logvar)
+    k = 1 if num_samples is None else num_samples
+    _check_samples_fit(k, shape, dtype, mu.device)
     mu_c = _cast(mu, dtype).expand(shape).contiguous()
     logvar_c = _cast(logvar, dtype).expand(shape).contiguous()
-    return mu_c, logvar_c, ops.philox_state(mu_c, generator), 1 if num_samples is None else num_samples
+    return mu_c, logvar_c, ops.philox_state(mu_c, generator), k
 
 
 def reparameterize(

@@ -327,6 +327,21 @@ def test_bad_input_raises_value_error_naming_argument(call, match):
         call()
 
 
+@pytest.mark.parametrize("sampler", [F.reparameterize, F.reparameterize_with_kl])
+def test_huge_num_samples_refused_before_any_allocation(sampler):
+    """num_samples=10**12 would ask the allocator for tens of TB: a ValueError naming
+    num_samples instead, raised before the generator advances."""
+    mu, lv = torch.randn(3, 4), torch.randn(3, 4)
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+    before = gen.get_state()
+    with pytest.raises(ValueError, match="num_samples=1000000000000 would draw 12000000000000 elements"):
+        sampler(mu, lv, num_samples=10**12, generator=gen)
+    assert torch.equal(gen.get_state(), before)
+    # An ordinary K still works, from the same generator state.
+    z = sampler(mu, lv, num_samples=7, generator=gen)
+    assert (z[0] if isinstance(z, tuple) else z).shape == (7, 3, 4)
+
+
 @pytest.mark.needs_cuda
 def test_mixed_devices_raise():
     with pytest.raises(ValueError, match="logvar is on"):
