@@ -155,8 +155,8 @@ def _sampling_inputs(
     num_samples: Optional[int],
     generator: Optional[torch.Generator],
     need_latent_dim: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Checked mu and logvar of one dtype, broadcast and contiguous; their Philox state; K."""
+) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Checked mu and logvar of one dtype, broadcast and contiguous; K."""
     _check_float("mu", mu)
     _check_float("logvar", logvar)
     _check_devices(mu=mu, logvar=logvar)
@@ -178,7 +178,7 @@ def _sampling_inputs(
     _check_samples_fit(k, shape, dtype, mu.device)
     mu_c = _cast(mu, dtype).expand(shape).contiguous()
     logvar_c = _cast(logvar, dtype).expand(shape).contiguous()
-    return mu_c, logvar_c, ops.philox_state(mu_c, generator), k
+    return mu_c, logvar_c, k
 
 
 def reparameterize(
@@ -198,8 +198,8 @@ def reparameterize(
         num_samples: K; when given the result has shape (K, *shape), otherwise ``shape``.
         generator: a ``torch.Generator`` on mu's device.
     """
-    mu_c, logvar_c, rng_state, k = _sampling_inputs(mu, logvar, num_samples, generator)
-    z = ops.reparameterize(mu_c, logvar_c, rng_state, k)
+    mu_c, logvar_c, k = _sampling_inputs(mu, logvar, num_samples, generator)
+    z, _ = ops.reparameterize(mu_c, logvar_c, k, generator)
     return z.squeeze(0) if num_samples is None else z
 
 
@@ -216,9 +216,9 @@ def reparameterize_with_kl(
     z is exactly what :func:`reparameterize` draws from the same generator state; the KL has
     shape ``shape[:-1]`` (summed over the last, latent dim). Pass it to :func:`elbo` as ``kl=``.
     """
-    mu_c, logvar_c, rng_state, k = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
+    mu_c, logvar_c, k = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
     shape = mu_c.shape
-    z, kl = ops.reparameterize_with_kl(mu_c.view(-1, shape[-1]), logvar_c.view(-1, shape[-1]), rng_state, k)
+    z, kl, _ = ops.reparameterize_with_kl(mu_c.view(-1, shape[-1]), logvar_c.view(-1, shape[-1]), k, generator)
     z = z.view(k, *shape)
     return (z.squeeze(0) if num_samples is None else z), kl.view(shape[:-1])
 
