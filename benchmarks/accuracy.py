@@ -98,8 +98,8 @@ def _eps_agreement() -> Dict[str, float]:
         mu = torch.zeros(1000, 1003, dtype=dtype)
         lv = torch.zeros_like(mu)  # sigma = 1, so z is eps itself
         state = torch.tensor([0x1234_5678_9ABC, 7], dtype=torch.int64)
-        cpu = ops.reparameterize(mu, lv, state, 2)
-        cuda = ops.reparameterize(mu.cuda(), lv.cuda(), state.cuda(), 2).cpu()
+        cpu = ops.reparameterize(mu, lv, 2, rng_state=state)[0]
+        cuda = ops.reparameterize(mu.cuda(), lv.cuda(), 2, rng_state=state.cuda())[0].cpu()
         out[name] = {"max_abs_diff": (cpu - cuda).abs().max().item(), "rel": _rel(cuda, cpu)}
     return out
 

@@ -22,11 +22,14 @@ using ElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, a
 #define FASTVAE_DECLARE_KERNELS(ns)                                                              \
   namespace ns {                                                                                 \
   /* sampling */                                                                                 \
-  at::Tensor philox_state(const at::Tensor& like, std::optional<at::Generator> generator);       \
-  at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar,                      \
-                            const at::Tensor& rng_state, int64_t num_samples);                   \
-  TensorPair reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar,              \
-                                    const at::Tensor& rng_state, int64_t num_samples);           \
+  /* (z, rng_state) and (z, kl, rng_state): rng_state is the (seed, offset) drawn from      */  \
+  /* generator, or a copy of the given one.                                               */  \
+  TensorPair reparameterize(const at::Tensor& mu, const at::Tensor& logvar, int64_t num_samples, \
+                            std::optional<at::Generator> generator,                              \
+                            const std::optional<at::Tensor>& rng_state);                         \
+  TensorTriple reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar,            \
+                                      int64_t num_samples, std::optional<at::Generator> generator, \
+                                      const std::optional<at::Tensor>& rng_state);               \
   TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& mu,             \
                                      const at::Tensor& logvar, const at::Tensor& rng_state,      \
                                      const std::optional<at::Tensor>& grad_kl);                  \

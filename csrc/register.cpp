@@ -9,13 +9,17 @@
 #include "ops.h"
 
 // Bumped whenever a schema changes, so that fastvae/_extension.py can refuse a stale build.
-#define FASTVAE_OPS_VERSION 5
+#define FASTVAE_OPS_VERSION 6
 
 TORCH_LIBRARY(fastvae, m) {
-  m.def("philox_state(Tensor like, Generator? generator=None) -> Tensor",
+  // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a
+  // given rng_state) and return it as their last output, for the backward op to draw eps again.
+  m.def("reparameterize(Tensor mu, Tensor logvar, int num_samples, Generator? generator=None, "
+        "Tensor? rng_state=None) -> (Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});
-  m.def("reparameterize(Tensor mu, Tensor logvar, Tensor rng_state, int num_samples) -> Tensor");
-  m.def("reparameterize_with_kl(Tensor mu, Tensor logvar, Tensor rng_state, int num_samples) -> (Tensor, Tensor)");
+  m.def("reparameterize_with_kl(Tensor mu, Tensor logvar, int num_samples, Generator? generator=None, "
+        "Tensor? rng_state=None) -> (Tensor, Tensor, Tensor)",
+        {at::Tag::nondeterministic_seeded});
   m.def("reparameterize_backward(Tensor grad_z, Tensor mu, Tensor logvar, Tensor rng_state, Tensor? grad_kl=None) -> (Tensor, Tensor)");
   m.def("kl_standard_normal(Tensor mu, Tensor logvar) -> Tensor");
   m.def("kl_standard_normal_backward(Tensor grad, Tensor mu, Tensor logvar) -> (Tensor, Tensor)");
@@ -38,7 +42,6 @@ TORCH_LIBRARY(fastvae, m) {
 }
 
 #define FASTVAE_IMPL_ALL(ns)                                                                   \
-  m.impl("philox_state", &fastvae::ns::philox_state);                                          \
   m.impl("reparameterize", &fastvae::ns::reparameterize);                                      \
   m.impl("reparameterize_with_kl", &fastvae::ns::reparameterize_with_kl);                      \
   m.impl("reparameterize_backward", &fastvae::ns::reparameterize_backward);                    \

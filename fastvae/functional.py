@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Sequence, Tuple, Union
+import os
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -90,6 +91,38 @@ def _event_dims(event_dims: Optional[int], ndim: int, name: str) -> int:
     return event_dims
 
 
+_DEVICE_MEMORY: Dict[str, int] = {}
+
+
+@torch.compiler.assume_constant_result
+def _device_memory(device: torch.device) -> int:
+    """Total memory of ``device`` in bytes (physical RAM for the CPU): no allocation can exceed
+    it. Looked up once per device; no device call, no sync."""
+    key = str(device)
+    if key not in _DEVICE_MEMORY:
+        if device.type == "cuda":
+            _DEVICE_MEMORY[key] = torch.cuda.get_device_properties(device).total_memory
+        elif device.type == "cpu" and hasattr(os, "sysconf"):
+            _DEVICE_MEMORY[key] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        else:  # meta and other devices: only overflow matters
+            _DEVICE_MEMORY[key] = 2**63 - 1
+    return _DEVICE_MEMORY[key]
+
+
+def _check_samples_fit(k: int, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
+    """Refuses a draw of k samples of ``shape`` whose output could never be allocated (before
+    asking the allocator for, say, 48 TB, and before the generator advances)."""
+    elements = k * math.prod(shape)
+    nbytes = elements * dtype.itemsize
+    memory = _device_memory(device)
+    if nbytes > memory:
+        raise ValueError(
+            f"num_samples={k} would draw {elements} elements of shape {tuple(shape)} "
+            f"({nbytes / 2**30:.1f} GiB of {dtype}), more than {device} has ({memory / 2**30:.1f} GiB): "
+            "draw fewer samples per call"
+        )
+
+
 # ---------------------------------------------------------------- layout
 def _as_rows(t: torch.Tensor, shape: torch.Size, event_ndim: int, full: bool = False) -> torch.Tensor:
     """``t`` (broadcastable to ``shape``) as a contiguous (rows, D) matrix for the kernels.
@@ -124,8 +157,8 @@ def _sampling_inputs(
     num_samples: Optional[int],
     generator: Optional[torch.Generator],
     need_latent_dim: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Checked mu and logvar of one dtype, broadcast and contiguous; their Philox state; K."""
+) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Checked mu and logvar of one dtype, broadcast and contiguous; K."""
     _check_float("mu", mu)
     _check_float("logvar", logvar)
     _check_devices(mu=mu, logvar=logvar)
@@ -143,9 +176,11 @@ def _sampling_inputs(
         raise ValueError("mu and logvar need a latent dim (at least 1-D)")
     _check_nonempty(shape, "mu")
     dtype = _common_dtype(mu, logvar)
+    k = 1 if num_samples is None else num_samples
+    _check_samples_fit(k, shape, dtype, mu.device)
     mu_c = _cast(mu, dtype).expand(shape).contiguous()
     logvar_c = _cast(logvar, dtype).expand(shape).contiguous()
-    return mu_c, logvar_c, ops.philox_state(mu_c, generator), 1 if num_samples is None else num_samples
+    return mu_c, logvar_c, k
 
 
 def reparameterize(
@@ -165,8 +200,8 @@ def reparameterize(
         num_samples: K; when given the result has shape (K, *shape), otherwise ``shape``.
         generator: a ``torch.Generator`` on mu's device.
     """
-    mu_c, logvar_c, rng_state, k = _sampling_inputs(mu, logvar, num_samples, generator)
-    z = ops.reparameterize(mu_c, logvar_c, rng_state, k)
+    mu_c, logvar_c, k = _sampling_inputs(mu, logvar, num_samples, generator)
+    z, _ = ops.reparameterize(mu_c, logvar_c, k, generator)
     return z.squeeze(0) if num_samples is None else z
 
 
@@ -183,9 +218,9 @@ def reparameterize_with_kl(
     z is exactly what :func:`reparameterize` draws from the same generator state; the KL has
     shape ``shape[:-1]`` (summed over the last, latent dim). Pass it to :func:`elbo` as ``kl=``.
     """
-    mu_c, logvar_c, rng_state, k = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
+    mu_c, logvar_c, k = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
     shape = mu_c.shape
-    z, kl = ops.reparameterize_with_kl(mu_c.view(-1, shape[-1]), logvar_c.view(-1, shape[-1]), rng_state, k)
+    z, kl, _ = ops.reparameterize_with_kl(mu_c.view(-1, shape[-1]), logvar_c.view(-1, shape[-1]), k, generator)
     z = z.view(k, *shape)
     return (z.squeeze(0) if num_samples is None else z), kl.view(shape[:-1])
 

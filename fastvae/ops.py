@@ -26,19 +26,18 @@ def _rows_out(t: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- fake (meta) implementations
-@torch.library.register_fake("fastvae::philox_state")
-def _(like, generator=None):
-    return like.new_empty((2,), dtype=torch.int64)
+def _rng_out(t: torch.Tensor) -> torch.Tensor:
+    return t.new_empty((2,), dtype=torch.int64)
 
 
 @torch.library.register_fake("fastvae::reparameterize")
-def _(mu, logvar, rng_state, num_samples):
-    return mu.new_empty((num_samples, *mu.shape))
+def _(mu, logvar, num_samples, generator=None, rng_state=None):
+    return mu.new_empty((num_samples, *mu.shape)), _rng_out(mu)
 
 
 @torch.library.register_fake("fastvae::reparameterize_with_kl")
-def _(mu, logvar, rng_state, num_samples):
-    return mu.new_empty((num_samples, *mu.shape)), _rows_out(mu)
+def _(mu, logvar, num_samples, generator=None, rng_state=None):
+    return mu.new_empty((num_samples, *mu.shape)), _rows_out(mu), _rng_out(mu)
 
 
 @torch.library.register_fake("fastvae::reparameterize_backward")

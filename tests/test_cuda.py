@@ -22,9 +22,25 @@ def test_same_seed_and_offset_give_the_cpu_eps(dtype):
     mu = torch.randn(257, 1031, dtype=dtype)
     lv = torch.randn(257, 1031, dtype=dtype)
     state = torch.tensor([0x5DEECE66D, 12], dtype=torch.int64)
-    cpu = ops.reparameterize(mu, lv, state, 3)
-    cuda = ops.reparameterize(mu.cuda(), lv.cuda(), state.cuda(), 3).cpu()
-    assert rel_err(cuda, cpu) < (1e-6 if dtype == torch.float32 else 1e-13)
+    cpu, cpu_state = ops.reparameterize(mu, lv, 3, rng_state=state)
+    cuda, cuda_state = ops.reparameterize(mu.cuda(), lv.cuda(), 3, rng_state=state.cuda())
+    assert rel_err(cuda.cpu(), cpu) < (1e-6 if dtype == torch.float32 else 1e-13)
+    # Each returns the state it drew from, for its backward pass.
+    assert torch.equal(cpu_state, state) and torch.equal(cuda_state.cpu(), state)
+
+
+def test_sampling_kernel_records_the_generators_state():
+    """With no rng_state the kernel unpacks the generator's (seed, offset) itself and writes it
+    out; the backward pass draws the same eps from it, and the CPU draws them from it too."""
+    mu, lv = torch.randn(5, 33, device="cuda"), torch.randn(5, 33, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(int(torch.randint(0, 2**62, ())))
+    for op in (ops.reparameterize, ops.reparameterize_with_kl):
+        z, *_, state = op(mu, lv, 2, gen)
+        assert int(state[0]) == gen.initial_seed()
+        z_cpu = ops.reparameterize(mu.cpu(), lv.cpu(), 2, rng_state=state.cpu())[0]
+        assert rel_err(z.cpu(), z_cpu) < 1e-6
+    z2, state2 = ops.reparameterize(mu, lv, 2, gen)
+    assert int(state2[1]) > int(state[1])  # a fresh offset per call
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -102,7 +118,7 @@ def test_fused_sample_and_kl_matches_cpu(dtype, shape):
     results = []
     for device, layout in (("cpu", lambda t: t), ("cuda", lambda t: t), ("cuda", _unaligned)):
         m, v = layout(mu.to(device)), layout(lv.to(device))
-        z, kl = ops.reparameterize_with_kl(m, v, state.to(device), 2)
+        z, kl, _ = ops.reparameterize_with_kl(m, v, 2, rng_state=state.to(device))
         grads = ops.reparameterize_backward(torch.ones_like(z) * 0.5, m, v, state.to(device), grad_kl.to(device))
         results.append([z.cpu(), kl.cpu(), *(g.cpu() for g in grads)])
     tol = max(TOL[dtype], 1e-6)
@@ -110,7 +126,7 @@ def test_fused_sample_and_kl_matches_cpu(dtype, shape):
         for g, want in zip(got, results[0]):
             assert rel_err(g, want) < 4 * tol
     # The fused pass draws the z that the plain sampling kernel draws.
-    alone = ops.reparameterize(mu.cuda(), lv.cuda(), state.cuda(), 2).cpu()
+    alone = ops.reparameterize(mu.cuda(), lv.cuda(), 2, rng_state=state.cuda())[0].cpu()
     assert rel_err(results[1][0], alone) < tol
 
 

@@ -309,7 +309,7 @@ def test_fused_elbo_forward_backward_dispatcher_calls():
         loss = F.elbo(z, x, mu, lv, kl=kl)  # z itself as the decoder output: every grad path runs
         loss.backward()
     launching = _launching(calls)
-    assert launching == ["fastvae.philox_state", "fastvae.reparameterize_with_kl", "fastvae.elbo_loss",
+    assert launching == ["fastvae.reparameterize_with_kl", "fastvae.elbo_loss",
                          "fastvae.elbo_rescale_", "fastvae.reparameterize_backward"], launching
     assert len(launching) <= 6
     assert mu.grad is not None and lv.grad is not None

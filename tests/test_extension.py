@@ -29,7 +29,7 @@ def test_stale_build_is_refused(monkeypatch):
 
 def test_every_op_has_a_cpu_kernel():
     names = [
-        "philox_state", "reparameterize", "reparameterize_backward", "kl_standard_normal",
+        "reparameterize", "reparameterize_with_kl", "reparameterize_backward", "kl_standard_normal",
         "kl_standard_normal_backward", "bernoulli_log_likelihood", "gaussian_log_likelihood",
         "gaussian_log_likelihood_backward", "gaussian_log_density", "gaussian_log_density_backward",
         "standard_normal_log_density", "standard_normal_log_density_backward",

@@ -19,10 +19,11 @@ def _samples(device):
         return torch.randn(shape, device=device, dtype=dtype).requires_grad_(grad)
 
     mu, lv = t(4, 6), t(4, 6)
-    rng = ops.philox_state(mu.detach())
-    yield ops.reparameterize, (mu, lv, rng, 3)
+    # With a given rng_state the sampling ops are deterministic, so every check applies.
+    rng = torch.tensor([int(torch.randint(0, 2**62, ())), 3], device=device)
+    yield ops.reparameterize, (mu, lv, 3, None, rng)
     yield ops.reparameterize_backward, (t(3, 4, 6, grad=False), mu.detach(), lv.detach(), rng)
-    yield ops.reparameterize_with_kl, (mu, lv, rng, 2)
+    yield ops.reparameterize_with_kl, (mu, lv, 2, None, rng)
     yield ops.reparameterize_backward, (t(2, 4, 6, grad=False), mu.detach(), lv.detach(), rng, t(4, grad=False))
     yield ops.kl_standard_normal, (mu, lv)
     yield ops.kl_standard_normal, (t(4, 6, dtype=torch.bfloat16), t(4, 6, dtype=torch.bfloat16))
@@ -48,13 +49,14 @@ def test_opcheck_every_op(device):
     for op, args in _samples(device):
         torch.library.opcheck(op, args)
         checked.add(op._qualname if hasattr(op, "_qualname") else str(op))
-    # philox_state draws from the generator on every call, so only the checks that do not
-    # compare two calls apply to it.
-    torch.library.opcheck(
-        ops.philox_state, (torch.randn(2, device=device),),
-        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
-    )
-    assert len(checked) == 12  # every op but philox_state, checked below
+    # Drawing from the generator, each call differs, so only the checks that do not compare
+    # two calls apply.
+    for op in (ops.reparameterize, ops.reparameterize_with_kl):
+        torch.library.opcheck(
+            op, (torch.randn(3, 2, device=device, requires_grad=True), torch.randn(3, 2, device=device), 2),
+            test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+        )
+    assert len(checked) == 12  # every op
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())

@@ -238,14 +238,31 @@ def test_reparameterize_reproducible_under_manual_seed(device):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+def test_sampling_ops_return_the_state_they_drew_from(device):
+    """The raw ops draw (seed, offset) from the generator themselves and return it; given back
+    as rng_state it reproduces the draw (what the backward pass relies on)."""
+    ops = torch.ops.fastvae
+    mu, lv = torch.randn(4, 9, device=device), torch.randn(4, 9, device=device)
+    gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, ())))
+    z, state = ops.reparameterize(mu, lv, 3, gen)
+    z_kl, kl, state_kl = ops.reparameterize_with_kl(mu, lv, 3, gen)
+    assert state.dtype == torch.int64 and state.shape == (2,) and not torch.equal(state, state_kl)
+    assert not torch.equal(z, z_kl)  # a fresh stream per call
+    assert torch.equal(ops.reparameterize(mu, lv, 3, rng_state=state)[0], z)
+    again, kl_again, state_again = ops.reparameterize_with_kl(mu, lv, 3, rng_state=state_kl)
+    assert torch.equal(again, z_kl) and torch.equal(kl_again, kl) and torch.equal(state_again, state_kl)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_reparameterize_backward_regenerates_eps(device, dtype):
     mu = torch.randn(5, 1025, device=device).to(dtype).requires_grad_()
     lv = torch.randn(5, 1025, device=device).to(dtype).requires_grad_()
-    z = F.reparameterize(mu, lv, num_samples=3)
     # The autograd graph holds mu, logvar and the 2-element rng state, never eps or z.
-    saved = [t for t in z.grad_fn._saved_tensors] if hasattr(z.grad_fn, "_saved_tensors") else []
-    assert all(t.numel() in (2, mu.numel()) for t in saved)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        z = F.reparameterize(mu, lv, num_samples=3)
+    assert sorted(t.numel() for t in saved) == [2, mu.numel(), mu.numel()]
     w = torch.randn_like(z, dtype=torch.float64)
     z.backward(w.to(dtype))
     eps = (z.detach().double() - mu.detach().double()) / torch.exp(0.5 * lv.detach().double())
@@ -325,6 +342,21 @@ def test_elbo_matches_hand_written_loss(device, reduction, likelihood):
 def test_bad_input_raises_value_error_naming_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("sampler", [F.reparameterize, F.reparameterize_with_kl])
+def test_huge_num_samples_refused_before_any_allocation(sampler):
+    """num_samples=10**12 would ask the allocator for tens of TB: a ValueError naming
+    num_samples instead, raised before the generator advances."""
+    mu, lv = torch.randn(3, 4), torch.randn(3, 4)
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+    before = gen.get_state()
+    with pytest.raises(ValueError, match="num_samples=1000000000000 would draw 12000000000000 elements"):
+        sampler(mu, lv, num_samples=10**12, generator=gen)
+    assert torch.equal(gen.get_state(), before)
+    # An ordinary K still works, from the same generator state.
+    z = sampler(mu, lv, num_samples=7, generator=gen)
+    assert (z[0] if isinstance(z, tuple) else z).shape == (7, 3, 4)
 
 
 @pytest.mark.needs_cuda

@@ -89,13 +89,25 @@ inline void check_density(const at::Tensor& z, const at::Tensor& mu, const at::T
   check_row_broadcast(z, "z", mu, "mu");
 }
 
-inline void check_sampling_inputs(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state) {
+inline void check_sampling_params(const at::Tensor& mu, const at::Tensor& logvar) {
   TORCH_CHECK(is_reduced_or_float(mu.scalar_type()), "fastvae: mu must be floating point, got ",
               mu.scalar_type());
   TORCH_CHECK(mu.scalar_type() == logvar.scalar_type(), "fastvae: mu and logvar must share a dtype");
   check_same_shape(mu, "mu", logvar, "logvar");
   TORCH_CHECK(mu.is_contiguous() && logvar.is_contiguous(), "fastvae: mu and logvar must be contiguous");
+}
+
+inline void check_sampling_inputs(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state) {
+  check_sampling_params(mu, logvar);
   check_rng_state(rng_state, mu);
+}
+
+// The forward sampling ops: checked before the generator is touched, so bad input draws nothing.
+inline void check_sampling_call(const at::Tensor& mu, const at::Tensor& logvar, int64_t num_samples,
+                                const std::optional<at::Tensor>& rng_state) {
+  check_sampling_params(mu, logvar);
+  TORCH_CHECK(num_samples >= 1, "fastvae: num_samples must be >= 1, got ", num_samples);
+  if (rng_state.has_value() && rng_state->defined()) check_rng_state(*rng_state, mu);
 }
 
 // The optional incoming gradient of the KL output of reparameterize_with_kl: mu is then 2-D and

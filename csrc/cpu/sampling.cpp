@@ -66,25 +66,27 @@ void for_each_eps(PhiloxState st, int64_t begin, int64_t end, const Fn& fn) {
   }
 }
 
-}  // namespace
-
-at::Tensor philox_state(const at::Tensor& like, std::optional<at::Generator> generator) {
-  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
-  uint64_t seed;
-  {
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    seed = gen->random64();
-  }
+// This call's Philox (seed, offset): the given rng_state's, or a fresh seed from the generator
+// (offset 0: every call has its own key), as a new 2-element tensor the backward pass reads.
+at::Tensor sampling_state(const at::Tensor& like, std::optional<at::Generator> generator,
+                          const std::optional<at::Tensor>& rng_state) {
   auto state = at::empty({2}, like.options().dtype(at::kLong));
-  state.mutable_data_ptr<int64_t>()[0] = static_cast<int64_t>(seed);
-  state.mutable_data_ptr<int64_t>()[1] = 0;
+  int64_t* out = state.mutable_data_ptr<int64_t>();
+  if (rng_state.has_value() && rng_state->defined()) {
+    out[0] = rng_state->const_data_ptr<int64_t>()[0];
+    out[1] = rng_state->const_data_ptr<int64_t>()[1];
+    return state;
+  }
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  out[0] = static_cast<int64_t>(gen->random64());
+  out[1] = 0;
   return state;
 }
 
-at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state,
-                          int64_t num_samples) {
-  check_sampling_inputs(mu, logvar, rng_state);
-  TORCH_CHECK(num_samples >= 1, "fastvae: num_samples must be >= 1, got ", num_samples);
+// z = mu + e^(logvar/2) * eps for num_samples draws of eps from the stream of rng_state.
+at::Tensor sample(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state,
+                  int64_t num_samples) {
   std::vector<int64_t> shape{num_samples};
   shape.insert(shape.end(), mu.sizes().begin(), mu.sizes().end());
   auto z = at::empty(shape, mu.options());
@@ -106,12 +108,24 @@ at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, const 
   return z;
 }
 
+}  // namespace
+
+TensorPair reparameterize(const at::Tensor& mu, const at::Tensor& logvar, int64_t num_samples,
+                          std::optional<at::Generator> generator, const std::optional<at::Tensor>& rng_state) {
+  check_sampling_call(mu, logvar, num_samples, rng_state);
+  auto state = sampling_state(mu, generator, rng_state);
+  return {sample(mu, logvar, state, num_samples), state};
+}
+
 // On the CPU the two passes run back to back over the same (rows, cols) operands, which the
 // sampling pass leaves in cache; the CUDA kernel does both in one pass.
-TensorPair reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state,
-                                  int64_t num_samples) {
+TensorTriple reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar, int64_t num_samples,
+                                    std::optional<at::Generator> generator,
+                                    const std::optional<at::Tensor>& rng_state) {
   check_matrix(mu, "mu");
-  return {reparameterize(mu, logvar, rng_state, num_samples), kl_standard_normal(mu, logvar)};
+  check_sampling_call(mu, logvar, num_samples, rng_state);
+  auto state = sampling_state(mu, generator, rng_state);
+  return {sample(mu, logvar, state, num_samples), kl_standard_normal(mu, logvar), state};
 }
 
 TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& mu, const at::Tensor& logvar,

@@ -1,7 +1,9 @@
 // Reparameterised sampling on the GPU, mirroring csrc/cpu/sampling.cpp: eps comes from the
 // Philox stream of csrc/common/philox.h, so the same (seed, offset) gives the CPU's eps.
-// (seed, offset) live in a device tensor, filled from torch's CUDA generator by a kernel, so a
-// CUDA graph replay advances them like torch's own random ops.
+// The sampling kernels unpack torch's at::PhiloxCudaState themselves (under CUDA graph capture
+// it points at the generator's device-side seed and offset, so a replay advances them like
+// torch's own random ops) and write the (seed, offset) they used to a 2-element device tensor
+// for the backward pass: no separate launch for the state.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -25,22 +27,27 @@ using namespace cuda_detail;
 
 namespace {
 
-__global__ void write_state_kernel(at::PhiloxCudaState philox, int64_t* out) {
-  const auto seeds = at::cuda::philox::unpack(philox);
-  out[0] = static_cast<int64_t>(std::get<0>(seeds));
-  out[1] = static_cast<int64_t>(std::get<1>(seeds));
-}
-
 __device__ __forceinline__ PhiloxState read_state(const int64_t* s) {
   return {static_cast<uint64_t>(s[0]), static_cast<uint64_t>(s[1])};
 }
 
+// The stream of a forward sampling call; the one thread that draws flat index 0 records it.
+__device__ __forceinline__ PhiloxState unpack_state(const at::PhiloxCudaState& philox, int64_t* state_out,
+                                                    bool record) {
+  const auto seeds = at::cuda::philox::unpack(philox);
+  if (record) {
+    state_out[0] = static_cast<int64_t>(std::get<0>(seeds));
+    state_out[1] = static_cast<int64_t>(std::get<1>(seeds));
+  }
+  return {std::get<0>(seeds), std::get<1>(seeds)};
+}
+
 // One thread per Philox group: four consecutive flat indices.
 template <typename scalar_t>
-__global__ void reparameterize_kernel(const scalar_t* mu, const scalar_t* logvar, const int64_t* state,
-                                      int64_t n, int64_t total, scalar_t* z) {
+__global__ void reparameterize_kernel(const scalar_t* mu, const scalar_t* logvar, at::PhiloxCudaState philox,
+                                      int64_t* state_out, int64_t n, int64_t total, scalar_t* z) {
   using acc_t = at::opmath_type<scalar_t>;
-  const PhiloxState st = read_state(state);
+  const PhiloxState st = unpack_state(philox, state_out, blockIdx.x == 0 && threadIdx.x == 0);
   const int64_t groups = (total + 3) / 4;
   for (int64_t group = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; group < groups;
        group += int64_t(gridDim.x) * blockDim.x) {
@@ -80,7 +87,8 @@ struct SampleAndKlRows {
   static constexpr int kPack = pack_width<scalar_t>();
   const scalar_t* mu;
   const scalar_t* logvar;
-  const int64_t* state;
+  at::PhiloxCudaState philox;
+  int64_t* state_out;
   scalar_t* z;
   int64_t cols, n, samples;
 
@@ -99,7 +107,7 @@ struct SampleAndKlRows {
       sd[v] = fv_exp(acc_t(0.5) * l);
       kl += kl_normal(mean[v], l);
     }
-    const PhiloxState st = read_state(state);
+    const PhiloxState st = unpack_state(philox, state_out, p == 0);
     for (int64_t k = 0; k < samples; ++k) {
       acc_t eps[V];
       eps_pack<V>(st, k * n + p, eps);
@@ -169,57 +177,58 @@ struct SampleGrads {
 
 }  // namespace
 
-at::Tensor philox_state(const at::Tensor& like, std::optional<at::Generator> generator) {
-  const c10::cuda::CUDAGuard guard(like.device());
-  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(generator, at::cuda::detail::getDefaultCUDAGenerator());
-  at::PhiloxCudaState philox;
-  {
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    // Our counter puts the offset in its high words, so each call needs only a fresh offset.
-    philox = gen->philox_cuda_state(4);
+// The Philox state a forward sampling call draws from: a given rng_state (read by the kernel from
+// device memory, as a captured state is) or the next offset of the generator. Our counter puts
+// the offset in its high words, so each call needs only a fresh offset.
+at::PhiloxCudaState sampling_philox(std::optional<at::Generator> generator, const std::optional<at::Tensor>& rng_state) {
+  if (rng_state.has_value() && rng_state->defined()) {
+    auto* s = const_cast<int64_t*>(rng_state->const_data_ptr<int64_t>());
+    return at::PhiloxCudaState(s, s + 1, 0);
   }
-  auto state = at::empty({2}, like.options().dtype(at::kLong));
-  write_state_kernel<<<1, 1, 0, at::cuda::getCurrentCUDAStream()>>>(philox, state.mutable_data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return state;
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(generator, at::cuda::detail::getDefaultCUDAGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  return gen->philox_cuda_state(4);
 }
 
-at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state,
-                          int64_t num_samples) {
-  check_sampling_inputs(mu, logvar, rng_state);
-  TORCH_CHECK(num_samples >= 1, "fastvae: num_samples must be >= 1, got ", num_samples);
+TensorPair reparameterize(const at::Tensor& mu, const at::Tensor& logvar, int64_t num_samples,
+                          std::optional<at::Generator> generator, const std::optional<at::Tensor>& rng_state) {
+  check_sampling_call(mu, logvar, num_samples, rng_state);
   const c10::cuda::CUDAGuard guard(mu.device());
   std::vector<int64_t> shape{num_samples};
   shape.insert(shape.end(), mu.sizes().begin(), mu.sizes().end());
   auto z = at::empty(shape, mu.options());
+  auto state = at::empty({2}, mu.options().dtype(at::kLong));
   const int64_t n = mu.numel(), total = n * num_samples;
-  if (total == 0) return z;
+  const auto philox = sampling_philox(generator, rng_state);
+  if (total == 0) return {z, state.zero_()};  // no kernel to record the state (the Python layer refuses this)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_cuda", [&] {
     reparameterize_kernel<scalar_t><<<grid_for((total + 3) / 4), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(), rng_state.const_data_ptr<int64_t>(), n,
-        total, z.mutable_data_ptr<scalar_t>());
+        mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(), philox, state.mutable_data_ptr<int64_t>(),
+        n, total, z.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return z;
+  return {z, state};
 }
 
-TensorPair reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& rng_state,
-                                  int64_t num_samples) {
+TensorTriple reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar, int64_t num_samples,
+                                    std::optional<at::Generator> generator,
+                                    const std::optional<at::Tensor>& rng_state) {
   check_matrix(mu, "mu");
-  check_sampling_inputs(mu, logvar, rng_state);
-  TORCH_CHECK(num_samples >= 1, "fastvae: num_samples must be >= 1, got ", num_samples);
+  check_sampling_call(mu, logvar, num_samples, rng_state);
   const c10::cuda::CUDAGuard guard(mu.device());
   auto z = at::empty({num_samples, mu.size(0), mu.size(1)}, mu.options());
+  auto state = at::empty({2}, mu.options().dtype(at::kLong));
   auto acc_opts = mu.options().dtype(acc_dtype(mu.scalar_type()));
   auto kl = at::empty({mu.size(0)}, acc_opts);
+  const auto philox = sampling_philox(generator, rng_state);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_with_kl_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const SampleAndKlRows<scalar_t> rows{mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(),
-                                         rng_state.const_data_ptr<int64_t>(), z.mutable_data_ptr<scalar_t>(),
+                                         philox, state.mutable_data_ptr<int64_t>(), z.mutable_data_ptr<scalar_t>(),
                                          mu.size(1), mu.numel(), num_samples};
     row_sums<acc_t>(mu.size(0), mu.size(1), kl.mutable_data_ptr<acc_t>(), acc_opts, rows);
   });
-  return {z, kl};
+  return {z, kl, state};
 }
 
 TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& mu, const at::Tensor& logvar,
