@@ -6,6 +6,10 @@ the fused op (forward and every input gradient, with a random incoming gradient)
 rel = ||out - ref|| / ||ref||, the worst over sizes 1, 7, 1025 and 100003 columns.
 On CUDA it also compares eps drawn by the CUDA and CPU kernels from the same (seed, offset).
 
+Long rows (``long_rows`` in the JSON): float32 row sums over 196 608 (3x256x256 images), 1e6 and
+1e7 columns against float64, next to the error of torch's own float32 evaluation of the same
+reference (its sums are cascaded) on the same inputs.
+
     python benchmarks/accuracy.py [--device cpu|cuda] [--out benchmarks/results/accuracy-cpu.json]
 """
 from __future__ import annotations
@@ -24,6 +28,9 @@ from fastvae import reference as R
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COLS = (1, 7, 1025, 100003)
+LONG_COLS = (196608, 1_000_000, 10_000_000)
+LONG_OPS = {"standard_normal_log_density": 1, "kl_standard_normal": 2, "gaussian_log_likelihood": 3,
+            "gaussian_log_density": 3}
 
 
 def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -90,6 +97,22 @@ def _sampler_errors(dtype: torch.dtype, device: str, with_kl: bool = False) -> D
     return worst
 
 
+def _long_rows(device: str) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """float32 forward of the row-sum ops on long N(0, 1) rows: fastvae's and torch's own
+    float32 relative error against float64, per column count."""
+    out: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for name, n_in in LONG_OPS.items():
+        for cols in LONG_COLS:
+            rows = max(1, 4_000_000 // cols)
+            inputs64 = [torch.randn(rows, cols, dtype=torch.float64).float().double().to(device) for _ in range(n_in)]
+            ref = getattr(R, name)(*inputs64)
+            inputs32 = [t.float() for t in inputs64]
+            with torch.no_grad():
+                fused, eager = getattr(F, name)(*inputs32), getattr(R, name)(*inputs32)
+            out.setdefault(name, {})[str(cols)] = {"fastvae": _rel(fused, ref), "torch": _rel(eager, ref), "rows": rows}
+    return out
+
+
 def _eps_agreement() -> Dict[str, float]:
     """eps from the CUDA and the CPU kernel for the same (seed, offset)."""
     ops = torch.ops.fastvae
@@ -123,6 +146,7 @@ def main(argv=None) -> int:
         table.setdefault("reparameterize (backward)", {})[dname] = _sampler_errors(dtype, args.device)
         table.setdefault("reparameterize_with_kl (KL, backward)", {})[dname] = _sampler_errors(
             dtype, args.device, with_kl=True)
+    long_rows = _long_rows(args.device)
     result = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
         "device_type": args.device,
@@ -131,6 +155,9 @@ def main(argv=None) -> int:
         "sizes_cols": list(COLS),
         "metric": "max over sizes of ||out - ref|| / ||ref|| against float64 fastvae.reference",
         "errors": table,
+        "long_rows": long_rows,
+        "long_rows_metric": "float32 forward on N(0, 1) rows, ||out - ref|| / ||ref|| against float64; "
+                            "torch: the eager reference evaluated in float32 on the same inputs",
     }
     if args.device == "cuda":
         result["eps_cuda_vs_cpu"] = _eps_agreement()
@@ -138,6 +165,12 @@ def main(argv=None) -> int:
     print(f"| --- | {' | '.join('---' for _ in DTYPES)} |")
     for name, row in table.items():
         cells = [f"{max(row[d].values()):.1e}" for d in DTYPES]
+        print(f"| {name} | {' | '.join(cells)} |")
+    print("\nfloat32 long rows, relative error vs float64 (fastvae / torch's own float32):\n")
+    print(f"| op | {' | '.join(f'{c:,} cols' for c in LONG_COLS)} |")
+    print(f"| --- | {' | '.join('---' for _ in LONG_COLS)} |")
+    for name, row in long_rows.items():
+        cells = [f"{row[str(c)]['fastvae']:.1e} / {row[str(c)]['torch']:.1e}" for c in LONG_COLS]
         print(f"| {name} | {' | '.join(cells)} |")
     if args.out:
         with open(args.out, "w") as f:

@@ -124,7 +124,7 @@ def test_run_writes_report_table_and_plot(tmp_path, monkeypatch):
     assert (tmp_path / "sub" / "r.png").stat().st_size > 0
     table = bench.markdown_table(saved)
     assert table.count("\n| ") == 2 + len(bench.OPS)  # header, separator, one row per case
-    assert "Measured on" in table and "GB/s" not in table  # bandwidth column only for CUDA reports
+    assert "Measured on" in table and "GB/s (% of copy)" in table  # bandwidth column on every device
 
 
 def test_run_training_rows(monkeypatch):
@@ -152,7 +152,7 @@ def _fake_report(device_type: str, elbo_ratio: float) -> dict:
 
 def test_markdown_table_cuda_columns_targets_and_training():
     table = bench.markdown_table(_fake_report("cuda", 1.5))
-    assert "Some GPU" in table and "GB/s" in table and "1 (50%)" in table
+    assert "Some GPU" in table and "GB/s" in table and "1.0 (50%)" in table
     assert "NOT met" in table and "1.50" in table and "†" not in table
     assert "| 128 | 20.0 | 10.0 | – | – | 2.00× |" in table
     assert "met" in bench.markdown_table(_fake_report("cpu", 2.5)) and "NOT met" not in bench.markdown_table(
@@ -200,3 +200,19 @@ def test_default_families():
 @pytest.mark.parametrize("loss_impl", ["fused", "eager"])
 def test_train_steps_per_second_is_positive(loss_impl):
     assert bench.train_steps_per_second(8, loss_impl, CPU, steps=2, warmup=0) > 0
+
+
+def test_kernel_goals_checked_from_their_rows():
+    report = _fake_report("cpu", 2.5)
+    base = report["results"][0]
+    rows = [dict(base, op="reparameterize", speedup_vs_eager=1.7),
+            dict(base, op="reparameterize", speedup_vs_eager=1.2),
+            dict(base, op="kl_standard_normal", dtype="bfloat16", speedup_vs_eager=1.3, speedup_vs_compile=0.8),
+            dict(base, op="gaussian_log_likelihood", family="large", fraction_of_copy=0.75)]
+    report["results"] += rows
+    goals = bench.targets(report)["goals"]
+    assert goals["sampler_vs_eager"]["min"] == 1.2 and not goals["sampler_vs_eager"]["met"]
+    assert goals["bf16_gaussian_vs_eager"]["met"] and not goals["bf16_gaussian_vs_compile"]["met"]
+    assert goals["large_likelihood_bandwidth"] == {"min": 0.75, "max": 0.75, "target": 0.7, "met": True}
+    table = bench.markdown_table(report)
+    assert "Goal: reparameterize fwd+bwd >= 1.5x eager" in table and "1.20..1.70 -> NOT met" in table

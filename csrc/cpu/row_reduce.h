@@ -1,50 +1,107 @@
-// Loop skeletons shared by the CPU kernels: rows split across threads, each row walked once with
-// Vectorized<acc_t> and finished with a scalar tail, so every row sum has a fixed order
-// (deterministic whatever the thread count).
+// Loop skeletons shared by the CPU kernels. Each row is walked with Vectorized<acc_t> and
+// finished with a scalar tail. Work is split into (row, chunk) tasks whose boundaries depend only
+// on the shape, so every row sum has a fixed order (deterministic whatever the thread count), and
+// nothing is split below kGrainElems elements, where a thread hand-off costs more than it saves.
 #pragma once
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "cpu/vec_math.h"
 
 namespace fastvae {
 
+// Elements per parallel task, at least (ATen's grain for elementwise loops).
+constexpr int64_t kGrainElems = 32768;
+// Rows longer than this are cut into chunks of this many columns, so that a few long rows still
+// use every thread. A multiple of every vector width.
+constexpr int64_t kRowChunk = 65536;
+
 // Rows per parallel task: enough columns that a task is worth a thread hand-off.
 inline int64_t row_grain(int64_t cols) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
+  return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(cols, 1));
 }
 
-// For each row r of a (rows, cols) problem: out[r] = sum_j f(r, j), where f is called as
-// f(r, j, Vec<acc_t>-tag) for full vectors and f(r, j, acc_t-tag) for the tail.
+namespace detail {
+
+inline int64_t row_chunks(int64_t cols) { return cols > kRowChunk ? (cols + kRowChunk - 1) / kRowChunk : 1; }
+
+// Sum of f over columns [j0, j1) of row r (j0 a multiple of V), in double for float: per-lane
+// float partial sums over blocks of kBlock columns (two accumulators, for instruction-level
+// parallelism) are flushed into per-lane double sums, so the float error stays that of a
+// kBlock/(2V)-term sum however long the row (a two-level cascade, as ATen's sum does).
+template <typename acc_t, typename VecFn, typename ScalarFn>
+double range_sum(int64_t r, int64_t j0, int64_t j1, int64_t cols, const VecFn& vec_fn,
+                 const ScalarFn& scalar_fn) {
+  constexpr int64_t V = Vec<acc_t>::size();
+  constexpr int64_t kBlock = 128 * V;
+  const int64_t vec_end = std::min(j1, (cols / V) * V);
+  double wide[V] = {};
+  alignas(64) acc_t lanes[V];
+  for (int64_t b = j0; b < vec_end; b += kBlock) {
+    const int64_t b1 = std::min(vec_end, b + kBlock);
+    Vec<acc_t> a0(acc_t(0)), a1(acc_t(0));
+    int64_t j = b;
+    for (; j + 2 * V <= b1; j += 2 * V) {
+      a0 = a0 + vec_fn(r, j);
+      a1 = a1 + vec_fn(r, j + V);
+    }
+    if (j < b1) a0 = a0 + vec_fn(r, j);
+    (a0 + a1).store(lanes);
+    for (int64_t k = 0; k < V; ++k) wide[k] += static_cast<double>(lanes[k]);
+  }
+  double s = 0;
+  for (int64_t k = 0; k < V; ++k) s += wide[k];
+  for (int64_t j = std::max(j0, vec_end); j < j1; ++j) s += static_cast<double>(scalar_fn(r, j));
+  return s;
+}
+
+}  // namespace detail
+
+// For each row r of a (rows, cols) problem: out[r] = sum_j f(r, j).
 // `vec_fn(r, j)` returns Vec<acc_t> for columns j..j+V; `scalar_fn(r, j)` returns acc_t.
 template <typename acc_t, typename VecFn, typename ScalarFn>
 void row_sums(int64_t rows, int64_t cols, acc_t* out, const VecFn& vec_fn,
               const ScalarFn& scalar_fn) {
-  constexpr int64_t V = Vec<acc_t>::size();
-  at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      Vec<acc_t> acc(acc_t(0));
-      int64_t j = 0;
-      for (; j + V <= cols; j += V) acc = acc + vec_fn(r, j);
-      acc_t s = vec_sum(acc);
-      for (; j < cols; ++j) s += scalar_fn(r, j);
-      out[r] = s;
+  const int64_t chunks = detail::row_chunks(cols);
+  if (chunks == 1) {
+    at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r)
+        out[r] = static_cast<acc_t>(detail::range_sum<acc_t>(r, 0, cols, cols, vec_fn, scalar_fn));
+    });
+    return;
+  }
+  // Long rows: one double per (row, chunk), added up per row in chunk order afterwards.
+  std::vector<double> partial(rows * chunks);
+  at::parallel_for(0, rows * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t r = t / chunks, j0 = (t % chunks) * kRowChunk;
+      partial[t] = detail::range_sum<acc_t>(r, j0, std::min(cols, j0 + kRowChunk), cols, vec_fn, scalar_fn);
     }
   });
+  for (int64_t r = 0; r < rows; ++r) {
+    double s = 0;
+    for (int64_t c = 0; c < chunks; ++c) s += partial[r * chunks + c];
+    out[r] = static_cast<acc_t>(s);
+  }
 }
 
-// Elementwise pass over a (rows, cols) problem with the same vector/tail split.
+// Elementwise pass over a (rows, cols) problem with the same vector/tail split and tasks.
 template <typename acc_t, typename VecFn, typename ScalarFn>
 void row_map(int64_t rows, int64_t cols, const VecFn& vec_fn, const ScalarFn& scalar_fn) {
   constexpr int64_t V = Vec<acc_t>::size();
-  at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      int64_t j = 0;
-      for (; j + V <= cols; j += V) vec_fn(r, j);
-      for (; j < cols; ++j) scalar_fn(r, j);
+  const int64_t chunks = detail::row_chunks(cols);
+  const int64_t span = chunks == 1 ? cols : kRowChunk;
+  const int64_t vec_end = (cols / V) * V;
+  at::parallel_for(0, rows * chunks, chunks == 1 ? row_grain(cols) : 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t r = t / chunks, j0 = (t % chunks) * span, j1 = std::min(cols, j0 + span);
+      int64_t j = j0;
+      for (; j < std::min(j1, vec_end); j += V) vec_fn(r, j);
+      for (; j < j1; ++j) scalar_fn(r, j);
     }
   });
 }
@@ -57,7 +114,7 @@ void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const
   constexpr int64_t kBlock = 64;
   const int64_t repeats = rows / out_rows;
   const int64_t blocks = (cols + kBlock - 1) / kBlock;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(repeats * kBlock, 1));
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(repeats * kBlock, 1));
   at::parallel_for(0, out_rows * blocks, grain, [&](int64_t begin, int64_t end) {
     acc_t acc[kBlock];
     for (int64_t task = begin; task < end; ++task) {

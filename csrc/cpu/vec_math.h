@@ -5,7 +5,11 @@
 
 #include <ATen/cpu/vec/vec.h>
 
+#include <cstdint>
 #include <type_traits>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 namespace fastvae {
 
@@ -41,12 +45,66 @@ inline Vec<T> fv_select_nonneg(const Vec<T>& c, const Vec<T>& a, const Vec<T>& b
   return Vec<T>::blendv(b, a, c >= Vec<T>(T(0)));
 }
 
+// The AVX2 conversions below need the ISA at compile time and ATen's AVX2 Vectorized<float>
+// (8 lanes, constructible from __m256); other builds use the element-by-element loops.
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__) && defined(__F16C__)
+#define FASTVAE_VEC_AVX2 1
+#include <immintrin.h>
+#else
+#define FASTVAE_VEC_AVX2 0
+#endif
+
+#if FASTVAE_VEC_AVX2
+namespace detail {
+// 8 bf16 / fp16 / bytes at p widened to float in registers: bf16 is the high half of a float,
+// fp16 has F16C, bytes (uint8 and bool targets) go through int32.
+inline __m256 widen8(const c10::BFloat16* p) {
+  const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+}
+inline __m256 widen8(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline __m256 widen8(const uint8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline __m256 widen8(const bool* p) { return widen8(reinterpret_cast<const uint8_t*>(p)); }
+
+// float -> bf16 rounded to nearest even, NaN -> 0x7FC0: the same bits as c10::BFloat16(float).
+inline void narrow8(c10::BFloat16* p, __m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+}
+// float -> fp16 rounded to nearest even (F16C), as c10::Half(float) for every non-NaN value.
+inline void narrow8(c10::Half* p, __m256 v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
+
+template <typename S>
+constexpr bool kWidens8 = std::is_same_v<S, c10::BFloat16> || std::is_same_v<S, c10::Half> ||
+                          std::is_same_v<S, uint8_t> || std::is_same_v<S, bool>;
+template <typename S>
+constexpr bool kNarrows8 = std::is_same_v<S, c10::BFloat16> || std::is_same_v<S, c10::Half>;
+}  // namespace detail
+#endif
+
 // Loads Vec<acc_t>::size() elements of type S starting at p, widened to acc_t.
 template <typename acc_t, typename S>
 inline Vec<acc_t> load_widened(const S* p) {
   if constexpr (std::is_same_v<S, acc_t>) {
     return Vec<acc_t>::loadu(p);
   } else {
+#if FASTVAE_VEC_AVX2
+    if constexpr (std::is_same_v<acc_t, float> && detail::kWidens8<S>) {
+      static_assert(Vec<float>::size() == 8, "AVX2 Vectorized<float> has 8 lanes");
+      return Vec<float>(detail::widen8(p));
+    }
+#endif
     alignas(64) acc_t buf[Vec<acc_t>::size()];
     for (int i = 0; i < Vec<acc_t>::size(); ++i) buf[i] = static_cast<acc_t>(p[i]);
     return Vec<acc_t>::loadu(buf);
@@ -59,6 +117,12 @@ inline void store_narrowed(S* p, const Vec<acc_t>& v) {
   if constexpr (std::is_same_v<S, acc_t>) {
     v.store(p);
   } else {
+#if FASTVAE_VEC_AVX2
+    if constexpr (std::is_same_v<acc_t, float> && detail::kNarrows8<S>) {
+      detail::narrow8(p, static_cast<__m256>(v));
+      return;
+    }
+#endif
     alignas(64) acc_t buf[Vec<acc_t>::size()];
     v.store(buf);
     for (int i = 0; i < Vec<acc_t>::size(); ++i) p[i] = static_cast<S>(buf[i]);

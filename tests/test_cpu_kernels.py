@@ -1,0 +1,146 @@
+"""CPU kernel internals: the sampler's eps stream against an independent Philox reference,
+float32 row sums on long rows against float64, bf16/fp16 conversions against torch's casts, and
+results that do not depend on the thread count.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fastvae import functional as F
+from fastvae import reference as R
+
+from .conftest import rel_err
+
+ops = torch.ops.fastvae
+MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def _philox_bits(seed: int, offset: int, groups: np.ndarray) -> np.ndarray:
+    """Philox4x32-10 of counters {group lo, group hi, offset lo, offset hi} under key {seed lo,
+    seed hi}, written from the algorithm's definition (numpy, uint64 lanes): shape (4, groups)."""
+    c = [groups & MASK32, groups >> np.uint64(32),
+         np.full_like(groups, offset & 0xFFFFFFFF), np.full_like(groups, offset >> 32)]
+    k0, k1 = seed & 0xFFFFFFFF, seed >> 32
+    for _ in range(10):
+        p0 = np.uint64(0xD2511F53) * c[0]
+        p1 = np.uint64(0xCD9E8D57) * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ np.uint64(k0), p1 & MASK32,
+             (p0 >> np.uint64(32)) ^ c[3] ^ np.uint64(k1), p0 & MASK32]
+        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return np.stack(c)
+
+
+def _reference_eps(seed: int, offset: int, count: int, dtype: torch.dtype) -> torch.Tensor:
+    """The stream's eps 0 .. count-1: Box-Muller inputs rounded as the kernels round them (for
+    float32: u1, u2 and the angle 2*pi*u2 in float32), the transcendental functions in float64."""
+    groups = np.arange((count + 3) // 4, dtype=np.uint64)
+    bits = _philox_bits(seed, offset, groups)
+    fdt = np.float32 if dtype == torch.float32 else np.float64
+    scale = fdt(2.3283064365386963e-10)
+    eps = np.empty((len(groups), 4))
+    for pair in range(2):
+        u1 = (bits[2 * pair].astype(fdt) + fdt(1)) * scale
+        angle = fdt(6.2831853071795864) * (bits[2 * pair + 1].astype(fdt) * scale)
+        radius = np.sqrt(-2.0 * np.log(u1.astype(np.float64)))
+        eps[:, 2 * pair] = radius * np.cos(angle.astype(np.float64))
+        eps[:, 2 * pair + 1] = radius * np.sin(angle.astype(np.float64))
+    return torch.from_numpy(eps.reshape(-1)[:count])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,samples", [((3, 1003), 3), ((1, 5), 1), ((2, 4099), 2)])
+def test_eps_is_the_philox_stream(dtype, shape, samples):
+    # Sample boundaries inside a tile, partial blocks, an offset using its high word.
+    seed, offset = 0x1234_5678_9ABC_DEF1 & 0x7FFF_FFFF_FFFF_FFFF, (1 << 33) + 5
+    mu = torch.zeros(shape, dtype=dtype)
+    state = torch.tensor([seed, offset], dtype=torch.int64)
+    eps = ops.reparameterize(mu, torch.zeros_like(mu), state, samples).flatten().double()
+    ref = _reference_eps(seed, offset, eps.numel(), dtype)
+    if dtype == torch.float64:
+        assert (eps - ref).abs().max().item() < 1e-13
+    else:
+        # A few float32 ulp of the radius (up to ~6.7): the last bits of log, sqrt, sin, cos.
+        ulp = torch.finfo(torch.float32).eps
+        assert ((eps - ref).abs() / ref.abs().clamp_min(1.0)).max().item() < 16 * ulp
+        assert rel_err(eps, ref) < 2 * ulp
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_sample_is_the_float_sample_rounded(dtype):
+    mu = (torch.randn(7, 1001) * 2).to(dtype)
+    lv = torch.randn(7, 1001).to(dtype)
+    state = torch.tensor([987654321, 3], dtype=torch.int64)
+    z = ops.reparameterize(mu, lv, state, 2)
+    z32 = ops.reparameterize(mu.float(), lv.float(), state, 2)
+    # The same float arithmetic, then one rounding: at most one unit in the last place apart.
+    ulp = torch.finfo(dtype).eps
+    assert ((z.double() - z32.double()).abs() / z32.double().abs().clamp_min(1e-3)).max().item() <= ulp
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_vector_narrowing_matches_torch_casts(dtype):
+    # -g * z written by the vectorised store: every lane, specials included, is torch's cast.
+    z = torch.randn(5, 1003) * 300
+    z[0, :6] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e-40, 7e4, -0.0])
+    z = z.to(dtype)
+    g = torch.randn(5)
+    out = ops.standard_normal_log_density_backward(g, z)
+    expect = (-g[:, None] * z.float()).to(dtype)
+    assert torch.equal(out.isnan(), expect.isnan())
+    ok = ~expect.isnan()
+    assert torch.equal(out[ok].view(torch.int16), expect[ok].view(torch.int16))
+
+
+def _torch_fp32_error(op, inputs64):
+    """Relative error of the eager reference in float32 (torch's own sums) against float64."""
+    ref = op(*inputs64)
+    return rel_err(op(*(t.float() for t in inputs64)), ref), ref
+
+
+@pytest.mark.parametrize("cols", [196608, 1_000_000])
+@pytest.mark.parametrize("name", ["standard_normal_log_density", "kl_standard_normal", "gaussian_log_likelihood"])
+def test_long_rows_sum_as_accurately_as_torch(name, cols):
+    rows = 4 if cols < 500_000 else 2
+    n_in = {"standard_normal_log_density": 1, "kl_standard_normal": 2, "gaussian_log_likelihood": 3}[name]
+    inputs64 = [torch.randn(rows, cols, dtype=torch.float64).float().double() for _ in range(n_in)]
+    torch_err, ref = _torch_fp32_error(getattr(R, name), inputs64)
+    ours = rel_err(getattr(F, name)(*(t.float() for t in inputs64)), ref)
+    # The rows' float32 result can be no better than its own rounding (~3e-8 relative).
+    assert ours <= 2 * max(torch_err, 2 ** -25), (ours, torch_err)
+
+
+def test_results_do_not_depend_on_thread_count():
+    threads = torch.get_num_threads()
+    z = torch.randn(3, 300_001)  # long rows: cut into chunks, partial sums added in a fixed order
+    mu, lv = torch.randn(4, 20_000), torch.randn(4, 20_000)
+    g = torch.randn(3, 4, 20_000)
+    state = torch.tensor([42, 0], dtype=torch.int64)
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append([ops.standard_normal_log_density(z), ops.kl_standard_normal(mu, lv),
+                            ops.reparameterize(mu, lv, state, 3),
+                            *ops.reparameterize_backward(g, mu, lv, state, None)])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_long_row_sum_of_constants_does_not_drift():
+    # 2^24 + 8 equal terms: a float32 running sum (even one per vector lane) drifts once its
+    # ulp nears the term size; the cascade stays within torch's own float32 sum's error.
+    cols = (1 << 24) + 8
+    z = torch.ones(1, cols)
+    terms = R.standard_normal_log_density(z[:, :1]).double().item()  # the float32 term, as the kernel
+    expect = terms * cols
+    torch_err = abs(-0.5 * (math.log(2 * math.pi) + z * z)).sum().double().item()
+    torch_err = abs(torch_err - abs(expect)) / abs(expect)
+    err = abs(ops.standard_normal_log_density(z).double().item() - expect) / abs(expect)
+    assert err <= 2 * max(torch_err, 2 ** -24), (err, torch_err)
