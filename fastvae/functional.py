@@ -218,6 +218,15 @@ def reparameterize_with_kl(
     z is exactly what :func:`reparameterize` draws from the same generator state; the KL has
     shape ``shape[:-1]`` (summed over the last, latent dim). Pass it to :func:`elbo` as ``kl=``.
     """
+    if (
+        num_samples is None and generator is None and type(mu) is torch.Tensor and type(logvar) is torch.Tensor
+        and mu.dim() == 2 and mu.shape == logvar.shape and mu.dtype == logvar.dtype and mu.dtype in _FLOATS
+        and mu.device == logvar.device and mu.is_contiguous() and logvar.is_contiguous() and mu.numel()
+    ):
+        # The training step's case (one sample of an encoder's (B, Z) output): nothing to reshape,
+        # so the Python checks that cost as much as the kernel at small batches are skipped.
+        z, kl, _ = ops.reparameterize_with_kl(mu, logvar, 1, None)
+        return z.squeeze(0), kl
     mu_c, logvar_c, k = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
     shape = mu_c.shape
     z, kl, _ = ops.reparameterize_with_kl(mu_c.view(-1, shape[-1]), logvar_c.view(-1, shape[-1]), k, generator)

@@ -58,7 +58,7 @@ def test_eps_is_the_philox_stream(dtype, shape, samples):
     seed, offset = 0x1234_5678_9ABC_DEF1 & 0x7FFF_FFFF_FFFF_FFFF, (1 << 33) + 5
     mu = torch.zeros(shape, dtype=dtype)
     state = torch.tensor([seed, offset], dtype=torch.int64)
-    eps = ops.reparameterize(mu, torch.zeros_like(mu), state, samples).flatten().double()
+    eps = ops.reparameterize(mu, torch.zeros_like(mu), samples, None, state)[0].flatten().double()
     ref = _reference_eps(seed, offset, eps.numel(), dtype)
     if dtype == torch.float64:
         assert (eps - ref).abs().max().item() < 1e-13
@@ -74,8 +74,8 @@ def test_reduced_precision_sample_is_the_float_sample_rounded(dtype):
     mu = (torch.randn(7, 1001) * 2).to(dtype)
     lv = torch.randn(7, 1001).to(dtype)
     state = torch.tensor([987654321, 3], dtype=torch.int64)
-    z = ops.reparameterize(mu, lv, state, 2)
-    z32 = ops.reparameterize(mu.float(), lv.float(), state, 2)
+    z = ops.reparameterize(mu, lv, 2, None, state)[0]
+    z32 = ops.reparameterize(mu.float(), lv.float(), 2, None, state)[0]
     # The same float arithmetic, then one rounding: at most one unit in the last place apart.
     ulp = torch.finfo(dtype).eps
     assert ((z.double() - z32.double()).abs() / z32.double().abs().clamp_min(1e-3)).max().item() <= ulp
@@ -124,7 +124,7 @@ def test_results_do_not_depend_on_thread_count():
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             results.append([ops.standard_normal_log_density(z), ops.kl_standard_normal(mu, lv),
-                            ops.reparameterize(mu, lv, state, 3),
+                            ops.reparameterize(mu, lv, 3, None, state)[0],
                             *ops.reparameterize_backward(g, mu, lv, state, None)])
     finally:
         torch.set_num_threads(threads)
