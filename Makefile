@@ -16,7 +16,7 @@ NVIDIA_LIB = $(shell $(PY) -c 'import os, torch; print(os.path.abspath(os.path.j
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel
 	$(PY) -m pip install -q torch==$(TORCH) ninja numpy tqdm matplotlib pytest pytest-benchmark scikit-learn
 	touch $@
 
