@@ -44,14 +44,16 @@ cleanup() { rm -rf "$WORK"; }
 trap cleanup EXIT
 log() { echo "check_torch[$VERSION]: $*" >&2; }
 
-# 1. The venv. An empty constraints file replaces pip's configured one (which caps torch).
-if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$VERSION')" 2>/dev/null; then
-  log "creating $VENV with torch==$VERSION"
+# 1. The venv. An empty constraints file replaces pip's configured one (which caps torch). Run
+# even for an existing venv: a no-op when satisfied, and it brings setuptools to the version the
+# licence field needs (>= 77) within what this torch accepts (2.11 wants < 82).
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
   "$PYTHON" -m venv "$VENV"
-  : > "$WORK/no-constraints.txt"
-  PIP_CONSTRAINT=$WORK/no-constraints.txt "$VENV/bin/python" -m pip install -q --progress-bar off \
-    "torch==$VERSION" ninja numpy tqdm matplotlib pytest pytest-benchmark scikit-learn "setuptools>=77" wheel
 fi
+: > "$WORK/no-constraints.txt"
+PIP_CONSTRAINT=$WORK/no-constraints.txt "$VENV/bin/python" -m pip install -q --progress-bar off \
+  "torch==$VERSION" ninja numpy tqdm matplotlib pytest pytest-benchmark scikit-learn "setuptools>=77" wheel
 PY=$VENV/bin/python
 TORCH_FULL=$("$PY" -c 'import torch; print(torch.__version__)')
 TORCH_CUDA=$("$PY" -c 'import torch; print(torch.version.cuda)')
