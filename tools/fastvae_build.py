@@ -224,7 +224,10 @@ def make_build_ext(base: type, root: str, cuda_forced: Callable[[], Optional[boo
                 return
             except Exception as err:  # noqa: BLE001 - any compile/link failure of the CUDA build
                 cuda_exts = [e for e in self.extensions if has_cuda_sources(e)]
-                if cuda_forced() is True or not cuda_exts:
+                # None: torch's CUDA checks failed before any extension was built.
+                failed = getattr(self, "_fastvae_building", None)
+                if (cuda_forced() is True or not cuda_exts
+                        or (failed is not None and not has_cuda_sources(failed))):
                     self._report(log, err)
                     raise
                 import torch
@@ -237,6 +240,11 @@ def make_build_ext(base: type, root: str, cuda_forced: Callable[[], Optional[boo
                 strip_cuda(ext)
             with BuildLog(root, verbose):
                 super().build_extensions()
+
+        def build_extension(self, ext) -> None:
+            self._fastvae_building = ext  # which one failed, if one does
+            super().build_extension(ext)
+            self._fastvae_building = None
 
         @staticmethod
         def _report(log: BuildLog, err: BaseException) -> None:
