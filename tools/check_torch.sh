@@ -20,12 +20,16 @@
 #   FASTVAE_MNIST_DIR  MNIST t10k for the data tests (default <repo>/../shared/data/mnist-t10k).
 set -euo pipefail
 
+# Everything in one function: bash has parsed the whole script before it runs, so editing this
+# file while a check is under way cannot derail it.
+main() {
+
 if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
   sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 VERSION=$1; shift
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${PYTHON:=python3}"
 : "${MAX_JOBS:=2}"
 export MAX_JOBS
@@ -38,8 +42,7 @@ if [ -z "${FASTVAE_MNIST_DIR:-}" ] && [ -d "$REPO/../shared/data/mnist-t10k" ]; 
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fastvae-torch-$VERSION.XXXXXX")
-KEEP_VENV=1
-if [ -z "${VENV:-}" ]; then VENV=$WORK/venv; KEEP_VENV=0; fi
+if [ -z "${VENV:-}" ]; then VENV=$WORK/venv; fi
 cleanup() { rm -rf "$WORK"; }
 trap cleanup EXIT
 log() { echo "check_torch[$VERSION]: $*" >&2; }
@@ -106,3 +109,6 @@ EOF
 echo "$SUMMARY"
 if [ -n "${RESULTS:-}" ]; then echo "$SUMMARY" > "$RESULTS"; fi
 $BUILD_OK && [ "$FAILED" = 0 ] && [ "$ERRORS" = 0 ]
+}
+
+main "$@"
