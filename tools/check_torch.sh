@@ -68,6 +68,10 @@ mkdir "$WORK/src"
 (cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
   | tar cf - --null --no-recursion --ignore-failed-read -T - 2>/dev/null) | tar xf - -C "$WORK/src"
 cd "$WORK/src"
+# Tests that look for the data at <repo>/../shared/data find it next to the copy too.
+if [ -n "${FASTVAE_MNIST_DIR:-}" ] && [ -d "$FASTVAE_MNIST_DIR" ]; then
+  mkdir -p "$WORK/shared/data" && ln -s "$FASTVAE_MNIST_DIR" "$WORK/shared/data/mnist-t10k"
+fi
 
 # 3. Build, as `make build` does.
 START=$(date +%s)
