@@ -9,6 +9,10 @@ CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export CUDA_HOME
 MAX_JOBS ?= 2
 export MAX_JOBS
+# Quiet by default (progress, warnings, errors); VERBOSE=1 shows every command line.
+VERBOSE ?=
+export VERBOSE
+Q := $(if $(filter-out 0,$(VERBOSE)),,-q)
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 NVIDIA_LIB = $(shell $(PY) -c 'import os, torch; print(os.path.abspath(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")))')
 
@@ -16,16 +20,16 @@ NVIDIA_LIB = $(shell $(PY) -c 'import os, torch; print(os.path.abspath(os.path.j
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel
-	$(PY) -m pip install -q torch==$(TORCH) ninja numpy tqdm matplotlib pytest pytest-benchmark scikit-learn
+	$(PY) -m pip install $(Q) --upgrade pip "setuptools>=77" wheel
+	$(PY) -m pip install $(Q) torch==$(TORCH) ninja numpy tqdm matplotlib pytest pytest-benchmark scikit-learn
 	touch $@
 
 setup: $(VENV)/.installed
 
 # Incremental (ninja) in-place build, then an editable install for the `fastvae` command.
 build: setup
-	$(PY) setup.py -q build_ext --inplace
-	FASTVAE_SKIP_EXT=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) setup.py $(Q) build_ext --inplace
+	FASTVAE_SKIP_EXT=1 $(PY) -m pip install $(Q) --no-build-isolation --no-deps -e .
 	$(PY) -c "import fastvae; print('fastvae built; CUDA kernels:', fastvae.CUDA_BUILT)"
 
 demo: build
@@ -39,7 +43,7 @@ bench: build
 
 # Configure, build and run the C++ smoke test of the CMake (libtorch) build.
 cmake-check: setup
-	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX)" \
+	cmake $(if $(Q),--log-level=WARNING) -S . -B build/cmake -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX)" \
 	  -DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME) -DCUDAToolkit_ROOT=$(CUDA_HOME) \
 	  $(if $(wildcard $(NVIDIA_LIB)/libnvrtc.so.13),-DCUDA_nvrtc_LIBRARY=$(NVIDIA_LIB)/libnvrtc.so.13,)
 	cmake --build build/cmake -j $(MAX_JOBS)

@@ -2,10 +2,13 @@
 
 Environment:
   FASTVAE_CUDA=0|1      force the CUDA build off / on (default: on when nvcc and a CUDA build of
-                        torch are found; a GPU is never required to build).
+                        torch are found; a GPU is never required to build). Unset, a CUDA compile
+                        that fails prints a warning and the CPU-only extension is built instead;
+                        =1 makes it fatal.
   TORCH_CUDA_ARCH_LIST  CUDA architectures (default "8.0;9.0" when no GPU is visible).
   FASTVAE_CPU_AVX2=0|1  compile the CPU kernels for AVX2+FMA (default: when this CPU has them).
   MAX_JOBS              parallel compile jobs (ninja).
+  VERBOSE=1             show every compiler command line (default: progress, warnings, errors).
   FASTVAE_SKIP_EXT=1    install the Python package only, reusing an extension already built in
                         place (`python setup.py build_ext --inplace`); the Makefile uses this so
                         that `pip install -e .` does not compile everything a second time.
@@ -13,17 +16,25 @@ Environment:
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import sys
-import warnings
 
 from setuptools import setup
 
-import torch
-from torch.utils import cpp_extension
-
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import fastvae_build  # noqa: E402  (tools/fastvae_build.py: header order, fallback, quiet log)
+
+VERBOSE = os.environ.get("VERBOSE", "") not in ("", "0")
+if not VERBOSE:
+    # torch logs "No CUDA runtime is found" (no GPU is needed to build) and its own CUDA version
+    # notes, which the checks below replace.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+import torch  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
 
 
 def _flag(name: str) -> bool | None:
@@ -44,7 +55,20 @@ def _find_cuda_home() -> str | None:
     return os.path.dirname(os.path.dirname(nvcc)) if nvcc else None
 
 
+_TOOLKIT = "not found"  # what the CUDA checks found, for the fallback warning
+
+
+def _skip_cuda(message: str, forced: bool | None) -> bool:
+    """Refuse the CUDA build: fatal with FASTVAE_CUDA=1, else a loud note and a CPU build."""
+    if forced:
+        sys.exit(f"setup.py: error: {message} (FASTVAE_CUDA=1)")
+    print(f"setup.py: error: {message}\nsetup.py: building the CPU kernels only "
+          "(FASTVAE_CUDA=0 silences this, FASTVAE_CUDA=1 makes it fatal)", file=sys.stderr)
+    return False
+
+
 def _want_cuda() -> bool:
+    global _TOOLKIT
     forced = _flag("FASTVAE_CUDA")
     has_torch_cuda = torch.version.cuda is not None
     cuda_home = _find_cuda_home()
@@ -54,6 +78,16 @@ def _want_cuda() -> bool:
         sys.exit("setup.py: FASTVAE_CUDA=1 but no CUDA toolkit (nvcc) or no CUDA build of torch found")
     if not (has_torch_cuda and cuda_home):
         return False
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    version, why = fastvae_build.nvcc_version(nvcc)
+    if version is None:
+        return _skip_cuda(why, forced)
+    _TOOLKIT = f"{version[0]}.{version[1]} ({nvcc})"
+    level, message = fastvae_build.version_problem(version, torch.version.cuda)
+    if level == "error":
+        return _skip_cuda(message, forced)
+    if level == "warning":
+        print(f"setup.py: warning: {message}", file=sys.stderr)
     os.environ["CUDA_HOME"] = cuda_home
     cpp_extension.CUDA_HOME = cuda_home  # torch read CUDA_HOME at import; point it at the real toolkit
     return True
@@ -87,13 +121,14 @@ def _extension():
         )
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
-    # pip's CUDA wheels carry the library headers (curand, cusparse) a bare toolkit may lack.
-    nvidia_include = os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "include")
-    if os.path.isdir(nvidia_include):
-        include_dirs.append(os.path.abspath(nvidia_include))
+    # pip's CUDA wheels carry the library headers (cusparse, cublas) a bare toolkit may lack;
+    # searched after the toolkit's, whose CUDA runtime headers must win (see fastvae_build).
+    wheel_cxx, wheel_nvcc = fastvae_build.after_toolkit_flags(
+        fastvae_build.wheel_cuda_include(os.path.dirname(torch.__file__), torch.version.cuda))
+    cxx += wheel_cxx
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     define_macros.append(("FASTVAE_WITH_CUDA", None))
-    nvcc = ["-O3", "--expt-relaxed-constexpr", "--extended-lambda", "-lineinfo"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "--extended-lambda", "-lineinfo"] + wheel_nvcc
     return cpp_extension.CUDAExtension(
         "fastvae._C", sources, include_dirs=include_dirs, define_macros=define_macros,
         extra_compile_args={"cxx": cxx, "nvcc": nvcc},
@@ -102,5 +137,7 @@ def _extension():
 
 setup(
     ext_modules=[] if _flag("FASTVAE_SKIP_EXT") else [_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": fastvae_build.make_build_ext(
+        cpp_extension.BuildExtension.with_options(use_ninja=True), ROOT,
+        cuda_forced=lambda: _flag("FASTVAE_CUDA"), describe_toolkit=lambda: _TOOLKIT)},
 )

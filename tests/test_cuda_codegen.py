@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -15,6 +17,8 @@ import torch
 from torch.utils import cpp_extension
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import fastvae_build  # noqa: E402  (the header order setup.py uses)
 
 
 def _nvcc() -> str | None:
@@ -40,33 +44,47 @@ SIXTEEN_BYTES = {"ld.global.v4.f32", "ld.global.v4.u32", "ld.global.v2.f64"}
 
 def _ptx(source: str, out_dir: Path) -> subprocess.Popen:
     includes = [ROOT / "csrc", *cpp_extension.include_paths(), Path(sysconfig.get_paths()["include"])]
-    wheel_headers = Path(torch.__file__).parent.parent / "nvidia" / "cu13" / "include"
-    if wheel_headers.is_dir():
-        includes.append(wheel_headers)
+    # pip's CUDA library headers go after the toolkit's, as in setup.py.
+    _, after_toolkit = fastvae_build.after_toolkit_flags(
+        fastvae_build.wheel_cuda_include(os.path.dirname(torch.__file__), torch.version.cuda))
     cmd = [NVCC, "-ptx", "-arch=sm_90", "-O3", "-std=c++20", "--expt-relaxed-constexpr", "--extended-lambda",
            "-DFASTVAE_WITH_CUDA", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
            "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
            "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C",
-           *(f"-I{p}" for p in includes), str(ROOT / "csrc" / "cuda" / source),
+           *(f"-I{p}" for p in includes), *after_toolkit, str(ROOT / "csrc" / "cuda" / source),
            "-o", str(out_dir / (source + ".ptx"))]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Own process group: killing it ends nvcc's children (cicc, ptxas, the host compiler) too.
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 @pytest.fixture(scope="module")
 def kernels(tmp_path_factory) -> List[Tuple[str, str]]:
     """(mangled name, body) of every kernel in the PTX of the KL and likelihood sources."""
     out = tmp_path_factory.mktemp("ptx")
-    procs = {src: _ptx(src, out) for src in ("kl.cu", "likelihood.cu", "sampling.cu")}
-    found = []
-    for src, proc in procs.items():
-        log, _ = proc.communicate(timeout=900)
-        assert proc.returncode == 0, log
-        text = (out / (src + ".ptx")).read_text()
-        for body in re.split(r"\n(?=\.visible \.entry|\.entry)", text):
-            m = re.match(r"\.(?:visible )?\.?entry\s+(\S+)\(", body)
-            if m:
-                found.append((m.group(1), body))
-    return found
+    procs = {}
+    try:
+        for src in ("kl.cu", "likelihood.cu", "sampling.cu"):
+            procs[src] = _ptx(src, out)
+        found = []
+        for src, proc in procs.items():
+            log, _ = proc.communicate(timeout=900)
+            assert proc.returncode == 0, f"nvcc failed on {src}:\n{log}"
+            text = (out / (src + ".ptx")).read_text()
+            for body in re.split(r"\n(?=\.visible \.entry|\.entry)", text):
+                m = re.match(r"\.(?:visible )?\.?entry\s+(\S+)\(", body)
+                if m:
+                    found.append((m.group(1), body))
+        return found
+    finally:
+        # One failure (or timeout) must not leave the other nvcc processes compiling.
+        for proc in procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
 
 
 def _packed(kernels, kind: str = "row_sums_by_(?:lanes|block)_kernel", functor: str = "Rows") -> Dict[str, str]:
