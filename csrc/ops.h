@@ -6,12 +6,18 @@
 #include <c10/util/Optional.h>
 #include <ATen/core/Generator.h>
 
+#include <c10/util/string_view.h>
+
+#include <array>
 #include <tuple>
+#include <vector>
 
 namespace fastvae {
 
 using TensorPair = std::tuple<at::Tensor, at::Tensor>;
 using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+// elbo_loss: (loss, grad_recon, grad_kl, grad_mu, grad_logvar, grad_obs_logvar).
+using ElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 #define FASTVAE_DECLARE_KERNELS(ns)                                                              \
   namespace ns {                                                                                 \
@@ -47,6 +53,15 @@ using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
                                              const at::Tensor& mu, const at::Tensor& logvar);    \
   at::Tensor standard_normal_log_density(const at::Tensor& z);                                   \
   at::Tensor standard_normal_log_density_backward(const at::Tensor& grad, const at::Tensor& z);  \
+  /* elbo */                                                                                     \
+  ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x,                            \
+                        const std::optional<at::Tensor>& kl, const std::optional<at::Tensor>& mu, \
+                        const std::optional<at::Tensor>& logvar,                                 \
+                        const std::optional<at::Tensor>& obs_logvar, double obs_logvar_value,    \
+                        c10::string_view likelihood, double beta, c10::string_view reduction,    \
+                        std::array<bool, 3> grad_mask);                                        \
+  void elbo_rescale_(const at::Tensor& grad, at::TensorList grads);                              \
+  std::vector<at::Tensor> elbo_rescale(const at::Tensor& grad, at::TensorList grads);            \
   }
 
 FASTVAE_DECLARE_KERNELS(cpu)

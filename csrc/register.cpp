@@ -9,7 +9,7 @@
 #include "ops.h"
 
 // Bumped whenever a schema changes, so that fastvae/_extension.py can refuse a stale build.
-#define FASTVAE_OPS_VERSION 5
+#define FASTVAE_OPS_VERSION 6
 
 TORCH_LIBRARY(fastvae, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a
@@ -30,6 +30,15 @@ TORCH_LIBRARY(fastvae, m) {
   m.def("gaussian_log_density_backward(Tensor grad, Tensor z, Tensor mu, Tensor logvar) -> (Tensor, Tensor, Tensor)");
   m.def("standard_normal_log_density(Tensor z) -> Tensor");
   m.def("standard_normal_log_density_backward(Tensor grad, Tensor z) -> Tensor");
+  // The whole reduced negative ELBO (csrc/cpu/elbo.cpp): the loss plus, per grad_mask entry
+  // (recon, kl or mu/logvar, obs_logvar), the input gradients for an incoming gradient of 1.
+  m.def("elbo_loss(Tensor recon, Tensor x, Tensor? kl, Tensor? mu, Tensor? logvar, Tensor? obs_logvar, "
+        "float obs_logvar_value, str likelihood, float beta, str reduction, bool[3] grad_mask) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradients pre-computed for an incoming gradient of 1, times the one that came (a scalar or
+  // one per row): in place (rows whose factor is 1 untouched), or into new tensors.
+  m.def("elbo_rescale_(Tensor grad, Tensor(a!)[] grads) -> ()");
+  m.def("elbo_rescale(Tensor grad, Tensor[] grads) -> Tensor[]");
 }
 
 #define FASTVAE_IMPL_ALL(ns)                                                                   \
@@ -44,7 +53,10 @@ TORCH_LIBRARY(fastvae, m) {
   m.impl("gaussian_log_density", &fastvae::ns::gaussian_log_density);                          \
   m.impl("gaussian_log_density_backward", &fastvae::ns::gaussian_log_density_backward);        \
   m.impl("standard_normal_log_density", &fastvae::ns::standard_normal_log_density);            \
-  m.impl("standard_normal_log_density_backward", &fastvae::ns::standard_normal_log_density_backward);
+  m.impl("standard_normal_log_density_backward", &fastvae::ns::standard_normal_log_density_backward); \
+  m.impl("elbo_loss", &fastvae::ns::elbo_loss);                                                \
+  m.impl("elbo_rescale_", &fastvae::ns::elbo_rescale_);                                        \
+  m.impl("elbo_rescale", &fastvae::ns::elbo_rescale);
 
 TORCH_LIBRARY_IMPL(fastvae, CPU, m) { FASTVAE_IMPL_ALL(cpu) }
 

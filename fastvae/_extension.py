@@ -9,7 +9,7 @@ import importlib
 import torch
 
 # Must equal FASTVAE_OPS_VERSION in csrc/register.cpp; bumped whenever an op schema changes.
-OPS_VERSION = 5
+OPS_VERSION = 6
 
 _BUILD_HINT = (
     "Build it from the repository root with:\n"

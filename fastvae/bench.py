@@ -639,6 +639,12 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             row["fused_compile_vs_compile"] = _train_ratio(row, "compile", "fused_compile")
             train.append(row)
             print(format_train_row(row), flush=True)
+    host = None
+    if args.host:  # host cost: one thread, whole ELBO at B=1 and B=128 (fastvae/host_cost.py)
+        from .host_cost import host_report, host_table
+
+        host = host_report(threads=1)
+        print(host_table(host["rows"], host["counts"]), flush=True)
     env["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report = {
         "schema": SCHEMA,
@@ -651,6 +657,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         "copy_gbps": copy_gbps,
         "results": [asdict(r) for r in results],
         "train": train,
+        "host": host,
     }
     report["targets"] = targets(report)
     for line in report["targets"]["lines"]:
@@ -843,6 +850,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--elbo-only", action="store_true", help="only the whole-ELBO cases (same as --ops elbo)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--no-train", action="store_true", help="skip the end-to-end training steps")
+    parser.add_argument("--host", action="store_true",
+                        help="add the host-cost family: whole ELBO fwd+bwd at B=1 and B=128, one CPU thread")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per case, at least (default: 15)")

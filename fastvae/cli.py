@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "CLIError"]
+
+# torch.manual_seed and torch.Generator take 64-bit seeds; the trainer derives seed + k from
+# the seed, so the top half of the unsigned range stays free.
+SEED_MAX = 2**63 - 1
+
+
+class CLIError(ValueError):
+    """A known failure the command line reports as one line (``error: ...``, exit status 2)."""
 
 # Defaults of `train`, filled in after parsing so that a resumed run can tell which flags the
 # user actually gave ("auto" entries depend on the data set; see _resolve_auto).
@@ -40,6 +50,96 @@ def _csv_ints(text: str, flag: str) -> List[int]:
     if not values or any(v < 1 for v in values):
         raise ValueError(f"{flag} must be comma-separated positive integers, got {text!r}")
     return values
+
+
+def _need_int(value: Any, flag: str, low: int, what: str) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise CLIError(f"{flag} must be an integer {what}, got {value!r}")
+
+
+def _need_real(value: Any, flag: str, low: float, strict: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (strict and value == low):
+        raise CLIError(f"{flag} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
+
+
+def _check_seed(value: Any, flag: str = "--seed") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise CLIError(f"{flag} must be an integer from 0 to {SEED_MAX} (2**63 - 1), got {value!r}")
+
+
+def _check_device(value: Any, flag: str = "--device", kernels: bool = True) -> None:
+    """``value`` names a device this machine has (fails here, not deep inside torch).
+
+    ``kernels``: the fused ops will run on it, so a CUDA device needs fastvae's CUDA kernels.
+    """
+    import torch
+
+    if value == "auto":
+        return
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise CLIError(f"{flag} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}") from None
+    if device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise CLIError(f"{flag} {value}: only 'cpu' and 'cuda' devices are supported")
+    if not torch.cuda.is_available():
+        raise CLIError(f"{flag} {value}: CUDA is not available on this machine (no CUDA driver or no "
+                       "visible GPU); use --device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise CLIError(f"{flag} {value}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    from ._extension import CUDA_BUILT
+
+    if kernels and not CUDA_BUILT:
+        raise CLIError(f"{flag} {value}: this fastvae was built without its CUDA kernels; rebuild it with "
+                       "CUDA, or train with --loss-impl reference")
+
+
+def _check_train_flags(cfg: Dict[str, Any]) -> None:
+    """Every `train` setting present in ``cfg``, before any data is loaded or model built."""
+    def has(key: str) -> bool:
+        return cfg.get(key) is not None
+
+    for key, low, what in (("epochs", 1, ">= 1"), ("batch_size", 1, ">= 1"), ("max_steps", 1, ">= 1"),
+                           ("latent_dim", 1, ">= 1"), ("warmup", 0, ">= 0"), ("eval_samples", 0, ">= 0"),
+                           ("eval_batch_size", 1, ">= 1"), ("log_every", 0, ">= 0"),
+                           ("checkpoint_every", 0, ">= 0"), ("num_images", 1, ">= 1")):
+        if has(key):
+            _need_int(cfg[key], "--" + key.replace("_", "-"), low, what)
+    if has("lr"):
+        _need_real(cfg["lr"], "--lr", 0.0, strict=True)
+    for key in ("beta", "free_bits"):
+        if has(key):
+            _need_real(cfg[key], "--" + key.replace("_", "-"), 0.0)
+    if has("obs_logvar"):
+        _need_real(cfg["obs_logvar"], "--obs-logvar", -math.inf)
+    if has("seed"):
+        _check_seed(cfg["seed"])
+    if has("hidden"):
+        _csv_ints(cfg["hidden"], "--hidden")
+    if has("channels"):
+        _csv_ints(cfg["channels"], "--channels")
+    if has("data"):
+        name = str(cfg["data"])
+        if name not in ("digits", "mnist") and not name.endswith(".npz"):
+            raise CLIError(f"--data must be 'digits', 'mnist' or a path to an .npz file, got {name!r}")
+    if cfg.get("likelihood") == "bernoulli" and cfg.get("obs_var") not in (None, "fixed"):
+        raise CLIError(f"--obs-var {cfg['obs_var']} needs --likelihood gaussian (a Bernoulli has no variance)")
+    if has("device"):
+        _check_device(cfg["device"], kernels=cfg.get("loss_impl", "fused") == "fused")
+    if cfg.get("amp"):
+        import torch
+
+        device = cfg.get("device") or "auto"
+        on_cuda = torch.cuda.is_available() if device == "auto" else str(device).startswith("cuda")
+        if not on_cuda:
+            raise CLIError(f"--amp (bf16 autocast) needs a CUDA device; --device is {device}"
+                           + (" and this machine has no CUDA" if device == "auto" else ""))
+    if has("out") and Path(cfg["out"]).exists() and not Path(cfg["out"]).is_dir():
+        raise CLIError(f"--out {cfg['out']} is a file; it must be a directory")
 
 
 def _default(name: str) -> str:
@@ -136,6 +236,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
     r.add_argument("--no-plots", dest="plots", action="store_false", default=None,
                    help="skip samples.png, reconstructions.png, curve.png and latents.png")
+    r.add_argument("--plots", dest="plots", action="store_true",
+                   help="draw the pictures (the default; with --resume, draws them for a run saved with --no-plots)")
     r.add_argument("--num-images", type=int, default=None,
                    help="images in samples.png" + _default("num_images"))
 
@@ -169,8 +271,46 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
 
+_DEBUG_HELP = ("on an error, show the Python traceback instead of the one-line message "
+               "(also FASTVAE_DEBUG=1)")
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    """Flags every command takes (after the command name, too)."""
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a command without --debug must not reset one given before the command name.
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    return common
+
+
+def version_text() -> str:
+    """``fastvae --version``: this package's version, torch's, and the kernels this build has."""
+    import torch
+
+    from . import __version__
+    from ._extension import CUDA_BUILT
+
+    if CUDA_BUILT:
+        devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        kernels = f"CUDA kernels built (CUDA {torch.version.cuda}), {devices} CUDA device(s) visible"
+    else:
+        kernels = "CUDA kernels not built (CPU kernels only)"
+    return f"fastvae {__version__} (torch {torch.__version__}; {kernels})"
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: Optional[str] = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        print(version_text())  # stdout, as argparse's own version action does
+        parser.exit(0)
+
+
 def _add_bench(sub: Any, wanted: bool) -> None:
-    p = sub.add_parser("bench", help="time the fused losses against plain PyTorch (fastvae.bench)",
+    p = sub.add_parser("bench", parents=[_common_parser()], help="time the fused losses against plain PyTorch (fastvae.bench)",
                        description="Benchmarks from fastvae.bench.")
     if not wanted:
         # Importing the benchmarks costs time; only `fastvae bench ...` needs their flags.
@@ -189,18 +329,21 @@ def build_parser(with_bench_args: bool = False) -> argparse.ArgumentParser:
         epilog="Run `fastvae COMMAND --help` for a command's flags. Multi-process training: "
                "torchrun --nproc_per_node N -m fastvae train ...",
     )
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print fastvae's version, torch's, and whether the CUDA kernels are built")
+    parser.add_argument("--debug", action="store_true", default=False, help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    p = sub.add_parser("train", help="train a VAE; writes checkpoint, metrics and pictures",
+    p = sub.add_parser("train", parents=[_common_parser()], help="train a VAE; writes checkpoint, metrics and pictures",
                        description="Train a VAE (Adam, minibatches) and write checkpoint.pt, metrics.jsonl, "
                                    "samples.png, reconstructions.png, curve.png and, for a 2-D latent space, "
                                    "latents.png to --out.")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG grid",
+    p = sub.add_parser("sample", parents=[_common_parser()], help="draw samples from a checkpoint into a PNG grid",
                        description="Decode z ~ N(0, I) with a trained model and save a PNG grid.")
     _add_sample_args(p)
     p.set_defaults(func=cmd_sample)
-    p = sub.add_parser("eval", help="test ELBO and importance-sampled log-likelihood of a checkpoint",
+    p = sub.add_parser("eval", parents=[_common_parser()], help="test ELBO and importance-sampled log-likelihood of a checkpoint",
                        description="Print the test ELBO and the importance-sampled estimate of log p(x) "
                                    "(IWAE bound with K samples) of a trained model.")
     _add_eval_args(p)
@@ -263,26 +406,38 @@ def _write_pictures(model, data, cfg: Dict[str, Any], metrics_path: Path, out: P
 # ---------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
     """`fastvae train`: fresh run or --resume; returns the exit status."""
-    from .training import CHECKPOINT_NAME, TrainConfig, Trainer, load_checkpoint, seed_everything
+    from .training import CHECKPOINT_NAME, CheckpointError, TrainConfig, Trainer, load_checkpoint, seed_everything
 
     given = {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None}
+    _check_train_flags(given)  # the flags as given, before any file is read
     if args.resume is not None:
         ckpt = Path(args.resume) if args.resume else Path(given.get("out") or "")
         if not args.resume and "out" not in given:
-            raise ValueError("--resume without a value needs --out (the directory holding checkpoint.pt)")
+            raise CLIError("--resume without a value needs --out (the directory holding checkpoint.pt)")
         fixed = sorted(k for k in given if k in _FIXED_ON_RESUME)
         if fixed:
-            raise ValueError("cannot change " + ", ".join("--" + k.replace("_", "-") for k in fixed)
-                             + " when resuming: the checkpoint fixes them")
+            raise CLIError("cannot change " + ", ".join("--" + k.replace("_", "-") for k in fixed)
+                           + " when resuming: the checkpoint fixes them")
         state = load_checkpoint(ckpt)
-        if "cli" not in state.get("extra", {}):
-            raise ValueError(f"{ckpt} was not written by `fastvae train`; continue it from Python "
-                             "with fastvae.training.Trainer.from_checkpoint")
-        cfg = {**TRAIN_DEFAULTS, **state["extra"]["cli"], **given}
+        saved = state["extra"].get("cli")
+        if not isinstance(saved, dict):
+            raise CLIError(f"{ckpt} was not written by `fastvae train`; continue it from Python "
+                           "with fastvae.training.Trainer.from_checkpoint")
+        cfg = {**TRAIN_DEFAULTS, **saved, **given}
         if "out" not in given:
             cfg["out"] = str(ckpt if ckpt.is_dir() else ckpt.parent)
+        try:
+            _check_train_flags({k: v for k, v in cfg.items() if k not in given and k not in ("device", "amp")})
+        except ValueError as err:
+            raise CheckpointError(ckpt, f"its saved training flags: {err}") from err
+        try:  # the saved device may be one this machine lacks: a run flag, not damage
+            _check_train_flags({k: cfg[k] for k in ("device", "amp", "loss_impl")})
+        except CLIError as err:
+            hint = "" if "device" in given else " (saved in the checkpoint; choose another with --device)"
+            raise CLIError(f"{err}{hint}") from err
     else:
         cfg = _resolve_auto({**TRAIN_DEFAULTS, **given})
+        _check_train_flags(cfg)
     if cfg["out"] is None:
         cfg["out"] = str(Path("runs") / Path(str(cfg["data"])).stem)
     out = Path(cfg["out"])
@@ -358,8 +513,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from . import plots
     from .training import load_model
 
-    if args.num < 1:
-        raise ValueError(f"--num must be >= 1, got {args.num}")
+    _need_int(args.num, "--num", 1, ">= 1")
+    if args.nrow is not None:
+        _need_int(args.nrow, "--nrow", 1, ">= 1")
+    _check_seed(args.seed)
+    _check_device(args.device)
+    if args.out is not None and Path(args.out).is_dir():
+        raise CLIError(f"--out {args.out} is a directory; it must name the PNG file to write")
     model, _ = load_model(args.checkpoint, args.device)
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "samples.png"
@@ -374,21 +534,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .training import eval_data, load_model, resolve_device
 
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    _need_int(args.num_samples, "--num-samples", 1, ">= 1")
+    _need_int(args.batch_size, "--batch-size", 1, ">= 1")
+    if args.max_examples is not None:
+        _need_int(args.max_examples, "--max-examples", 1, ">= 1")
+    _check_seed(args.seed)
+    if args.data is not None:
+        _check_train_flags({"data": args.data})
+    _check_device(args.device)
     device = resolve_device(args.device)
     model, state = load_model(args.checkpoint, device)
-    trained = {**TRAIN_DEFAULTS, **state["extra"].get("cli", {})}
+    saved = state["extra"].get("cli")
+    trained = {**TRAIN_DEFAULTS, **(saved if isinstance(saved, dict) else {})}
     name = args.data or trained["data"]
     data_dir = args.data_dir if args.data else (args.data_dir or trained["data_dir"])
     data = _load_data(name, data_dir, args.npz_key or trained["npz_key"])
     tcfg = state["train_config"]
-    test = eval_data(data.test, tcfg["binarize"], tcfg["seed"])
+    test = eval_data(data.test, tcfg.get("binarize"), tcfg.get("seed", 0))
     if args.max_examples is not None:
-        if args.max_examples < 1:
-            raise ValueError(f"--max-examples must be >= 1, got {args.max_examples}")
         test = test[:args.max_examples]
     test = _shaped(test, model.config.get("arch") or "mlp", data.image_shape)
 
@@ -424,17 +587,39 @@ def _command_of(argv: Sequence[str]) -> Optional[str]:
     return None
 
 
+def _debug_from_env() -> bool:
+    return os.environ.get("FASTVAE_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``fastvae`` console script; returns the exit status."""
+    """Entry point of the ``fastvae`` console script; returns the exit status.
+
+    Known failures (bad flag values, unreadable data or checkpoint files, a device this machine
+    lacks, a missing optional dependency) end as one line, ``fastvae COMMAND: error: ...`` on
+    stderr with exit status 2 (raised as SystemExit, like argparse's own errors); ``--debug``
+    or FASTVAE_DEBUG=1 lets the exception through with its traceback instead.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(with_bench_args=_command_of(argv) == "bench")
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or _debug_from_env()
     try:
         rc = args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        # Bad flags or missing files: a one-line message, not a traceback.
-        parser.exit(2, f"fastvae {args.command}: error: {err}\n")
+    except (ValueError, OSError, ImportError) as err:
+        # ValueError covers CLIError and fastvae's CheckpointError; OSError missing or
+        # unwritable files. Anything else is a bug and keeps its traceback.
+        if debug:
+            raise
+        parser.exit(2, f"fastvae {args.command}: error: {_one_line(err)}\n")
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        parser.exit(130, f"fastvae {args.command}: interrupted\n")
     return int(rc or 0)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -152,7 +152,10 @@ def load_idx(data_dir: PathLike, split: str = "t10k") -> Tuple[torch.Tensor, tor
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"MNIST data directory not found: {data_dir}")
-    images = read_idx(_find_idx(data_dir, f"{split}-images-idx3-ubyte"), _MNIST_MAGIC["images"])
+    images_path = _find_idx(data_dir, f"{split}-images-idx3-ubyte")
+    images = read_idx(images_path, _MNIST_MAGIC["images"])
+    if images.shape[0] == 0 or images.size == 0:
+        raise ValueError(f"{images_path}: holds no images (IDX shape {images.shape})")
     labels = read_idx(_find_idx(data_dir, f"{split}-labels-idx1-ubyte"), _MNIST_MAGIC["labels"])
     if images.shape[0] != labels.shape[0]:
         raise ValueError(
@@ -254,6 +257,9 @@ def load_dataset(
             train_x, train_y = load_idx(root, "train")
             parts = (train_x, test_x, train_y, test_y)
         else:
+            if len(test_x) <= _MNIST_T10K_TRAIN:
+                raise ValueError(f"{root}: the t10k files hold {len(test_x)} images, too few to split into "
+                                 f"{_MNIST_T10K_TRAIN} training and some test images (or add train-* files)")
             parts = _split(test_x, test_y, _MNIST_T10K_TRAIN)
         shape = (1, 28, 28)
     elif str(name).endswith(".npz"):

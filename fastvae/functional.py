@@ -11,6 +11,7 @@ float64 inputs. Every floating input that requires grad gets its gradient.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -77,7 +78,8 @@ def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
     dtype = tensors[0].dtype
     for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+        if t.dtype != dtype:  # torch.promote_types is a dispatcher call: only when needed
+            dtype = torch.promote_types(dtype, t.dtype)
     return dtype
 
 
@@ -366,11 +368,36 @@ def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- ELBO
+def _real(name: str, value: object) -> float:
+    """A real Python/NumPy scalar as a float (np.float32 included, bool refused)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"{name} must be a real number, got {type(value).__name__}")
+
+
+def _elbo_obs_logvar(
+    obs_logvar: Union[float, torch.Tensor], recon: torch.Tensor, recon2: torch.Tensor
+) -> Tuple[Optional[torch.Tensor], float]:
+    """The Gaussian observation log-variance as elbo_loss takes it: (tensor rows or None, constant)."""
+    if type(obs_logvar) is float:
+        return None, obs_logvar
+    if not isinstance(obs_logvar, torch.Tensor):
+        return None, _real("obs_logvar", obs_logvar)
+    lv = _check_float("obs_logvar", obs_logvar)
+    _check_devices(recon=recon, obs_logvar=lv)
+    shape = recon.shape
+    if lv.shape == shape and lv.is_contiguous() and lv.dtype == recon.dtype:  # per element, as the decoder gives it
+        return (lv if lv.dim() == 2 else lv.view(recon2.shape)), 0.0
+    if _broadcast_shape(recon=recon, obs_logvar=lv) != shape:
+        raise ValueError(f"obs_logvar of shape {tuple(lv.shape)} does not broadcast to recon's {tuple(shape)}")
+    return _as_rows(_cast(lv, recon.dtype), shape, max(len(shape) - 1, 1)), 0.0
+
+
 def elbo(
     recon: torch.Tensor,
     x: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
+    mu: Optional[torch.Tensor],
+    logvar: Optional[torch.Tensor],
     likelihood: str = "bernoulli",
     obs_logvar: Union[float, torch.Tensor] = 0.0,
     beta: float = 1.0,
@@ -381,42 +408,91 @@ def elbo(
 
     A drop-in for the loss written by hand as summed BCE-with-logits (``likelihood="bernoulli"``,
     ``recon`` = decoder logits) or Gaussian NLL (``"gaussian"``, ``recon`` = decoder mean with
-    log-variance ``obs_logvar``) plus the analytic KL. The per-example sums run over every dim of
-    ``recon`` after the first; ``reduction`` is "mean" (over examples), "sum" or "none".
+    log-variance ``obs_logvar``: a real number, or a 0-dim, per-dim or per-element tensor) plus
+    the analytic KL. The per-example sums run over every dim of ``recon`` after the first;
+    ``reduction`` is "mean" (over examples), "sum" or "none". ``beta`` is a real number >= 0.
     ``kl``: the KL term per example when it is already computed (by
-    :func:`reparameterize_with_kl`); mu and logvar are then not read again.
+    :func:`reparameterize_with_kl`); mu and logvar are then not read (and may be None).
+
+    One op (``fastvae::elbo_loss``) computes the whole loss, reduces it over the batch in a
+    fixed order and writes every input gradient in the same pass; backward hands them on.
     """
+    # Only what the op cannot check is checked here (types, layouts); the op checks the rest and
+    # raises ValueError naming the argument. The common case (2-D contiguous operands of one
+    # dtype) takes no reshaping at all.
     if likelihood not in _LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {_LIKELIHOODS}, got {likelihood!r}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not math.isfinite(beta):
-        raise ValueError(f"beta must be a finite float, got {beta!r}")
-    _check_float("recon", recon)
-    if recon.dim() < 1:
+    if type(beta) is not float:
+        beta = _real("beta", beta)
+    if not isinstance(recon, torch.Tensor):
+        raise ValueError(f"recon must be a torch.Tensor, got {type(recon).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    shape = recon.shape
+    if len(shape) < 1:
         raise ValueError("recon must have a batch dim")
-    # d loss / d ll_row is -1/B for the mean and -1 for the sum: folded into the kernels.
-    rows = recon.shape[0] if recon.dim() > 1 else 1
-    scale = {"mean": -1.0 / rows, "sum": -1.0, "none": 1.0}[reduction]
-    if likelihood == "bernoulli":
-        rec = _bernoulli_log_likelihood(recon, x, max(recon.dim() - 1, 1), grad_scale=scale)
+    if len(shape) == 2 and recon.is_contiguous():
+        recon2 = recon
     else:
-        # Per-example losses ("none") get arbitrary gradients: no forward-pass gradients then.
-        rec = _gaussian_log_likelihood(recon, x, obs_logvar, max(recon.dim() - 1, 1),
-                                       grad_scale=None if reduction == "none" else scale)
-    if kl is None:
-        kl = kl_standard_normal(mu, logvar)
+        _check_float("recon", recon)
+        lead = shape[0] if len(shape) > 1 else 1
+        recon2 = recon.reshape(lead, math.prod(shape) // lead if lead else math.prod(shape[1:])).contiguous()
+    rows = recon2.shape[0]
+    batch = shape[:1] if len(shape) > 1 else shape[:0]  # the shape of the per-example terms
+
+    if x.shape == shape and x.is_contiguous() and (x.dtype == recon.dtype or likelihood == "bernoulli"):
+        x2 = x if len(shape) == 2 else x.view(recon2.shape)
     else:
-        _check_float("kl", kl)
-        _check_devices(recon=recon, kl=kl)
-    if rec.shape != kl.shape:
-        raise ValueError(
-            f"recon gives per-example terms of shape {tuple(rec.shape)} but mu/logvar give "
-            f"{tuple(kl.shape)}: the batch dims must agree"
-        )
-    loss = kl.mul(beta).sub_(rec) if beta != 1.0 else kl - rec
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
+        _check_devices(recon=recon, x=x)
+        if x.dtype in _FLOATS:
+            x = _cast(x, recon.dtype)
+        elif likelihood == "gaussian" or x.dtype not in (torch.bool, torch.uint8):
+            raise ValueError(f"x must be float{', bool or uint8' if likelihood == 'bernoulli' else ''}, got {x.dtype}")
+        if _broadcast_shape(recon=recon, x=x) != shape:
+            raise ValueError(f"x of shape {tuple(x.shape)} does not broadcast to recon's {tuple(shape)}")
+        x2 = _as_rows(x, shape, max(len(shape) - 1, 1))
+
+    acc = torch.float64 if recon.dtype == torch.float64 else torch.float32
+    grad = torch.is_grad_enabled()
+    if kl is not None:
+        if not isinstance(kl, torch.Tensor):
+            raise ValueError(f"kl must be a torch.Tensor, got {type(kl).__name__}")
+        if kl.shape != batch:
+            raise ValueError(
+                f"recon gives per-example terms of shape {tuple(batch)} but kl has shape {tuple(kl.shape)}: "
+                f"the batch dims must agree"
+            )
+        kl2 = kl if kl.dtype == acc and kl.dim() == 1 and kl.is_contiguous() else _cast(kl, acc).reshape(rows).contiguous()
+        mu2 = lv2 = None
+        kl_grad = grad and kl.requires_grad
+    else:
+        kl2 = None
+        if not isinstance(mu, torch.Tensor) or not isinstance(logvar, torch.Tensor):
+            raise ValueError("mu and logvar must be torch.Tensors when kl is not given")
+        if mu.shape == logvar.shape and mu.dim() == 2 and mu.dtype == recon.dtype == logvar.dtype and (
+            mu.is_contiguous() and logvar.is_contiguous()
+        ):
+            mu2, lv2 = mu, logvar
+        else:
+            _check_float("mu", mu)
+            _check_float("logvar", logvar)
+            latent = _broadcast_shape(mu=mu, logvar=logvar)
+            if len(latent) == 0:
+                raise ValueError("mu and logvar need a latent dim (at least 1-D)")
+            mu2 = _cast(mu, recon.dtype).expand(latent).contiguous()
+            lv2 = _cast(logvar, recon.dtype).expand(latent).contiguous()
+        if mu2.shape[:-1] != batch:
+            raise ValueError(
+                f"recon gives per-example terms of shape {tuple(batch)} but mu/logvar give "
+                f"{tuple(mu2.shape[:-1])}: the batch dims must agree"
+            )
+        if mu2.dim() != 2:
+            mu2, lv2 = mu2.reshape(rows, -1), lv2.reshape(rows, -1)
+        kl_grad = grad and (mu.requires_grad or logvar.requires_grad)
+
+    obs, obs_value = (None, 0.0) if likelihood == "bernoulli" else _elbo_obs_logvar(obs_logvar, recon, recon2)
+    mask = [grad and (recon.requires_grad or x.requires_grad), kl_grad, grad and obs is not None and obs.requires_grad]
+    loss = ops.elbo_loss(recon2, x2, kl2, mu2, lv2, obs, obs_value, likelihood, beta, reduction, mask)[0]
+    return loss if reduction != "none" or len(shape) > 1 else loss.view(())

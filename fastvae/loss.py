@@ -1,6 +1,7 @@
 """``ELBOLoss``: the fused negative ELBO as an ``nn.Module``."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -16,7 +17,7 @@ class ELBOLoss(nn.Module):
         likelihood: "bernoulli" (recon = logits) or "gaussian" (recon = mean).
         obs_logvar: observation log-variance for "gaussian": float, 0-dim, per-dim or
             per-element tensor. ``forward``'s ``obs_logvar`` overrides it (learned variances).
-        beta: weight of the KL term (beta-VAE; KL warm-up).
+        beta: weight of the KL term (beta-VAE; KL warm-up), a real number >= 0.
         reduction: "mean" over examples, "sum" or "none".
 
     Example::
@@ -37,6 +38,13 @@ class ELBOLoss(nn.Module):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        # The rules of fastvae.functional.elbo (and the CLI), checked once here: beta a real >= 0,
+        # obs_logvar a real number or a floating tensor.
+        beta = F._real("beta", beta)
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+        if not isinstance(obs_logvar, torch.Tensor):
+            obs_logvar = F._real("obs_logvar", obs_logvar)
         self.likelihood = likelihood
         self.obs_logvar = obs_logvar
         self.beta = beta

@@ -92,3 +92,32 @@ def _(z):
 @torch.library.register_fake("fastvae::standard_normal_log_density_backward")
 def _(grad, z):
     return torch.empty_like(z)
+
+
+@torch.library.register_fake("fastvae::elbo_loss")
+def _(recon, x, kl, mu, logvar, obs_logvar, obs_logvar_value, likelihood, beta, reduction, grad_mask):
+    # Mirrors csrc/common/elbo_args.h: which gradients the forward pass writes.
+    rows = recon.shape[0]
+    loss = recon.new_empty((rows,) if reduction == "none" else (), dtype=_acc_dtype(recon.dtype))
+
+    def empty() -> torch.Tensor:
+        return recon.new_empty((0,))
+
+    grad_recon = torch.empty_like(recon) if grad_mask[0] else empty()
+    grad_kl = torch.empty_like(kl) if grad_mask[1] and kl is not None else empty()
+    grad_mu = torch.empty_like(mu) if grad_mask[1] and kl is None else empty()
+    grad_logvar = torch.empty_like(logvar) if grad_mask[1] and kl is None else empty()
+    lv = obs_logvar if likelihood == "gaussian" else None
+    write_lv = grad_mask[2] and lv is not None and (reduction != "none" or lv.shape[0] == rows)
+    grad_lv = torch.empty_like(lv) if write_lv else empty()
+    return loss, grad_recon, grad_kl, grad_mu, grad_logvar, grad_lv
+
+
+@torch.library.register_fake("fastvae::elbo_rescale_")
+def _(grad, grads):
+    return None
+
+
+@torch.library.register_fake("fastvae::elbo_rescale")
+def _(grad, grads):
+    return [torch.empty_like(t) for t in grads]

@@ -5,7 +5,6 @@ or changes the global pyplot backend. Every function writes a PNG and returns it
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -141,9 +140,11 @@ def save_reconstructions(model: VAE, x: torch.Tensor, path: PathLike, n: int = 3
 
 
 def read_metrics(path: PathLike) -> List[Dict[str, Any]]:
-    """The records of a metrics.jsonl file, in order."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a metrics.jsonl file, in order (a torn last line is skipped with a warning;
+    see `fastvae.runlog.read_metrics`)."""
+    from .runlog import read_metrics as _read
+
+    return _read(path)
 
 
 def save_training_curve(metrics: Union[PathLike, Iterable[Dict[str, Any]]], path: PathLike) -> Path:

@@ -20,15 +20,17 @@ update on the whole global batch.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
+import pickle
 import random
+import re
 import signal
 import sys
 import threading
 import time
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -40,6 +42,7 @@ from torch import nn
 
 from . import reference
 from .models import VAE, build_vae
+from .runlog import append_record, truncate_after_step
 
 __all__ = [
     "TrainConfig",
@@ -51,6 +54,7 @@ __all__ = [
     "resolve_device",
     "load_checkpoint",
     "load_model",
+    "CheckpointError",
     "LOSS_IMPLS",
     "CHECKPOINT_NAME",
     "METRICS_NAME",
@@ -63,6 +67,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 _CHECKPOINT_FORMAT = "fastvae.checkpoint"
 _CHECKPOINT_VERSION = 1
+# Share of the free CUDA memory a training set may take and still be kept on the device.
+_DEVICE_DATA_FRACTION = 0.25
 # Settings a resumed run may change without breaking the continuation of the saved run.
 _RESUME_OVERRIDABLE = frozenset(
     {"epochs", "max_steps", "progress", "device", "log_every", "checkpoint_every",
@@ -334,27 +340,141 @@ class _StopRequested(KeyboardInterrupt):
 
 
 # ---------------------------------------------------------------------- checkpoints
+class CheckpointError(ValueError):
+    """A file that is not a readable fastvae checkpoint; the message says which part is wrong."""
+
+    def __init__(self, path: Optional[PathLike], why: str) -> None:
+        self.path, self.why = path, why
+        where = f"{path} is" if path is not None else "this is"
+        super().__init__(f"{where} not a readable fastvae checkpoint ({why})")
+
+
+# Entries every checkpoint `Trainer` writes, with the types they must have.
+_CHECKPOINT_ENTRIES: Dict[str, Tuple[type, ...]] = {
+    "model_config": (dict,), "model_state": (dict,), "train_config": (dict,),
+    "optimizer_state": (dict,), "epoch": (int,), "step": (int,), "batch_in_epoch": (int,),
+    "perm": (torch.Tensor, type(None)), "data_generator": (torch.Tensor,),
+    "epoch_loss_sum": (torch.Tensor,), "epoch_batches": (int,), "elapsed": (int, float),
+    "rng": (list,), "extra": (dict,),
+}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _torch_load(path: Path, map_location: Union[str, torch.device]) -> Any:
+    """torch.load, with the usual ways a file is unreadable told apart."""
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(path, "the file is empty")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":
+        raise CheckpointError(path, "not a torch.save archive: it does not start like a zip file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(path, f"truncated: the zip archive ({size} bytes) has no central "
+                                    "directory (an interrupted copy or save?)")
+    try:
+        # weights_only: checkpoints hold only tensors and plain Python values, so loading one
+        # cannot run code.
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message is a page of advice; the line naming the refused object is the point.
+        refused = [l.strip() for l in str(err).splitlines() if "Unsupported global" in l]
+        detail = re.sub(r"\x1b\[[0-9;]*m", "", refused[0]).split(" was not")[0] if refused else _first_line(err)
+        raise CheckpointError(path, "torch.load failed: it holds Python objects a weights-only load "
+                                    f"refuses ({detail})") from err
+    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError ...
+        raise CheckpointError(path, f"torch.load failed: {_first_line(err)}") from err
+
+
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint written by `Trainer` (a file, or a directory holding checkpoint.pt)."""
+    """Read a checkpoint written by `Trainer` (a file, or a directory holding checkpoint.pt).
+
+    Raises FileNotFoundError when there is no such file and `CheckpointError` (a ValueError)
+    naming the part that is wrong when the file is not one: unreadable, another format or
+    version, or an entry missing or of the wrong type. `load_model` and
+    `Trainer.from_checkpoint` also check the weights against the model ``model_config`` builds.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    # weights_only: checkpoints hold only tensors and plain Python values, so loading one cannot run code.
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = _torch_load(path, map_location)
     if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a fastvae checkpoint")
+        raise CheckpointError(path, f"no {_CHECKPOINT_FORMAT!r} format marker: not written by fastvae's Trainer")
     if state.get("version") != _CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')} unsupported (expected {_CHECKPOINT_VERSION})")
+        raise CheckpointError(path, f"format version {state.get('version')!r}; this fastvae reads "
+                                    f"version {_CHECKPOINT_VERSION}")
+    for key, types in _CHECKPOINT_ENTRIES.items():
+        if key not in state:
+            raise CheckpointError(path, f"no {key!r} entry")
+        # bool is an int; no checkpoint entry is meant to be one.
+        if not isinstance(state[key], types) or isinstance(state[key], bool):
+            raise CheckpointError(path, f"{key!r} is a {type(state[key]).__name__}, expected "
+                                        + " or ".join(t.__name__ for t in types))
+    bad = [k for k, v in state["model_state"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(path, f"'model_state' entry {bad[0]!r} is not a tensor")
     return state
+
+
+def _shape(t: Any) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _check_model_state(model: nn.Module, model_state: Dict[str, Any], path: Optional[PathLike]) -> None:
+    """The saved weights fit ``model``: the same names, each with the same shape."""
+    expected = model.state_dict()
+    problems = [f"{k!r} is {_shape(v)}, the model needs {tuple(expected[k].shape)}"
+                for k, v in model_state.items()
+                if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)]
+    missing = [k for k in expected if k not in model_state]
+    unexpected = [k for k in model_state if k not in expected]
+    if missing:
+        problems.append(f"missing {missing[:3]}" + (" ..." if len(missing) > 3 else ""))
+    if unexpected:
+        problems.append(f"unexpected {unexpected[:3]}" + (" ..." if len(unexpected) > 3 else ""))
+    if problems:
+        raise CheckpointError(path, "'model_state' does not fit the model 'model_config' describes: "
+                                    + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else ""))
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, opt_state: Dict[str, Any],
+                           path: Optional[PathLike]) -> None:
+    """The saved Adam state fits ``optimizer``'s parameters (count and moment shapes)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    groups, per_param = opt_state.get("param_groups"), opt_state.get("state")
+    if not isinstance(groups, list) or not isinstance(per_param, dict):
+        raise CheckpointError(path, "'optimizer_state' lacks 'param_groups' or 'state'")
+    ids = [i for g in groups if isinstance(g, dict) for i in g.get("params", [])]
+    if len(ids) != len(params):
+        raise CheckpointError(path, f"'optimizer_state' holds {len(ids)} parameters, the model has {len(params)}")
+    for i, p in zip(ids, params):
+        for name, value in (per_param.get(i) or {}).items():
+            if name != "step" and isinstance(value, torch.Tensor) and value.shape != p.shape:
+                raise CheckpointError(path, f"'optimizer_state' {name} of parameter {i} is "
+                                            f"{tuple(value.shape)}, the parameter is {tuple(p.shape)}")
+
+
+def _build_checked(state: Dict[str, Any], path: Optional[PathLike]) -> VAE:
+    """The model ``state['model_config']`` describes, with the checkpoint's weights checked to fit."""
+    try:
+        model = build_vae(state["model_config"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(path, f"'model_config' does not build a model: {err}") from err
+    _check_model_state(model, state["model_state"], path)
+    return model
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[VAE, Dict[str, Any]]:
     """The trained VAE of a checkpoint (in eval mode on ``device``) and the checkpoint itself."""
     device = resolve_device(device) if isinstance(device, str) else device
     state = load_checkpoint(path)
-    model = build_vae(state["model_config"])
+    model = _build_checked(state, path)
     model.load_state_dict(state["model_state"])
     return model.to(device).eval(), state
 
@@ -369,6 +489,12 @@ def _atomic_save(obj: Any, path: Path) -> None:
 # ---------------------------------------------------------------------- trainer
 class Trainer:
     """Trains a `VAE` on in-memory tensors.
+
+    A training step does not wait for the device: the loss stays a tensor (read every
+    `TrainConfig.log_every` steps, every 10 steps by the progress bar, and at epoch ends), a
+    training set that fits is kept on the CUDA device (otherwise batches come from pinned
+    memory with non-blocking copies), and under DDP the ranks agree on a Ctrl-C only every
+    `stop_check_every` steps.
 
     Args:
         model: the VAE (moved to the configured device).
@@ -386,6 +512,9 @@ class Trainer:
                           TrainConfig(epochs=20), out_dir="runs/digits")
         summary = trainer.fit()
     """
+
+    #: Under DDP, steps between the collective checks for a Ctrl-C (each one waits for the device).
+    stop_check_every: int = 16
 
     def __init__(
         self,
@@ -417,7 +546,10 @@ class Trainer:
         self.extra = dict(extra or {})
         self.callbacks = list(callbacks)
 
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        # The fused Adam keeps its step counts on the parameters' device; the default one reads
+        # each count with .item() every step, a device sync once they live on CUDA.
+        fused = self.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=fused or None)
         objective: nn.Module = _Objective(self.model, cfg.loss_impl, cfg.free_bits)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -439,11 +571,13 @@ class Trainer:
             self.test_data = eval_data(self.test_data, cfg.binarize, cfg.seed)
         if cfg.binarize == "static":
             self.train_data = _binarize(self.train_data, "static", None)
+        self._place_train_data()
 
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
         self.batch_in_epoch = 0
         self._perm: Optional[torch.Tensor] = None
+        self._perm_on_data: Optional[torch.Tensor] = None  # _perm where the training set lives
         self._epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._epoch_batches = 0
         self._elapsed = 0.0  # from the runs this one resumed
@@ -472,22 +606,57 @@ class Trainer:
         last = n - (steps - 1) * b
         return steps - 1 if last < w else steps
 
+    def _place_train_data(self) -> None:
+        """On CUDA, keep the training set on the device when it fits comfortably, so a step
+        only gathers rows there; otherwise pin it, so batches copy with ``non_blocking``."""
+        self._pin_batches = False
+        if self.device.type != "cuda" or self.train_data.device == self.device:
+            return
+        nbytes = self.train_data.numel() * self.train_data.element_size()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if nbytes <= _DEVICE_DATA_FRACTION * free:
+            self.train_data = self.train_data.to(self.device)
+        else:
+            self._pin_batches = True
+
+    def _epoch_order(self) -> torch.Tensor:
+        """This epoch's order where the training set lives (copied once per epoch, not per step)."""
+        if self._perm_on_data is None:
+            self._perm_on_data = self._perm.to(self.train_data.device)
+        return self._perm_on_data
+
     def _global_batch(self, index: int) -> torch.Tensor:
-        """This rank's slice of global batch ``index`` of the current epoch."""
+        """This rank's slice of global batch ``index`` of the current epoch, on the device.
+
+        Issues no device sync: rows are gathered where the data lives (on the device, or into
+        pinned host memory copied with ``non_blocking``), and dynamic binarisation compares
+        against uniforms drawn on the CPU and copied the same way.
+        """
         b, w = self.config.batch_size, self.dist.world_size
-        idx = self._perm[index * b:(index + 1) * b]
-        usable = len(idx) - len(idx) % w
-        if usable != len(idx) and self.dist.is_main and not self._warned_drop:
+        n_idx = min(b, self._perm.shape[0] - index * b)
+        usable = n_idx - n_idx % w
+        if usable != n_idx and self.dist.is_main and not self._warned_drop:
             # Equal shares keep the mean of per-rank means equal to the global mean.
-            warnings.warn(f"the last batch of each epoch loses {len(idx) - usable} example(s) so that "
+            warnings.warn(f"the last batch of each epoch loses {n_idx - usable} example(s) so that "
                           f"it splits evenly over {w} ranks", stacklevel=3)
             self._warned_drop = True
-        x = self.train_data[idx[:usable]]
-        if self.config.binarize == "dynamic":
-            x = _binarize(x, "dynamic", self.data_generator)
         per_rank = usable // w
-        x = x[self.dist.rank * per_rank:(self.dist.rank + 1) * per_rank]
-        return x.to(self.device, non_blocking=True)
+        start = index * b + self.dist.rank * per_rank
+        rows = self._epoch_order()[start:start + per_rank]
+        pin = self._pin_batches
+        if pin:
+            x = torch.empty((per_rank, *self.train_data.shape[1:]), dtype=self.train_data.dtype, pin_memory=True)
+            torch.index_select(self.train_data, 0, rows, out=x)
+        else:
+            x = self.train_data[rows]
+        x = x.to(self.device, non_blocking=True)
+        if self.config.binarize == "dynamic":
+            # Uniforms for the whole global batch from the CPU generator every rank holds, so all
+            # ranks and devices see the same draw; this rank compares against its own rows.
+            u = torch.rand((usable, *self.train_data.shape[1:]), generator=self.data_generator, pin_memory=pin)
+            u = u[self.dist.rank * per_rank:(self.dist.rank + 1) * per_rank]
+            x = (u.to(self.device, non_blocking=True) < x).to(x.dtype)
+        return x
 
     # ------------------------------------------------------------------ schedule
     def beta_at(self, step: int) -> float:
@@ -567,17 +736,35 @@ class Trainer:
             "extra": self.extra,
         }
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore weights, optimizer, counters, data order and RNG states from a checkpoint."""
+    def load_state_dict(self, state: Dict[str, Any], path: Optional[PathLike] = None) -> None:
+        """Restore weights, optimizer, counters, data order and RNG states from a checkpoint
+        (as `load_checkpoint` returns it; ``path``, where it came from, is named in errors).
+
+        A checkpoint of another architecture raises ValueError; one whose parts do not fit
+        this trainer (weights, optimizer moments, data order) raises `CheckpointError`.
+        """
         if self.model.config != state["model_config"]:
             raise ValueError(
                 f"checkpoint model config {state['model_config']} differs from this model's {self.model.config}"
             )
+        _check_model_state(self.model, state["model_state"], path)
+        _check_optimizer_state(self.optimizer, state["optimizer_state"], path)
+        perm = state["perm"]
+        if perm is not None and (perm.dim() != 1 or perm.numel() != self.train_data.shape[0]):
+            raise CheckpointError(path, f"'perm' orders {perm.numel()} examples, the training set has "
+                                        f"{self.train_data.shape[0]} (resumed with other data?)")
+        try:
+            self._restore(state)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(path, f"cannot restore the training state: {_first_line(err)}") from err
+        self._resumed = True
+
+    def _restore(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
-        self._perm = state["perm"]
+        self._perm, self._perm_on_data = state["perm"], None
         self.data_generator.set_state(state["data_generator"])
         self._epoch_loss_sum = state["epoch_loss_sum"].to(self.device, torch.float64)
         self._epoch_batches = int(state["epoch_batches"])
@@ -589,9 +776,8 @@ class Trainer:
             # Another world size: the sampling streams cannot continue; start fresh ones.
             if self.dist.is_main:
                 warnings.warn(f"checkpoint was written by {len(rngs)} rank(s), this run has "
-                              f"{self.dist.world_size}: sampling noise restarts from the seed", stacklevel=2)
+                              f"{self.dist.world_size}: sampling noise restarts from the seed", stacklevel=3)
             seed_everything(_rank_seed(self.config.seed + self.step, self.dist.rank))
-        self._resumed = True
 
     @classmethod
     def from_checkpoint(
@@ -614,10 +800,15 @@ class Trainer:
             raise ValueError(f"cannot change {bad} when resuming; allowed: {sorted(_RESUME_OVERRIDABLE)}")
         state = load_checkpoint(path)
         known = {f.name for f in fields(TrainConfig)}
-        cfg = TrainConfig(**{**{k: v for k, v in state["train_config"].items() if k in known}, **overrides})
-        model = build_vae(state["model_config"])
+        saved = {k: v for k, v in state["train_config"].items() if k in known}
+        try:
+            TrainConfig(**saved)
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(path, f"'train_config': {err}") from err
+        cfg = TrainConfig(**{**saved, **overrides})
+        model = _build_checked(state, path)
         trainer = cls(model, train, test, cfg, out_dir=out_dir, extra=state.get("extra"), callbacks=callbacks)
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(state, path)
         return trainer
 
     def _gather_rng(self) -> Optional[List[Dict[str, Any]]]:
@@ -649,8 +840,7 @@ class Trainer:
         self.history.append(record)
         if self.dist.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / METRICS_NAME, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(self.out_dir / METRICS_NAME, record)  # whole lines, even under a kill
 
     def _reduce_mean(self, total: torch.Tensor, count: int) -> float:
         """Mean over ranks of per-rank means (equal batch sizes: the global mean)."""
@@ -660,9 +850,14 @@ class Trainer:
             value = value / self.dist.world_size
         return value.item()
 
-    def _stop_everywhere(self, requested: bool) -> bool:
+    def _stop_everywhere(self, requested: bool, epoch_end: bool) -> bool:
+        """Whether every rank stops after this step. One process: its own Ctrl-C flag, a Python
+        bool. DDP: the ranks agree with an all-reduce that the host must wait for, so only every
+        `stop_check_every` steps and at the end of an epoch, never on the others."""
         if not self.dist.enabled:
             return requested
+        if self.step % self.stop_check_every and not epoch_end:
+            return False
         flag = torch.tensor([int(requested)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
@@ -707,6 +902,10 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if not self._resumed:
                 (self.out_dir / METRICS_NAME).write_text("")  # a fresh run starts a fresh log
+            else:
+                # Records written after the checkpoint (a kill before the next save) would
+                # otherwise appear twice; a torn last line goes too.
+                truncate_after_step(self.out_dir / METRICS_NAME, self.step)
         steps_per_epoch = self.steps_per_epoch
         if steps_per_epoch < 1:
             raise ValueError(f"{self.train_data.shape[0]} training examples are fewer than the "
@@ -719,6 +918,7 @@ class Trainer:
                 while self.epoch < cfg.epochs and self.step < max_steps:
                     if self._perm is None:
                         self._perm = torch.randperm(self.train_data.shape[0], generator=self.data_generator)
+                        self._perm_on_data = None
                         self.batch_in_epoch = 0
                         self._epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
                         self._epoch_batches = 0
@@ -727,7 +927,7 @@ class Trainer:
                     partial = self.batch_in_epoch < steps_per_epoch
                     if not partial:
                         self.epoch += 1
-                        self._perm = None
+                        self._perm = self._perm_on_data = None
                     self._log(self._epoch_record(time.perf_counter() - epoch_start, partial))
                     if partial or self.epoch == cfg.epochs or (
                         cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0
@@ -778,8 +978,8 @@ class Trainer:
                 self.batch_in_epoch += 1
                 self.step += 1
                 self._in_step = False
-                running = loss if running is None else 0.9 * running + 0.1 * loss
                 if bar is not None:
+                    running = loss if running is None else 0.9 * running + 0.1 * loss
                     bar.update(1)
                     # .item() waits for the device: only every few steps.
                     if self.batch_in_epoch % 10 == 0 or self.batch_in_epoch == steps_per_epoch:
@@ -790,7 +990,7 @@ class Trainer:
                                "time": self.elapsed})
                 for cb in self.callbacks:
                     cb(self, {"step": self.step, "epoch": self.epoch, "loss": loss})
-                if self._stop_everywhere(interrupt.requested):
+                if self._stop_everywhere(interrupt.requested, self.batch_in_epoch == steps_per_epoch):
                     raise _StopRequested
         finally:
             if bar is not None:

@@ -73,8 +73,8 @@ def _cases(device: str) -> List[Tuple[str, Callable, Callable, Sequence[torch.Te
         # A learned per-dim variance: gradients from the backward op.
         ("fastvae::gaussian_log_likelihood", F.gaussian_log_likelihood, R.gaussian_log_likelihood,
          (leaf(2, 3, 7), leaf(3, 7), leaf(7))),
-        # Inside the ELBO with a per-element variance: gradients written in the forward pass.
-        ("fastvae::gaussian_log_likelihood",
+        # The fused ELBO with a per-element variance: gradients written in the forward pass.
+        ("fastvae::elbo_loss",
          lambda r, v: F.elbo(r, x01, mu.detach(), lv.detach(), likelihood="gaussian", obs_logvar=v),
          lambda r, v: R.elbo(r, x01, mu.detach(), lv.detach(), likelihood="gaussian", obs_logvar=v),
          (leaf(3, 7), leaf(3, 7))),
@@ -155,9 +155,9 @@ def test_no_python_autograd_node_in_a_vae_loss():
     python_nodes = [n for n in _graph_nodes(model.loss(x)) if isinstance(n, torch.autograd.function.BackwardCFunction)]
     assert not python_nodes, [type(n).__name__ for n in python_nodes]
     fused = sorted({n for n in names if "fastvae" in n})
-    # The fused sampling and likelihood ops, as C++ Function nodes.
+    # The fused sampling and loss ops, as C++ Function nodes.
     assert "torch::autograd::CppNode<fastvae::autograd::ReparameterizeWithKl>" in fused, names
-    assert "torch::autograd::CppNode<fastvae::autograd::BernoulliLogLikelihood>" in fused, names
+    assert "torch::autograd::CppNode<fastvae::autograd::ElboLoss>" in fused, names
     assert all(n.startswith("torch::autograd::CppNode<fastvae::autograd::") for n in fused), fused
 
 

@@ -98,6 +98,21 @@ def test_load_idx_errors_name_the_missing_file_and_bad_split(tmp_path, rng):
         load_idx(tmp_path, split="test")
 
 
+@pytest.mark.parametrize("shape", [(0, 28, 28), (3, 0, 28)], ids=["no-images", "empty-images"])
+def test_load_idx_with_no_images_names_the_file(tmp_path, rng, shape):
+    _write(tmp_path / "t10k-images-idx3-ubyte", _idx_bytes(np.zeros(shape, dtype=np.uint8)), True)
+    labels = rng.integers(0, 10, size=shape[0], dtype=np.uint8)
+    _write(tmp_path / "t10k-labels-idx1-ubyte", _idx_bytes(labels), True)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz: holds no images"):
+        load_idx(tmp_path, "t10k")
+
+
+def test_load_dataset_mnist_t10k_too_small_to_split(tmp_path, rng):
+    _fake_mnist(tmp_path, "t10k", 40, False, rng)
+    with pytest.raises(ValueError, match="40 images, too few"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
 def test_load_idx_rejects_mismatched_counts(tmp_path, rng):
     _fake_mnist(tmp_path, "t10k", 6, True, rng)
     labels = rng.integers(0, 10, size=4, dtype=np.uint8)

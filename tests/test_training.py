@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -311,3 +312,155 @@ def _compare_fused_and_reference(monkeypatch):
             elbos[impl] = trainer.evaluate(loss_impl="fused")
             assert elbos[impl] > initial + 300  # it learned (about -540 -> -153 nats)
         assert abs(elbos["fused"] - elbos["reference"]) < 1.0, (seed, elbos)
+
+
+# ---------------------------------------------------------------------- unreadable checkpoints
+def _damaged(good: Path, where: Path):
+    """(name, path, what the CheckpointError must say) for several ways a file can be wrong."""
+    raw, state = good.read_bytes(), torch.load(good, weights_only=True)
+    out = []
+
+    def put(name, why, payload=None, obj=None):
+        path = where / f"{name}.pt"
+        path.write_bytes(payload) if payload is not None else torch.save(obj, path)
+        out.append((name, path, why))
+
+    put("empty", "the file is empty", payload=b"")
+    put("truncated", "truncated", payload=raw[: len(raw) - 100])
+    put("random", "not a torch.save archive", payload=bytes(torch.randint(0, 256, (3000,), dtype=torch.uint8).tolist()))
+    put("pickle_of_code", "Python objects a weights-only load refuses", obj={"f": os.path.join})  # not loadable with weights_only
+    put("list", "format marker", obj=[1, 2])
+    put("version", "format version 7", obj={**state, "version": 7})
+    put("no_model_config", "no 'model_config' entry", obj={k: v for k, v in state.items() if k != "model_config"})
+    put("no_step", "no 'step' entry", obj={k: v for k, v in state.items() if k != "step"})
+    put("config_type", "'model_config' is a list", obj={**state, "model_config": [1]})
+    put("bad_arch", "'model_config' does not build a model", obj={**state, "model_config": {**state["model_config"], "arch": "rnn"}})
+    put("shapes", "'encoder.1.weight' is (32, 64), the model needs (33, 64)",
+        obj={**state, "model_config": {**state["model_config"], "hidden": [33]}})
+    put("missing_weight", "missing ['decoder.2.bias']",
+        obj={**state, "model_state": {k: v for k, v in state["model_state"].items() if k != "decoder.2.bias"}})
+    put("train_config", "'train_config': lr must be", obj={**state, "train_config": {**state["train_config"], "lr": -1.0}})
+    return out
+
+
+def test_damaged_checkpoints_say_what_is_wrong(tmp_path):
+    from fastvae.training import CheckpointError
+
+    train, test = _data()
+    Trainer(_model(), train, test, _cfg(epochs=1), out_dir=tmp_path / "run").fit()
+    for name, path, why in _damaged(tmp_path / "run" / CHECKPOINT_NAME, tmp_path):
+        with pytest.raises(CheckpointError) as exc:
+            Trainer.from_checkpoint(path, train, test)
+        message = str(exc.value)
+        assert message.startswith(f"{path} is not a readable fastvae checkpoint (") and why in message, (name, message)
+        if name not in ("train_config",):  # load_model needs only the model's parts
+            with pytest.raises(CheckpointError, match=re.escape(why)):
+                load_model(path)
+
+
+def test_resume_checks_optimizer_moments_and_data_order(tmp_path):
+    from fastvae.training import CheckpointError
+
+    train, test = _data()
+    Trainer(_model(), train, test, _cfg(epochs=1, max_steps=2), out_dir=tmp_path).fit()
+    state = load_checkpoint(tmp_path)
+    moments = state["optimizer_state"]["state"]
+    moments[0]["exp_avg"] = torch.zeros(3)
+    torch.save(state, tmp_path / "opt.pt")
+    with pytest.raises(CheckpointError, match=r"'optimizer_state' exp_avg of parameter 0 is \(3,\)"):
+        Trainer.from_checkpoint(tmp_path / "opt.pt", train, test)
+    # Resumed mid-epoch with a training set of another size: the saved order does not fit it.
+    with pytest.raises(CheckpointError, match="'perm' orders 300 examples, the training set has 299"):
+        Trainer.from_checkpoint(tmp_path, train[:299], test)
+
+
+# ---------------------------------------------------------------------- metrics log under kills
+def test_metrics_reader_skips_a_torn_last_line(tmp_path):
+    from fastvae.runlog import append_record, read_metrics
+
+    log = tmp_path / METRICS_NAME
+    append_record(log, {"kind": "epoch", "step": 5, "train_loss": 1.5})
+    with open(log, "a") as f:
+        f.write('{"kind": "epoch", "step": 1')
+    with pytest.warns(RuntimeWarning, match="torn last line"):
+        assert read_metrics(log) == [{"kind": "epoch", "step": 5, "train_loss": 1.5}]
+    # The next append cuts the torn line off instead of gluing its record onto it.
+    with pytest.warns(RuntimeWarning, match="dropped a torn last line"):
+        append_record(log, {"kind": "epoch", "step": 10, "train_loss": 1.25})
+    assert [json.loads(l)["step"] for l in log.read_text().splitlines()] == [5, 10]
+
+
+def test_truncating_the_log_to_a_checkpoint_step(tmp_path):
+    from fastvae.runlog import truncate_after_step
+
+    log = tmp_path / METRICS_NAME
+    records = [{"kind": "step", "step": s} for s in (2, 4, 6, 8)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "ep')
+    with pytest.warns(RuntimeWarning, match=r"torn last line and 2 record\(s\) after step 4"):
+        assert truncate_after_step(log, 4) == 3
+    assert [json.loads(l)["step"] for l in log.read_text().splitlines()] == [2, 4]
+    assert truncate_after_step(log, 4) == 0  # nothing left to cut: the file is not rewritten
+
+
+_KILLED_RUN = """
+import os, signal, sys, torch
+from fastvae.models import build_mlp_vae
+from fastvae.training import TrainConfig, Trainer, seed_everything
+sys.path.insert(0, {tests!r})
+from test_training import _data, _model, _cfg
+torch.manual_seed(0)
+train, test = _data()
+def kill(trainer, info):
+    # Epoch 3's record is written, the next checkpoint (after epoch 4) never is.
+    if info["step"] == 16:
+        os.kill(os.getpid(), signal.SIGKILL)
+Trainer(_model(), train, test, _cfg(epochs=4, checkpoint_every=2, log_every=3), out_dir={out!r},
+        callbacks=[kill]).fit()
+"""
+
+
+def test_a_killed_run_resumes_with_each_record_once(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    script = _KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    before = [json.loads(l) for l in (out / METRICS_NAME).read_text().splitlines()]
+    assert [r["epoch"] for r in before if r["kind"] == "epoch"] == [1, 2, 3]
+    assert load_checkpoint(out)["step"] == 10  # after epoch 2 (5 steps each)
+
+    torch.manual_seed(0)
+    train, test = _data()
+    with pytest.warns(RuntimeWarning, match=r"after step 10"):
+        resumed = Trainer.from_checkpoint(out, train, test, out_dir=out)
+        resumed.fit()
+    after = [json.loads(l) for l in (out / METRICS_NAME).read_text().splitlines()]
+    assert [r["epoch"] for r in after if r["kind"] == "epoch"] == [1, 2, 3, 4]
+    assert [r["step"] for r in after if r["kind"] == "step"] == [3, 6, 9, 12, 15, 18]
+    # The exact resume redid epoch 3 as the killed run did it.
+    redone = next(r for r in after if r["kind"] == "epoch" and r["epoch"] == 3)
+    killed = next(r for r in before if r["kind"] == "epoch" and r["epoch"] == 3)
+    assert redone["train_loss"] == killed["train_loss"] and redone["test_elbo"] == killed["test_elbo"]
+
+
+# ---------------------------------------------------------------------- data placement
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("fraction", [0.25, 0.0], ids=["on-device", "pinned"])
+def test_training_data_on_the_device_or_pinned_trains_as_on_the_cpu(monkeypatch, fraction):
+    import fastvae.training as T
+
+    monkeypatch.setattr(T, "_DEVICE_DATA_FRACTION", fraction)
+    train, test = _data(200)
+    trainer = Trainer(_model(), train, test, _cfg(epochs=1, device="cuda", loss_impl="reference"))
+    assert trainer.train_data.is_cuda == (fraction > 0) and trainer._pin_batches == (fraction == 0)
+    trainer.fit()
+    # Same data order and binarisation as a CPU run with the same seed (batches compared directly).
+    cpu = Trainer(_model(), train, test, _cfg(epochs=1, loss_impl="reference"))
+    for t in (cpu, trainer):
+        t._perm = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(5))
+        t._perm_on_data = None
+        t.data_generator.manual_seed(6)
+    assert torch.equal(trainer._global_batch(1).cpu(), cpu._global_batch(1))

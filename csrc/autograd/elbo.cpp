@@ -1,0 +1,183 @@
+// Autograd for the fused ELBO (fastvae::elbo_loss). The forward kernel already wrote every input
+// gradient for an incoming gradient of 1; backward hands them on through elbo_rescale_, one
+// kernel that reads the incoming gradient on the device and returns at once where it is 1. The
+// host never looks at the gradient's value, so a training step needs no device-to-host sync.
+#include <torch/csrc/autograd/graph_task.h>
+#include <torch/library.h>
+
+#include "autograd/common.h"
+#include "ops.h"
+
+namespace fastvae {
+namespace autograd {
+
+namespace {
+
+using ElboSig = ElboOutputs(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                            const std::optional<at::Tensor>&, double, c10::string_view, double, c10::string_view,
+                            std::array<bool, 3>);
+
+at::Tensor value(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? *t : at::Tensor();
+}
+
+// Fake or functional tensors (torch.compile's tracing): a traced graph must not mutate what the
+// forward pass saved, so rescaling then makes new tensors.
+bool traced(const at::Tensor& t) {
+  const auto ks = t.key_set();
+  return ks.has(c10::DispatchKey::Python) || ks.has(c10::DispatchKey::Functionalize) ||
+         ks.has(c10::DispatchKey::Meta);
+}
+
+// Positions of the tensor arguments of elbo_loss, in schema order.
+enum Input { kRecon = 0, kX, kKl, kMu, kLogvar, kObs, kNumTensorInputs };
+constexpr size_t kNumInputs = 11;  // every argument of elbo_loss, tensors first
+
+}  // namespace
+
+class ElboLoss : public torch::autograd::Function<ElboLoss> {
+ public:
+  // Absent optional tensors are passed as std::nullopt: autograd gives them no edge, so
+  // needs_input_grad's index of each present tensor is kept in saved_data["edges"].
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& recon, const at::Tensor& x,
+                               const std::optional<at::Tensor>& kl_opt, const std::optional<at::Tensor>& mu_opt,
+                               const std::optional<at::Tensor>& logvar_opt,
+                               const std::optional<at::Tensor>& obs_opt, double obs_logvar_value,
+                               c10::string_view likelihood, double beta, c10::string_view reduction,
+                               std::array<bool, 3> grad_mask) {
+    static const auto op = find_op<ElboSig>("fastvae::elbo_loss");
+    auto [loss, g_recon, g_kl, g_mu, g_logvar, g_obs] =
+        call_below_autograd(op, recon, x, kl_opt, mu_opt, logvar_opt, obs_opt, obs_logvar_value, likelihood, beta,
+                            reduction, grad_mask);
+    const at::Tensor kl = value(kl_opt), mu = value(mu_opt), logvar = value(logvar_opt), obs_logvar = value(obs_opt);
+    std::vector<int64_t> edges;
+    int64_t next = 0;
+    for (const at::Tensor* t : {&recon, &x, &kl, &mu, &logvar, &obs_logvar}) edges.push_back(t->defined() ? next++ : -1);
+    ctx->saved_data["edges"] = edges;
+    const bool gaussian = likelihood == "gaussian";
+    const bool none = reduction == "none";
+    const bool x_grad = x.requires_grad();
+    // A variance shared by rows under reduction "none": its gradient (a sum over rows of
+    // arbitrary per-row weights) is left to gaussian_log_likelihood_backward.
+    // (Sizes are read as SymInts: torch.compile traces this with dynamic shapes.)
+    const bool obs_written = grad_mask[2] && gaussian && obs_logvar.defined() &&
+                             (!none || obs_logvar.sym_size(0) == recon.sym_size(0));
+    const bool obs_later = gaussian && obs_logvar.defined() && obs_logvar.requires_grad() && !obs_written && none &&
+                           obs_logvar.sym_size(0) != recon.sym_size(0);
+    // The logits are kept only for d loss / d x (soft Bernoulli targets), the Gaussian inputs only
+    // for obs_later: usually nothing but the forward pass's gradients is saved.
+    at::Tensor keep_recon = (x_grad && !gaussian) || obs_later ? recon : at::Tensor();
+    ctx->save_for_backward({g_recon, g_kl, g_mu, g_logvar, g_obs, keep_recon, obs_later ? x : at::Tensor(),
+                            obs_later ? obs_logvar : at::Tensor()});
+    ctx->saved_data["gaussian"] = gaussian;
+    ctx->saved_data["none"] = none;
+    ctx->saved_data["mean"] = reduction == "mean";
+    ctx->saved_data["x_rows"] = x.sym_size(0);
+    ctx->saved_data["rows"] = recon.sym_size(0);
+    // Which of the five gradient outputs the forward pass wrote (recon, kl, mu, logvar, obs_logvar).
+    ctx->saved_data["written"] = c10::List<bool>({grad_mask[0], grad_mask[1] && kl.defined(),
+                                                   grad_mask[1] && !kl.defined(), grad_mask[1] && !kl.defined(),
+                                                   obs_written});
+    ctx->mark_non_differentiable({g_recon, g_kl, g_mu, g_logvar, g_obs});
+    // Unused outputs send no gradient: no zero tensors are made for the five gradient outputs.
+    ctx->set_materialize_grads(false);
+    return {loss, g_recon, g_kl, g_mu, g_logvar, g_obs};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(kNumInputs);
+    const at::Tensor& grad = grads[0];
+    if (!grad.defined()) return out;  // nothing flowed into the loss
+    const auto saved = ctx->get_saved_variables();
+    const bool gaussian = ctx->saved_data["gaussian"].toBool();
+    const auto edges = ctx->saved_data["edges"].toIntVector();
+    bool need[kNumTensorInputs];
+    for (int i = 0; i < kNumTensorInputs; ++i) need[i] = edges[i] >= 0 && ctx->needs_input_grad(edges[i]);
+
+    // The forward pass's gradients to hand on: saved[0..4] answer recon, kl, mu, logvar, obs_logvar.
+    static const char* names[] = {"recon", "kl", "mu", "logvar", "obs_logvar"};
+    static const Input inputs[] = {kRecon, kKl, kMu, kLogvar, kObs};
+    std::vector<at::Tensor> pre;
+    std::vector<int> slot;
+    const auto written = ctx->saved_data["written"].toBoolList();
+    for (int k = 0; k < 5; ++k) {
+      // The Gaussian d loss / d x is -(d loss / d mean): recon's gradient serves x too.
+      const bool wanted = need[inputs[k]] || (k == 0 && gaussian && need[kX]);
+      if (!wanted) continue;
+      if (!written.get(k)) {
+        // A shared variance under reduction "none" is computed below; anything else is missing.
+        TORCH_CHECK(k == 4 && saved[7].defined(), "fastvae::elbo_loss was called with its grad_mask entry for ",
+                    names[k], " False, so it has no gradient for ", names[k]);
+        continue;
+      }
+      pre.push_back(saved[k]);
+      slot.push_back(k);
+    }
+
+    // The last backward through this graph (no retain_graph) scales the saved tensors in place
+    // and hands them on: where the incoming gradient is 1, the kernel moves no bytes. Earlier,
+    // retained calls (and traced graphs) write new tensors and leave the saved ones as they are.
+    std::vector<at::Tensor> scaled;
+    if (!pre.empty()) {
+      if (!torch::autograd::get_current_graph_task_keep_graph() && !traced(grad) && !traced(pre[0])) {
+        static const auto rescale_ = find_op<void(const at::Tensor&, at::TensorList)>("fastvae::elbo_rescale_");
+        call_below_autograd(rescale_, grad, pre);
+        scaled = std::move(pre);
+      } else {
+        static const auto rescale =
+            find_op<std::vector<at::Tensor>(const at::Tensor&, at::TensorList)>("fastvae::elbo_rescale");
+        scaled = call_below_autograd(rescale, grad, pre);
+      }
+    }
+    at::Tensor grad_recon;
+    for (size_t i = 0; i < slot.size(); ++i) {
+      if (slot[i] == 0) grad_recon = scaled[i];
+      if (need[inputs[slot[i]]]) out[inputs[slot[i]]] = scaled[i];
+    }
+
+    const bool none = ctx->saved_data["none"].toBool();
+    if (need[kX]) {
+      at::NoGradGuard no_grad;
+      const c10::SymInt x_rows = ctx->saved_data["x_rows"].toSymInt();
+      if (gaussian) {
+        out[kX] = sum_repeats(grad_recon.neg(), x_rows);
+      } else {
+        // d loss / d x = -w_r * logits with w_r the row's weight: row_scale times its gradient.
+        const at::Tensor& logits = saved[5];
+        const at::Tensor w = none ? grad.unsqueeze(1).neg()
+                             : ctx->saved_data["mean"].toBool() ? grad.div(c10::Scalar(ctx->saved_data["rows"].toSymInt())).neg()
+                                                                 : grad.neg();
+        out[kX] = sum_repeats(logits.to(w.scalar_type()).mul(w), x_rows);
+      }
+    }
+    if (need[kObs] && !out[kObs].defined() && saved[7].defined()) {
+      static const auto op = find_op<TensorPair(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                const at::Tensor&, bool)>("fastvae::gaussian_log_likelihood_backward");
+      // loss_r = beta * kl_r - ll_r: the likelihood's incoming gradient is -grad.
+      out[kObs] = std::get<1>(call_below_autograd(op, grad.neg().contiguous(), saved[5], saved[6], saved[7], true));
+    }
+    return once_differentiable("fastvae::elbo_loss", std::move(out), grads);
+  }
+};
+
+namespace {
+
+ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::optional<at::Tensor>& kl,
+                      const std::optional<at::Tensor>& mu, const std::optional<at::Tensor>& logvar,
+                      const std::optional<at::Tensor>& obs_logvar, double obs_logvar_value,
+                      c10::string_view likelihood, double beta, c10::string_view reduction,
+                      std::array<bool, 3> grad_mask) {
+  auto out = ElboLoss::apply(recon, x, kl, mu, logvar, obs_logvar, obs_logvar_value, likelihood, beta, reduction,
+                             grad_mask);
+  return {out[0], out[1], out[2], out[3], out[4], out[5]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastvae, Autograd, m) {
+  m.impl("elbo_loss", &elbo_loss);
+}
+
+}  // namespace autograd
+}  // namespace fastvae

@@ -1,0 +1,426 @@
+"""The fused ELBO op (fastvae::elbo_loss) and its backward (elbo_rescale / elbo_rescale_).
+
+Forward and gradients against fastvae.reference on float64 copies of the same (rounded) inputs,
+for each likelihood, observation-variance form, reduction, beta and KL source; float64
+gradcheck; opcheck; torch.compile; the backward's scaling rules; the dispatcher calls one fused
+step makes, and that none of them reads a value back to the host.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fastvae
+from fastvae import functional as F
+from fastvae import reference as R
+
+from .conftest import TOL, cpu_and_cuda, rel_err
+
+ops = torch.ops.fastvae
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+FORMS = ["bernoulli", "bernoulli_uint8", "gaussian_fixed", "gaussian_scalar", "gaussian_per_dim", "gaussian_per_element"]
+
+
+def _case(form, rows, cols, dtype, device, latent=5):
+    """(recon, x, mu, logvar, obs_logvar, likelihood, learned leaves) with fresh random values."""
+    def r(*shape, scale=1.0):
+        return (torch.randn(shape, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+
+    recon, mu, lv = r(rows, cols, scale=2.0), r(rows, latent), r(rows, latent, scale=0.5)
+    likelihood = "bernoulli" if form.startswith("bernoulli") else "gaussian"
+    if form == "bernoulli":
+        x = torch.rand(rows, cols, device=device).to(dtype)  # soft targets
+    elif form == "bernoulli_uint8":
+        x = (torch.rand(rows, cols, device=device) > 0.5).to(torch.uint8)
+    else:
+        x = r(rows, cols)
+    obs = {
+        "gaussian_fixed": 0.3,
+        "gaussian_scalar": r(scale=0.5).reshape(()),
+        "gaussian_per_dim": r(cols, scale=0.5),
+        "gaussian_per_element": r(rows, cols, scale=0.5),
+    }.get(form, 0.0)
+    return recon, x, mu, lv, obs, likelihood
+
+
+def _leaf(t, dtype=None):
+    t = t.detach() if dtype is None else t.detach().to(dtype)
+    return t.requires_grad_(t.is_floating_point())
+
+
+def _compare(form, rows, cols, dtype, device, reduction, beta, kl_mode, tol=None, grad_tol=None):
+    recon, x, mu, lv, obs, likelihood = _case(form, rows, cols, dtype, device)
+    learned = isinstance(obs, torch.Tensor)
+    leaves = [_leaf(recon), _leaf(mu), _leaf(lv)] + ([_leaf(obs)] if learned else [])
+    leaves64 = [_leaf(t, torch.float64) for t in leaves]
+    x64 = x.double()
+
+    def run(rc, m, v, o, xx, fused):
+        kw = dict(likelihood=likelihood, obs_logvar=o, beta=beta, reduction=reduction)
+        if fused:
+            if kl_mode == "kl":
+                return F.elbo(rc, xx, None, None, kl=F.kl_standard_normal(m, v), **kw)
+            return F.elbo(rc, xx, m, v, **kw)
+        return R.elbo(rc, xx, m, v, **kw)
+
+    out = run(*leaves[:3], leaves[3] if learned else obs, x, True)
+    ref = run(*leaves64[:3], leaves64[3] if learned else obs, x64, False)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) <= (tol or TOL[dtype])
+    w = torch.rand_like(ref) + 0.5  # not the gradient the forward pass assumed
+    out.backward(w.to(out.dtype))
+    ref.backward(w)
+    for a, b in zip(leaves, leaves64):
+        assert a.grad is not None and a.grad.dtype == a.dtype and a.grad.shape == a.shape
+        assert rel_err(a.grad, b.grad) <= (grad_tol or TOL[dtype] * 4)
+
+
+# ---------------------------------------------------------------- against the reference
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kl_mode", ["mu_logvar", "kl"])
+def test_matches_reference(device, dtype, form, reduction, kl_mode):
+    _compare(form, 7, 33, dtype, device, reduction, 0.7, kl_mode)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("rows, cols", [(1, 1), (1, 7), (7, 1), (7, 1025), (1025, 7), (3, 100003)])
+@pytest.mark.parametrize("form", ["bernoulli", "gaussian_per_dim", "gaussian_per_element"])
+def test_odd_sizes(device, rows, cols, form):
+    for reduction in ("mean", "none"):
+        _compare(form, rows, cols, torch.float32, device, reduction, 1.0, "mu_logvar")
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("beta", [0.0, 0.25, 1.0, 3.5])
+def test_beta(device, beta):
+    for form in ("bernoulli", "gaussian_scalar"):
+        _compare(form, 9, 20, torch.float64, device, "mean", beta, "kl")
+        _compare(form, 9, 20, torch.float64, device, "sum", beta, "mu_logvar")
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_k_samples_against_one_batch_of_x(device, reduction):
+    """K samples of decoder output against one x: the op reads x row r % B in place (no copy),
+    and x's gradient sums over the samples."""
+    k, b, d, z = 3, 5, 11, 4
+    kw = dict(dtype=torch.float64, device=device)
+    recon, mu, lv = torch.randn(k * b, d, **kw), torch.randn(k * b, z, **kw), torch.randn(k * b, z, **kw)
+    for likelihood in ("bernoulli", "gaussian"):
+        x = (torch.rand(b, d, **kw) if likelihood == "bernoulli" else torch.randn(b, d, **kw)).requires_grad_()
+        obs = torch.randn(d, **kw).view(1, d).requires_grad_()
+        leaves = [_leaf(recon), _leaf(mu), _leaf(lv)]
+        loss = ops.elbo_loss(leaves[0], x, None, leaves[1], leaves[2], obs, 0.0, likelihood, 0.5, reduction,
+                             [True, True, True])[0]
+        leaves64 = [_leaf(t) for t in leaves]
+        x64, obs64 = _leaf(x), _leaf(obs)
+        ref = R.elbo(leaves64[0], x64.repeat(k, 1), leaves64[1], leaves64[2], likelihood=likelihood,
+                     obs_logvar=obs64, beta=0.5, reduction=reduction)
+        assert rel_err(loss, ref) < 1e-12
+        w = torch.rand_like(ref) + 0.5
+        got = torch.autograd.grad(loss, leaves + [x] + ([obs] if likelihood == "gaussian" else []), w)
+        want = torch.autograd.grad(ref, leaves64 + [x64] + ([obs64] if likelihood == "gaussian" else []), w)
+        for g, r in zip(got, want):
+            assert rel_err(g, r) < 1e-12
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_non_contiguous_inputs(device):
+    kw = dict(dtype=torch.float64, device=device)
+    recon = torch.randn(13, 8, **kw).t().requires_grad_()  # (8, 13) transposed
+    x = torch.rand(26, 8, **kw)[::2].t()
+    base = torch.randn(8, 10, **kw)
+    mu, lv = base[:, ::2].requires_grad_(), base[:, 1::2] * 0.5
+    obs = torch.randn(13, 2, **kw)[:, 0]
+    assert not (recon.is_contiguous() or x.is_contiguous() or mu.is_contiguous() or obs.is_contiguous())
+    for likelihood in ("bernoulli", "gaussian"):
+        got = F.elbo(recon, x, mu, lv, likelihood=likelihood, obs_logvar=obs)
+        r64, m64 = _leaf(recon), _leaf(mu)
+        want = R.elbo(r64, x, m64, lv, likelihood=likelihood, obs_logvar=obs)
+        assert rel_err(got, want) < 1e-12
+        g = torch.autograd.grad(got, [recon, mu])
+        gw = torch.autograd.grad(want, [r64, m64])
+        assert all(rel_err(a, b) < 1e-12 for a, b in zip(g, gw))
+
+
+# ---------------------------------------------------------------- gradcheck / opcheck / compile
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradcheck(device, reduction):
+    kw = dict(dtype=torch.float64, device=device)
+
+    def leaf(*shape):
+        return torch.randn(shape, **kw).requires_grad_()
+
+    x = torch.rand(4, 7, **kw).requires_grad_()  # soft targets get a gradient too
+    gc = torch.autograd.gradcheck
+    assert gc(lambda r, xx, m, v: F.elbo(r, xx, m, v, beta=0.6, reduction=reduction), (leaf(4, 7), x, leaf(4, 3), leaf(4, 3)))
+    assert gc(lambda r, xx, k: F.elbo(r, xx, None, None, kl=k, reduction=reduction), (leaf(4, 7), x, leaf(4)))
+    for obs in (leaf(), leaf(7), leaf(4, 7)):
+        assert gc(lambda r, xx, m, v, o: F.elbo(r, xx, m, v, likelihood="gaussian", obs_logvar=o, reduction=reduction),
+                  (leaf(4, 7), x, leaf(4, 3), leaf(4, 3), obs))
+
+
+def _opcheck_samples(device):
+    def t(*shape, dtype=torch.float32, grad=True):
+        return torch.randn(shape, device=device, dtype=dtype).requires_grad_(grad)
+
+    x = torch.rand(3, 9, device=device)
+    yield ops.elbo_loss, (t(6, 9), x, None, t(6, 4), t(6, 4), None, 0.0, "bernoulli", 0.5, "mean", [True, True, False])
+    yield ops.elbo_loss, (t(6, 9), (x > 0.5).to(torch.uint8), t(6), None, None, None, 0.0, "bernoulli", 1.0, "sum",
+                          [True, True, False])
+    yield ops.elbo_loss, (t(6, 9), t(3, 9), t(6), None, None, t(1, 9), 0.0, "gaussian", 1.0, "mean", [True, True, True])
+    yield ops.elbo_loss, (t(6, 9), t(6, 9), None, t(6, 2), t(6, 2), t(6, 9), 0.0, "gaussian", 2.0, "none",
+                          [True, True, True])
+    yield ops.elbo_loss, (t(6, 9, dtype=torch.bfloat16), t(6, 9, dtype=torch.bfloat16), None, t(6, 2, dtype=torch.bfloat16, grad=False),
+                          t(6, 2, dtype=torch.bfloat16, grad=False), None, -0.3, "gaussian", 1.0, "mean", [True, False, False])
+    yield ops.elbo_rescale, (t(grad=False), [t(6, 9, grad=False), t(6, grad=False)])
+    yield ops.elbo_rescale, (t(6, grad=False), [t(6, 9, grad=False, dtype=torch.float16), t(6, 2, grad=False)])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_opcheck(device):
+    for op, args in _opcheck_samples(device):
+        torch.library.opcheck(op, args)
+    # In place: the arguments change on every call, so only the checks that do not repeat a call.
+    grads = [torch.randn(6, 9, device=device), torch.randn(6, device=device)]
+    torch.library.opcheck(ops.elbo_rescale_, (torch.rand((), device=device) + 0.5, grads),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("form", ["bernoulli", "gaussian_per_element"])
+def test_compile_fullgraph(device, form):
+    torch._dynamo.reset()
+    recon, x, mu, lv, obs, likelihood = _case(form, 16, 20, torch.float32, device)
+
+    def loss_fn(r, m, v, o):
+        z, kl = F.reparameterize_with_kl(m, v)
+        return F.elbo(r + z.sum(-1, keepdim=True), x, m, v, likelihood=likelihood, obs_logvar=o, beta=0.8, kl=kl)
+
+    def run(fn):
+        leaves = [_leaf(recon), _leaf(mu), _leaf(lv), _leaf(obs) if isinstance(obs, torch.Tensor) else obs]
+        torch.manual_seed(3)
+        out = fn(*leaves)
+        out.backward()
+        return out, [t.grad for t in leaves if isinstance(t, torch.Tensor)]
+
+    eager, g_eager = run(loss_fn)
+    compiled, g_compiled = run(torch.compile(loss_fn, fullgraph=True, backend="inductor"))
+    assert rel_err(compiled, eager) < 1e-5
+    for a, b in zip(g_compiled, g_eager):
+        assert rel_err(a, b) < 1e-5
+
+
+# ---------------------------------------------------------------- backward scaling
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("form", ["bernoulli", "gaussian_per_dim", "gaussian_per_element"])
+def test_scaled_and_retained_backward(device, reduction, form):
+    """The forward pass wrote the gradients for an incoming gradient of 1. A retained graph may be
+    differentiated again with another gradient; (3 * loss) scales; a gradient already returned
+    by autograd.grad is not changed by a later call."""
+    recon, x, mu, lv, obs, likelihood = _case(form, 9, 13, torch.float32, device)
+    learned = isinstance(obs, torch.Tensor)
+    leaves = [_leaf(recon), _leaf(mu), _leaf(lv)] + ([_leaf(obs)] if learned else [])
+    loss = F.elbo(leaves[0], x, leaves[1], leaves[2], likelihood=likelihood, obs_logvar=leaves[3] if learned else obs,
+                  beta=0.9, reduction=reduction)
+    leaves64 = [_leaf(t, torch.float64) for t in leaves]
+    ref = R.elbo(leaves64[0], x.double(), leaves64[1], leaves64[2], likelihood=likelihood,
+                 obs_logvar=leaves64[3] if learned else obs, beta=0.9, reduction=reduction)
+    w = torch.rand_like(ref) + 0.5
+    ones = torch.ones_like(ref)
+    first = torch.autograd.grad(loss, leaves, ones.float(), retain_graph=True)
+    kept = [g.clone() for g in first]
+    second = torch.autograd.grad(loss, leaves, w.float(), retain_graph=True)
+    (loss * 3.0).backward(ones.float())  # the last call: in place
+    want_first = torch.autograd.grad(ref, leaves64, ones, retain_graph=True)
+    want_second = torch.autograd.grad(ref, leaves64, w)
+    for g, k, s, t, wf, ws in zip(first, kept, second, leaves, want_first, want_second):
+        assert torch.equal(g, k)  # untouched by the later calls
+        assert rel_err(g, wf) < 1e-5
+        assert rel_err(s, ws) < 1e-5
+        assert rel_err(t.grad, 3.0 * wf) < 1e-5
+
+
+def test_plain_backward_hands_the_forward_gradient_on():
+    """loss.backward(): the gradient the forward pass wrote becomes recon.grad itself (no copy)."""
+    recon = torch.randn(6, 10, requires_grad=True)
+    x = torch.rand(6, 10)
+    loss, grad_recon, *_ = ops.elbo_loss(recon, x, None, torch.randn(6, 2), torch.randn(6, 2), None, 0.0,
+                                         "bernoulli", 1.0, "mean", [True, False, False])
+    ptr = grad_recon.data_ptr()
+    del grad_recon
+    loss.backward()
+    assert recon.grad.data_ptr() == ptr
+
+
+def test_double_backward_raises_naming_the_op():
+    recon = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    mu = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.rand(4, 6, dtype=torch.float64)
+    loss = F.elbo(recon, x, mu, torch.randn(4, 2, dtype=torch.float64))
+    (g,) = torch.autograd.grad(loss, recon, create_graph=True)
+    assert rel_err(g, (torch.sigmoid(recon.detach()) - x) / 4) < 1e-14  # first order still right
+    with pytest.raises(RuntimeError, match="fastvae::elbo_loss does not support double backward"):
+        g.pow(2).sum().backward()
+
+
+def test_deterministic_bitwise():
+    recon, x, mu, lv, obs, likelihood = _case("gaussian_per_dim", 4097, 129, torch.float32, "cpu")
+    obs.requires_grad_()
+    runs = []
+    for _ in range(2):
+        o = _leaf(obs)
+        loss = F.elbo(recon, x, mu, lv, likelihood=likelihood, obs_logvar=o)
+        loss.backward()
+        runs.append((loss.detach(), o.grad))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+# ---------------------------------------------------------------- dispatcher calls and syncs
+class _Calls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append((func, str(func.overloadpacket)))
+        return func(*args, **(kwargs or {}))
+
+
+def _launching(calls):
+    """Dispatcher calls that can launch a kernel: not views, not the ones_like of .backward()."""
+    return [n for f, n in calls.names if not f.is_view and n not in ("aten.ones_like", "aten.detach")]
+
+
+def test_fused_elbo_forward_backward_dispatcher_calls():
+    mu = torch.randn(5, 16, requires_grad=True)
+    lv = torch.randn(5, 16, requires_grad=True)
+    x = (torch.rand(5, 16) > 0.5).float()
+    with _Calls() as calls:
+        z, kl = F.reparameterize_with_kl(mu, lv)
+        loss = F.elbo(z, x, mu, lv, kl=kl)  # z itself as the decoder output: every grad path runs
+        loss.backward()
+    launching = _launching(calls)
+    assert launching == ["fastvae.reparameterize_with_kl", "fastvae.elbo_loss",
+                         "fastvae.elbo_rescale_", "fastvae.reparameterize_backward"], launching
+    assert len(launching) <= 6
+    assert mu.grad is not None and lv.grad is not None
+
+
+SYNCS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
+
+
+@pytest.mark.parametrize("likelihood, obs_var", [("bernoulli", "fixed"), ("gaussian", "scalar"),
+                                                 ("gaussian", "per_element")])
+def test_vae_loss_backward_reads_nothing_back(likelihood, obs_var):
+    model = fastvae.build_mlp_vae(input_dim=12, hidden=(8,), latent_dim=3, likelihood=likelihood, obs_var=obs_var)
+    x = torch.rand(5, 12)
+    model.loss(x)  # data_shape inferred outside the trace
+    with _Calls() as calls:
+        model.loss(x).backward()
+    names = [n for _, n in calls.names]
+    assert not [n for n in names if n in SYNCS], names
+    assert names.count("fastvae.elbo_loss") == 1 and names.count("fastvae.elbo_rescale_") == 1
+
+
+# ---------------------------------------------------------------- arguments
+def test_empty_batch_raises_the_value_error_of_the_other_ops():
+    with pytest.raises(ValueError, match="empty"):
+        F.kl_standard_normal(torch.randn(0, 4), torch.randn(0, 4))
+    with pytest.raises(ValueError, match="recon is empty"):
+        F.elbo(torch.randn(0, 4), torch.rand(0, 4), torch.randn(0, 2), torch.randn(0, 2))
+    with pytest.raises(ValueError, match="recon is empty"):
+        fastvae.ELBOLoss(likelihood="gaussian")(torch.randn(0, 3, 3), torch.rand(0, 3, 3), torch.randn(0, 2),
+                                                torch.randn(0, 2))
+
+
+def test_numpy_and_tensor_scalars_accepted():
+    recon, x, mu, lv = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 2), torch.randn(3, 2)
+    want = F.elbo(recon, x, mu, lv, likelihood="gaussian", obs_logvar=0.25, beta=0.5)
+    for obs, beta in ((np.float32(0.25), np.float32(0.5)), (np.float64(0.25), np.int64(1) / 2),
+                      (torch.tensor(0.25), 0.5)):
+        got = F.elbo(recon, x, mu, lv, likelihood="gaussian", obs_logvar=obs, beta=beta)
+        assert rel_err(got, want) < 1e-6
+        got = fastvae.ELBOLoss("gaussian", obs_logvar=obs, beta=beta)(recon, x, mu, lv)
+        assert rel_err(got, want) < 1e-6
+    with pytest.raises(ValueError, match="beta must be a real number"):
+        F.elbo(recon, x, mu, lv, beta="1")
+    with pytest.raises(ValueError, match="obs_logvar must be a real number"):
+        F.elbo(recon, x, mu, lv, likelihood="gaussian", obs_logvar="1")
+
+
+def test_negative_beta_rejected_like_the_cli():
+    recon, x, mu, lv = torch.randn(3, 5), torch.rand(3, 5), torch.randn(3, 2), torch.randn(3, 2)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        F.elbo(recon, x, mu, lv, beta=-0.1)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        fastvae.ELBOLoss(beta=-1.0)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        F.elbo(recon, x, mu, lv, beta=float("nan"))
+    assert torch.isfinite(F.elbo(recon, x, mu, lv, beta=0.0))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: ops.elbo_loss(torch.randn(3, 4), torch.rand(3, 4), None, None, None, None, 0.0, "bernoulli", 1.0,
+                               "mean", [True, True, False]), "needs kl, or mu and logvar"),
+        (lambda: ops.elbo_loss(torch.randn(6, 4), torch.rand(4, 4), torch.rand(6), None, None, None, 0.0,
+                               "bernoulli", 1.0, "mean", [False, False, False]), "must divide"),
+        (lambda: ops.elbo_loss(torch.randn(3, 4), torch.rand(3, 4), torch.rand(3).double(), None, None, None, 0.0,
+                               "bernoulli", 1.0, "mean", [False, False, False]), "kl must be a contiguous"),
+        (lambda: ops.elbo_loss(torch.randn(3, 4), torch.rand(3, 4), torch.rand(3), None, None, torch.rand(2, 4), 0.0,
+                               "gaussian", 1.0, "mean", [False, False, False]), "obs_logvar"),
+        (lambda: ops.elbo_loss(torch.randn(3, 4), torch.rand(3, 4), torch.rand(3), None, None, None, 0.0,
+                               "poisson", 1.0, "mean", [False, False, False]), "likelihood"),
+        (lambda: ops.elbo_loss(torch.randn(3, 4), torch.rand(3, 4), torch.rand(3), None, None, None, 0.0,
+                               "bernoulli", 1.0, "avg", [False, False, False]), "reduction"),
+    ],
+)
+def test_raw_op_checks_name_the_argument(call, match):
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        call()
+
+
+def test_grad_mask_off_then_backward_raises():
+    recon = torch.randn(3, 4, requires_grad=True)
+    loss = ops.elbo_loss(recon, torch.rand(3, 4), torch.rand(3), None, None, None, 0.0, "bernoulli", 1.0, "mean",
+                         [False, False, False])[0]
+    with pytest.raises(RuntimeError, match="no gradient for recon"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("obs_shape", [None, (), (3,), (2, 1), (5, 2, 3)])
+def test_event_shapes_and_variance_broadcasts(obs_shape):
+    """recon with several event dims, or none (one example); variances broadcast inside them."""
+    kw = dict(dtype=torch.float64)
+    for shape, latent in (((5, 2, 3), (5, 4)), ((3,), (2,))):
+        recon = torch.randn(shape, **kw).requires_grad_()
+        x = torch.randn(shape, **kw)
+        mu = torch.randn(latent, **kw).requires_grad_()
+        full = (5, 2, 3) if len(shape) == 3 else shape
+        if obs_shape is not None and len(obs_shape) > len(shape) or obs_shape == (5, 2, 3) and len(shape) == 1:
+            continue
+        obs = 0.4 if obs_shape is None else (torch.randn(obs_shape, **kw) * 0.5).requires_grad_()
+        got = F.elbo(recon, x, mu, mu * 0.3, likelihood="gaussian", obs_logvar=obs, reduction="none")
+        leaves = [recon, mu] + ([obs] if obs_shape is not None else [])
+        leaves64 = [_leaf(t) for t in leaves]
+        o64 = leaves64[2] if obs_shape is not None else obs
+        if len(shape) == 1:  # one example: the reference needs its batch dim
+            want = R.elbo(leaves64[0].unsqueeze(0), x.unsqueeze(0), leaves64[1], leaves64[1] * 0.3,
+                          likelihood="gaussian", obs_logvar=o64, reduction="none").squeeze(0)
+        else:
+            want = R.elbo(leaves64[0], x, leaves64[1], leaves64[1] * 0.3, likelihood="gaussian", obs_logvar=o64,
+                          reduction="none")
+        assert got.shape == want.shape and rel_err(got, want) < 1e-12, full
+        w = torch.rand_like(want) + 0.5
+        for g, r in zip(torch.autograd.grad(got, leaves, w), torch.autograd.grad(want, leaves64, w)):
+            assert rel_err(g, r) < 1e-12
