@@ -179,7 +179,7 @@ at::Tensor philox_state(const at::Tensor& like, std::optional<at::Generator> gen
     philox = gen->philox_cuda_state(4);
   }
   auto state = at::empty({2}, like.options().dtype(at::kLong));
-  write_state_kernel<<<1, 1, 0, at::cuda::getCurrentCUDAStream()>>>(philox, state.mutable_data_ptr<int64_t>());
+  FASTVAE_LAUNCH(1, 1, 0, at::cuda::getCurrentCUDAStream(), write_state_kernel)(philox, state.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return state;
 }
@@ -195,7 +195,7 @@ at::Tensor reparameterize(const at::Tensor& mu, const at::Tensor& logvar, const 
   const int64_t n = mu.numel(), total = n * num_samples;
   if (total == 0) return z;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_cuda", [&] {
-    reparameterize_kernel<scalar_t><<<grid_for((total + 3) / 4), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    FASTVAE_LAUNCH(grid_for((total + 3) / 4), kThreads, 0, at::cuda::getCurrentCUDAStream(), reparameterize_kernel<scalar_t>)(
         mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(), rng_state.const_data_ptr<int64_t>(), n,
         total, z.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
