@@ -9,6 +9,10 @@ CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export CUDA_HOME
 MAX_JOBS ?= 2
 export MAX_JOBS
+# Also build fastvae._C_emu (the CUDA kernels run on the CPU by csrc/emu/'s SIMT emulator), and
+# make `make test` fail rather than skip its `emu` tests when it is missing. FASTVAE_EMU=0 skips it.
+FASTVAE_EMU ?= 1
+export FASTVAE_EMU
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 NVIDIA_LIB = $(shell $(PY) -c 'import os, torch; print(os.path.abspath(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")))')
 
@@ -32,7 +36,7 @@ demo: build
 	$(VENV)/bin/fastvae train --out runs/demo
 
 test: build
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	FASTVAE_REQUIRE_EMU=$(FASTVAE_EMU) $(PY) -m pytest tests -q -p no:cacheprovider
 
 bench: build
 	$(VENV)/bin/fastvae bench
