@@ -8,6 +8,7 @@ with aligned and misaligned operands, once in thread order and once reversed. Ru
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Dict, List, Tuple
 
 import pytest
@@ -382,3 +383,52 @@ def test_emulated_device_settings_are_restored():
     assert torch.ops.fastvae_emu._configure() == before
     with pytest.raises(RuntimeError, match="sm_count"):
         torch.ops.fastvae_emu._configure(0)
+
+
+# ---------------------------------------------------------------- which launch path ran
+def _paths_taken(log: List[str]) -> List[tuple]:
+    """(kind, pack width V, lanes or grid) of each row-sum launch in the emulator's launch log."""
+    taken = []
+    for line in log:
+        grid, _, rest = line.split(" ", 2)
+        gx, gy, _ = (int(v) for v in grid.split(","))
+        lanes = re.search(r"launch_row_sums_by_lanesILi(\d+)ELi(\d+)E", rest)
+        block = re.search(r"row_sums_packedILi(\d+)E", rest)
+        if lanes:
+            taken.append(("lanes", int(lanes[1]), int(lanes[2])))
+        elif rest.startswith("row_sums_by_block_kernel") and block:
+            taken.append(("block", int(block[1]), gx, gy))
+        elif rest.startswith("sum_chunks_kernel"):
+            taken.append(("sum_chunks",))
+    return taken
+
+
+# For float32 KL rows: (aligned, misaligned) launches. 16-byte packs are 4 floats; a misaligned
+# or odd-width row takes packs of 1.
+EXPECTED_PATHS = {
+    "lanes8": ([("lanes", 1, 8)], [("lanes", 1, 8)]),
+    "lanes8_packed": ([("lanes", 4, 8)], [("lanes", 1, 32)]),
+    "lanes32": ([("lanes", 4, 32)], [("lanes", 1, 32)]),
+    "block": ([("block", 1, 1, 5)], [("block", 1, 1, 5)]),
+    "width1_lanes": ([("lanes", 1, 8)], [("lanes", 1, 8)]),
+    "width1_block": ([("block", 1, 1, 3)], [("block", 1, 1, 3)]),
+    "split": ([("block", 1, 3, 3), ("sum_chunks",)], [("block", 1, 3, 3), ("sum_chunks",)]),
+    "split_packed": ([("block", 4, 2, 2), ("sum_chunks",)], [("block", 1, 2, 2), ("sum_chunks",)]),
+    "grid_y": ([("block", 1, 1, 3)] * 2 + [("block", 1, 1, 1)],) * 2,
+    "grid_y_split": ([("block", 4, 2, 2)] * 2 + [("block", 4, 2, 1), ("sum_chunks",)],
+                     [("block", 1, 2, 2)] * 2 + [("block", 1, 2, 1), ("sum_chunks",)]),
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_each_shape_takes_its_launch_path(path):
+    """The shapes above reach the launch paths they are named for (read from the launch log)."""
+    shape, settings = PATHS[path]
+    mu = torch.randn(shape)
+    torch.ops.fastvae_emu._launch_log()
+    taken = []
+    with emu.configure(**settings):
+        for layout in (lambda t: t, _unaligned):
+            torch.ops.fastvae_emu.kl_standard_normal(layout(mu), layout(mu))
+            taken.append(_paths_taken(torch.ops.fastvae_emu._launch_log()))
+    assert tuple(taken) == EXPECTED_PATHS[path]

@@ -115,4 +115,5 @@ at::Tensor selftest(const std::string& name, const at::Tensor& input) {
 TORCH_LIBRARY_FRAGMENT(fastvae_emu, m) {
   m.def("_configure(int sm_count=-1, int max_grid_y=-1, int reverse=-1) -> int[]", &fastvae::emu::configure);
   m.def("_selftest(str name, Tensor input) -> Tensor", &fastvae::emu::selftest);
+  m.def("_launch_log() -> str[]", [] { return fastvae::emu::take_launch_log(); });
 }

@@ -80,6 +80,19 @@ Options& options() {
   return opts;
 }
 
+namespace {
+std::vector<std::string>& launch_log() {
+  static std::vector<std::string> log;
+  return log;
+}
+}  // namespace
+
+std::vector<std::string> take_launch_log() {
+  std::vector<std::string> out;
+  out.swap(launch_log());
+  return out;
+}
+
 namespace detail {
 
 namespace {
@@ -498,6 +511,12 @@ void run_grid(const LaunchConfig& cfg, void (*thread_body)(void*), void* arg) {
       << "), block (" << cfg.block.x << "," << cfg.block.y << "," << cfg.block.z << "), " << cfg.smem
       << " bytes of dynamic shared memory (max grid y/z " << o.max_grid_y << ")";
     s.fail(m.str());
+  }
+  {
+    std::ostringstream m;
+    m << cfg.grid.x << "," << cfg.grid.y << "," << cfg.grid.z << " " << cfg.block.x << " " << cfg.name << " @ "
+      << cfg.where;
+    if (launch_log().size() < 100000) launch_log().push_back(m.str());
   }
   s.ensure_fibers(threads);
   s.body = thread_body;

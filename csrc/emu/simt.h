@@ -19,8 +19,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <tuple>
+#include <vector>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 
 #ifndef FASTVAE_EMU
@@ -103,6 +106,11 @@ struct Options {
 };
 Options& options();
 
+// Every launch since the last call, as "grid.x,grid.y,grid.z block.x kernel @ mangled type of the
+// launching lambda" (whose enclosing function's template arguments tell the launch path: tests
+// check which path a shape took); then the log is cleared.
+std::vector<std::string> take_launch_log();
+
 namespace detail {
 
 struct Site {
@@ -130,6 +138,7 @@ struct LaunchConfig {
   dim3 grid, block;
   std::size_t smem;
   const char* name;
+  const char* where;  // the mangled type of the launching lambda: names the enclosing function
 };
 void run_grid(const LaunchConfig& cfg, void (*thread_body)(void*), void* arg);
 
@@ -152,7 +161,7 @@ class Launch {
  public:
   template <typename Stream>
   Launch(detail::Dims grid, detail::Dims block, std::size_t smem, Stream, const char* name, Body body)
-      : cfg_{grid.d, block.d, smem, name}, body_(body) {
+      : cfg_{grid.d, block.d, smem, name, typeid(Body).name()}, body_(body) {
     TORCH_CHECK(grid.bad < 0 && block.bad < 0, "fastvae emu: invalid launch configuration of ", name,
                 " (grid or block size ", grid.bad >= 0 ? grid.bad : block.bad, ")");
   }
