@@ -16,7 +16,7 @@ export FASTVAE_EMU
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 NVIDIA_LIB = $(shell $(PY) -c 'import os, torch; print(os.path.abspath(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")))')
 
-.PHONY: setup build demo test bench cmake-check clean
+.PHONY: setup build demo test test-emu-asan bench cmake-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +37,14 @@ demo: build
 
 test: build
 	FASTVAE_REQUIRE_EMU=$(FASTVAE_EMU) $(PY) -m pytest tests -q -p no:cacheprovider
+
+# The emulated CUDA kernels once more under AddressSanitizer: a kernel reading or writing outside
+# its tensors fails. Built out of place (build/asan), so the normal fastvae._C_emu stays as it is.
+test-emu-asan: build
+	FASTVAE_EMU_ASAN=1 $(PY) setup.py -q build_ext --build-lib build/asan --build-temp build/asan-temp
+	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
+	  FASTVAE_EMU_LIB="$$(ls build/asan/fastvae/_C_emu*.so)" FASTVAE_REQUIRE_EMU=1 \
+	  $(PY) -m pytest tests/test_emu.py -q -p no:cacheprovider
 
 bench: build
 	$(VENV)/bin/fastvae bench

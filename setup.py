@@ -8,6 +8,8 @@ Environment:
   MAX_JOBS              parallel compile jobs (ninja).
   FASTVAE_EMU=0|1       also build fastvae._C_emu: csrc/cuda/*.cu compiled as C++ and run on CPU
                         tensors by the SIMT emulator of csrc/emu/ (torch.ops.fastvae_emu.*).
+  FASTVAE_EMU_ASAN=1    build fastvae._C_emu alone, under AddressSanitizer (for --build-lib elsewhere;
+                        tests/emu.py loads it from FASTVAE_EMU_LIB).
   FASTVAE_SKIP_EXT=1    install the Python package only, reusing an extension already built in
                         place (`python setup.py build_ext --inplace`); the Makefile uses this so
                         that `pip install -e .` does not compile everything a second time.
@@ -120,13 +122,25 @@ def _emu_extension():
     # -O1 keeps the compile short; the emulator's time goes into context switches, not arithmetic.
     cxx = ["-O1", "-g0", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-class-memaccess",
            "-Wno-sign-compare", "-Wno-maybe-uninitialized", "-DFASTVAE_EMU"]
+    link = []
+    if _flag("FASTVAE_EMU_ASAN"):  # AddressSanitizer: run with libasan preloaded (see .ci/run)
+        cxx += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        link += ["-fsanitize=address"]
     # csrc/emu/include first: its stand-ins shadow torch's CUDA headers.
     include_dirs = [os.path.join(ROOT, "csrc", "emu", "include"), os.path.join(ROOT, "csrc")]
     return cpp_extension.CppExtension("fastvae._C_emu", sources, include_dirs=include_dirs,
-                                      extra_compile_args={"cxx": cxx})
+                                      extra_compile_args={"cxx": cxx}, extra_link_args=link)
+
+
+def _ext_modules():
+    if _flag("FASTVAE_SKIP_EXT"):
+        return []
+    if _flag("FASTVAE_EMU_ASAN"):  # the sanitised emulation build alone, built out of place
+        return [_emu_extension()]
+    return [_extension()] + ([_emu_extension()] if _flag("FASTVAE_EMU") else [])
 
 
 setup(
-    ext_modules=[] if _flag("FASTVAE_SKIP_EXT") else [_extension()] + ([_emu_extension()] if _flag("FASTVAE_EMU") else []),
+    ext_modules=_ext_modules(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -1,6 +1,11 @@
 // The scheduler of the SIMT emulator (csrc/emu/simt.h): fibers, block barriers, warp ops, errors.
 #include "emu/simt.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define FASTVAE_EMU_ASAN 1
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -114,6 +119,7 @@ struct Fiber {
   uint3 idx{0, 0, 0};
   State state = State::kExited;
   Site site{nullptr, 0};
+  void* asan_fake = nullptr;
   // barrier
   int predicate = 0;
   int barrier_result = 0;
@@ -196,26 +202,55 @@ struct Scheduler {
   // Back to the scheduler from a kernel thread.
   void yield() {
     Fiber* me = current;
+    asan_leave(me->state == State::kExited ? nullptr : &me->asan_fake, home_bottom, home_size);
 #ifdef FASTVAE_EMU_ASM_SWITCH
     fastvae_emu_switch(&me->sp, home);
 #else
     swapcontext(&me->ctx, &home);
 #endif
+    asan_arrived(me->asan_fake, nullptr, nullptr);
   }
 
   void resume(Fiber& f) {
     current = &f;
     thread_idx = f.idx;
+    asan_leave(&home_fake, f.stack + 4096, kStackBytes);
 #ifdef FASTVAE_EMU_ASM_SWITCH
     fastvae_emu_switch(&home, f.sp);
 #else
     swapcontext(&home, &f.ctx);
 #endif
+    asan_arrived(home_fake, nullptr, nullptr);
     current = nullptr;
+  }
+
+  // AddressSanitizer must be told of every switch of stacks (no-ops in other builds): leaving
+  // (with where to keep the fake stack, null when the fiber ends) and arriving.
+  const void* home_bottom = nullptr;  // the scheduler's stack, learnt when a fiber first starts
+  std::size_t home_size = 0;
+  void* home_fake = nullptr;
+  static void asan_leave(void** fake, const void* bottom, std::size_t size) {
+#ifdef FASTVAE_EMU_ASAN
+    __sanitizer_start_switch_fiber(fake, bottom, size);
+#else
+    (void)fake, (void)bottom, (void)size;
+#endif
+  }
+  static void asan_arrived(void* fake, const void** bottom_old, std::size_t* size_old) {
+#ifdef FASTVAE_EMU_ASAN
+    __sanitizer_finish_switch_fiber(fake, bottom_old, size_old);
+#else
+    (void)fake, (void)bottom_old, (void)size_old;
+#endif
   }
 
   // A fresh start for fiber f at Scheduler::entry.
   void start(Fiber& f) {
+#ifdef FASTVAE_EMU_ASAN
+    // Frames that never returned (a fiber's entry, a block abandoned on an error) left their
+    // red zones marked in the reused stack.
+    ASAN_UNPOISON_MEMORY_REGION(f.stack + 4096, kStackBytes);
+#endif
 #ifdef FASTVAE_EMU_ASM_SWITCH
     // What fastvae_emu_switch pops: MXCSR and x87 control word, six registers, then the entry as
     // the return address, above it a null return address for entry itself (which never returns),
@@ -438,6 +473,7 @@ Scheduler& sched() {
 
 void Scheduler::entry() {
   Scheduler& s = sched();
+  asan_arrived(nullptr, &s.home_bottom, &s.home_size);
   try {
     s.body(s.arg);
   } catch (...) {
