@@ -40,9 +40,11 @@ test: build
 
 # The emulated CUDA kernels once more under AddressSanitizer: a kernel reading or writing outside
 # its tensors fails. Built out of place (build/asan), so the normal fastvae._C_emu stays as it is.
+# libstdc++ is preloaded too: ASan must find its __cxa_throw at start (python loads it later).
 test-emu-asan: build
 	FASTVAE_EMU_ASAN=1 $(PY) setup.py -q build_ext --build-lib build/asan --build-temp build/asan-temp
-	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
+	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0 \
 	  FASTVAE_EMU_LIB="$$(ls build/asan/fastvae/_C_emu*.so)" FASTVAE_REQUIRE_EMU=1 \
 	  $(PY) -m pytest tests/test_emu.py -q -p no:cacheprovider
 
