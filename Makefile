@@ -46,7 +46,7 @@ test-emu-asan: build
 	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0 \
 	  FASTVAE_EMU_LIB="$$(ls build/asan/fastvae/_C_emu*.so)" FASTVAE_REQUIRE_EMU=1 \
-	  $(PY) -m pytest tests/test_emu.py -q -p no:cacheprovider
+	  $(PY) -m pytest tests/test_emu.py -q -p no:cacheprovider --capture=sys  # ASan reports on fd 2
 
 bench: build
 	$(VENV)/bin/fastvae bench
