@@ -38,7 +38,9 @@
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 // Static shared variables live in one ELF section, which the scheduler poisons before every block:
-// blocks run one after another, so one copy per variable is the block's own.
+// blocks run one after another, so one copy per variable is the block's own. GCC ignores the
+// section for a static inside a function template (a COMDAT variable, e.g. block_sum's
+// warp_sums): such a variable starts each block with what the previous block left, not poison.
 #define __shared__ static __attribute__((section("fastvae_emu_shared"), aligned(16)))
 
 // ---------------------------------------------------------------- vector types
