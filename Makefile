@@ -13,10 +13,14 @@ export MAX_JOBS
 VERBOSE ?=
 export VERBOSE
 Q := $(if $(filter-out 0,$(VERBOSE)),,-q)
+# Also build fastvae._C_emu (the CUDA kernels run on the CPU by csrc/emu/'s SIMT emulator), and
+# make `make test` fail rather than skip its `emu` tests when it is missing. FASTVAE_EMU=0 skips it.
+FASTVAE_EMU ?= 1
+export FASTVAE_EMU
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 NVIDIA_LIB = $(shell $(PY) -c 'import os, torch; print(os.path.abspath(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")))')
 
-.PHONY: setup build demo test bench cmake-check clean
+.PHONY: setup build demo test test-emu-asan bench cmake-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,7 +40,17 @@ demo: build
 	$(VENV)/bin/fastvae train --out runs/demo
 
 test: build
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	FASTVAE_REQUIRE_EMU=$(FASTVAE_EMU) $(PY) -m pytest tests -q -p no:cacheprovider
+
+# The emulated CUDA kernels once more under AddressSanitizer: a kernel reading or writing outside
+# its tensors fails. Built out of place (build/asan), so the normal fastvae._C_emu stays as it is.
+# libstdc++ is preloaded too: ASan must find its __cxa_throw at start (python loads it later).
+test-emu-asan: build
+	FASTVAE_EMU_ASAN=1 $(PY) setup.py -q build_ext --build-lib build/asan --build-temp build/asan-temp
+	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0 \
+	  FASTVAE_EMU_LIB="$$(ls build/asan/fastvae/_C_emu*.so)" FASTVAE_REQUIRE_EMU=1 \
+	  $(PY) -m pytest tests/test_emu.py -q -p no:cacheprovider --capture=sys  # ASan reports on fd 2
 
 bench: build
 	$(VENV)/bin/fastvae bench

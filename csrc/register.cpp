@@ -8,10 +8,21 @@
 
 #include "ops.h"
 
+// fastvae._C_emu (FASTVAE_EMU, see csrc/emu/) compiles this file again: the same schemas in the
+// namespace fastvae_emu, bound under the CPU key to the CUDA kernels run by the SIMT emulator.
+#ifdef FASTVAE_EMU
+#define FASTVAE_NAMESPACE fastvae_emu
+#else
+#define FASTVAE_NAMESPACE fastvae
+#endif
+// Expands FASTVAE_NAMESPACE before TORCH_LIBRARY pastes it into names.
+#define FASTVAE_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define FASTVAE_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
 // Bumped whenever a schema changes, so that fastvae/_extension.py can refuse a stale build.
 #define FASTVAE_OPS_VERSION 6
 
-TORCH_LIBRARY(fastvae, m) {
+FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a
   // given rng_state) and return it as their last output, for the backward op to draw eps again.
   m.def("reparameterize(Tensor mu, Tensor logvar, int num_samples, Generator? generator=None, "
@@ -58,9 +69,13 @@ TORCH_LIBRARY(fastvae, m) {
   m.impl("elbo_rescale_", &fastvae::ns::elbo_rescale_);                                        \
   m.impl("elbo_rescale", &fastvae::ns::elbo_rescale);
 
+#ifdef FASTVAE_EMU
+FASTVAE_LIBRARY_IMPL(FASTVAE_NAMESPACE, CPU, m) { FASTVAE_IMPL_ALL(cuda) }
+#else
 TORCH_LIBRARY_IMPL(fastvae, CPU, m) { FASTVAE_IMPL_ALL(cpu) }
+#endif
 
-#ifdef FASTVAE_WITH_CUDA
+#if defined(FASTVAE_WITH_CUDA) && !defined(FASTVAE_EMU)
 TORCH_LIBRARY_IMPL(fastvae, CUDA, m) { FASTVAE_IMPL_ALL(cuda) }
 #endif
 
@@ -68,7 +83,7 @@ TORCH_LIBRARY_IMPL(fastvae, CUDA, m) { FASTVAE_IMPL_ALL(cuda) }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastvae compiled kernels; the ops live in torch.ops.fastvae";
   m.attr("ops_version") = FASTVAE_OPS_VERSION;
-#ifdef FASTVAE_WITH_CUDA
+#if defined(FASTVAE_WITH_CUDA) || defined(FASTVAE_EMU)
   m.attr("cuda_built") = true;
 #else
   m.attr("cuda_built") = false;

@@ -15,8 +15,28 @@ REQUIRE_CUDA = os.environ.get("FASTVAE_REQUIRE_CUDA") == "1"
 
 
 def cpu_and_cuda():
-    """Parametrisation over the devices fastvae supports; CUDA cases carry ``needs_cuda``."""
-    return ("cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda))
+    """Parametrisation over the devices fastvae supports; CUDA cases carry ``needs_cuda``.
+
+    The third, ``emu``, is CPU tensors with the CUDA kernels run by the SIMT emulator
+    (fastvae._C_emu): torch.ops.fastvae.* are routed to them for the test (see tests/emu.py)."""
+    return ("cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda),
+            pytest.param("cpu", id="emu", marks=pytest.mark.emu(route=True)))
+
+
+@pytest.fixture(autouse=True)
+def _route_to_emulator(request):
+    """For the ``emu`` device: the fastvae ops run the emulated CUDA kernels during the test."""
+    if not any(m.kwargs.get("route") for m in request.node.iter_markers("emu")):
+        yield
+        return
+    from . import emu
+
+    if not emu.AVAILABLE:
+        if emu.REQUIRE_EMU:
+            pytest.fail(f"FASTVAE_REQUIRE_EMU=1 but {emu.SKIP_REASON}")
+        pytest.skip(emu.SKIP_REASON)
+    with emu.routed():
+        yield
 
 
 def pytest_runtest_setup(item):

@@ -232,11 +232,11 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
     f.partial = partial.defined() ? partial.mutable_data_ptr<double>() : nullptr;
     f.loss = none ? nullptr : loss.mutable_data_ptr<acc_t>();
     f.out_scale = a.row_scale;
-    elbo_finish_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(f);
+    FASTVAE_LAUNCH(blocks, kThreads, 0, stream, elbo_finish_kernel<scalar_t>)(f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (partial.defined()) {
-      elbo_sum_partials_kernel<acc_t><<<1, kThreads, 0, stream>>>(blocks, partial.const_data_ptr<double>(),
-                                                                  loss.mutable_data_ptr<acc_t>(), a.row_scale);
+      FASTVAE_LAUNCH(1, kThreads, 0, stream, elbo_sum_partials_kernel<acc_t>)(
+          blocks, partial.const_data_ptr<double>(), loss.mutable_data_ptr<acc_t>(), a.row_scale);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -335,7 +335,7 @@ void rescale(const at::Tensor& grad, at::TensorList in, const std::vector<at::Te
     }
     if (a.n == 0) continue;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "elbo_rescale_cuda", [&] {
-      elbo_rescale_kernel<scalar_t><<<grid_for(a.begin[a.n]), kThreads, 0, stream>>>(
+      FASTVAE_LAUNCH(grid_for(a.begin[a.n]), kThreads, 0, stream, elbo_rescale_kernel<scalar_t>)(
           grad.const_data_ptr<scalar_t>(), g_n, g_stride, a, in_place);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -23,6 +23,16 @@
 
 #include "common/vae_math.h"
 
+// Every kernel launch goes through FASTVAE_LAUNCH(grid, block, shared_bytes, stream, kernel)(args):
+// CUDA's own launch under nvcc; in the emulation build (fastvae._C_emu: these sources compiled as
+// C++ with FASTVAE_EMU) the SIMT emulator of csrc/emu/simt.h runs the kernel on the CPU.
+#ifdef FASTVAE_EMU
+#include "emu/simt.h"
+#define FASTVAE_LAUNCH(grid, block, smem, stream, ...) FASTVAE_EMU_LAUNCH(grid, block, smem, stream, __VA_ARGS__)
+#else
+#define FASTVAE_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
 namespace fastvae {
 namespace cuda_detail {
 
@@ -80,6 +90,7 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& value) {
   using Bits = typename PackBits<sizeof(Pack<T, N>)>::type;
   Bits bits;
   memcpy(&bits, &value, sizeof(value));
+#if defined(__CUDA_ARCH__)
   if constexpr (sizeof(Bits) == 16) {
     asm volatile("st.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(bits.x), "r"(bits.y), "r"(bits.z), "r"(bits.w));
   } else if constexpr (sizeof(Bits) == 8) {
@@ -87,6 +98,9 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& value) {
   } else {
     *reinterpret_cast<Bits*>(p) = bits;
   }
+#else
+  *reinterpret_cast<Bits*>(p) = bits;  // the plain C++ twin (host pass, emulation build)
+#endif
 }
 
 // True when rows of `cols` columns hold whole packs of N and every pointer (of any element type;
@@ -157,7 +171,7 @@ inline int64_t multiprocessors() {
 template <int V, int kLanes, typename acc_t, typename Fn>
 void launch_row_sums_by_lanes(int64_t rows, int64_t cols, acc_t* out, const Fn& fn) {
   const int64_t blocks = (rows * kLanes + kThreads - 1) / kThreads;
-  row_sums_by_lanes_kernel<V, kLanes, acc_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  FASTVAE_LAUNCH(blocks, kThreads, 0, at::cuda::getCurrentCUDAStream(), row_sums_by_lanes_kernel<V, kLanes, acc_t>)(
       rows, cols, out, fn);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -185,14 +199,15 @@ void row_sums_packed(int64_t rows, int64_t cols, acc_t* out, const at::TensorOpt
     partial = at::empty({rows * chunks}, acc_opts);
     target = partial.mutable_data_ptr<acc_t>();
   }
-  constexpr int64_t kMaxGridY = 65535;
-  for (int64_t r0 = 0; r0 < rows; r0 += kMaxGridY) {
-    const int64_t n = std::min(kMaxGridY, rows - r0);
-    row_sums_by_block_kernel<V, acc_t><<<dim3(chunks, n), threads, 0, stream>>>(r0, cols, chunks, target, fn);
+  // Rows in groups of at most the grid's y limit (65535 on every GPU; the emulator may set less).
+  const int64_t max_grid_y = at::cuda::getCurrentDeviceProperties()->maxGridSize[1];
+  for (int64_t r0 = 0; r0 < rows; r0 += max_grid_y) {
+    const int64_t n = std::min(max_grid_y, rows - r0);
+    FASTVAE_LAUNCH(dim3(chunks, n), threads, 0, stream, row_sums_by_block_kernel<V, acc_t>)(r0, cols, chunks, target, fn);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (chunks > 1) {
-    sum_chunks_kernel<acc_t><<<(rows + kThreads - 1) / kThreads, kThreads, 0, stream>>>(rows, chunks, target, out);
+    FASTVAE_LAUNCH((rows + kThreads - 1) / kThreads, kThreads, 0, stream, sum_chunks_kernel<acc_t>)(rows, chunks, target, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -224,7 +239,7 @@ __global__ void row_map_kernel(int64_t packs, int64_t packs_per_row, Fn fn) {
 template <int V, typename Fn>
 void row_map_packed(int64_t rows, int64_t cols, const Fn& fn) {
   const int64_t packs = rows * (cols / V);
-  row_map_kernel<V><<<grid_for(packs), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(packs, cols / V, fn);
+  FASTVAE_LAUNCH(grid_for(packs), kThreads, 0, at::cuda::getCurrentCUDAStream(), row_map_kernel<V>)(packs, cols / V, fn);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -273,10 +288,10 @@ void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const
   const int64_t per_chunk = (repeats + chunks - 1) / chunks;
   auto partial = at::empty({chunks * out_elems}, acc_opts);
   const dim3 grid((out_elems + kThreads - 1) / kThreads, chunks);
-  repeat_partials_kernel<acc_t><<<grid, kThreads, 0, stream>>>(out_elems, out_rows, cols, repeats, per_chunk,
-                                                               partial.mutable_data_ptr<acc_t>(), fn);
+  FASTVAE_LAUNCH(grid, kThreads, 0, stream, repeat_partials_kernel<acc_t>)(out_elems, out_rows, cols, repeats, per_chunk,
+                                                                          partial.mutable_data_ptr<acc_t>(), fn);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  sum_partials_kernel<acc_t><<<(out_elems + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+  FASTVAE_LAUNCH((out_elems + kThreads - 1) / kThreads, kThreads, 0, stream, sum_partials_kernel<acc_t>)(
       out_elems, chunks, partial.const_data_ptr<acc_t>(), out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -202,7 +202,7 @@ TensorPair reparameterize(const at::Tensor& mu, const at::Tensor& logvar, int64_
   const auto philox = sampling_philox(generator, rng_state);
   if (total == 0) return {z, state.zero_()};  // no kernel to record the state (the Python layer refuses this)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_cuda", [&] {
-    reparameterize_kernel<scalar_t><<<grid_for((total + 3) / 4), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    FASTVAE_LAUNCH(grid_for((total + 3) / 4), kThreads, 0, at::cuda::getCurrentCUDAStream(), reparameterize_kernel<scalar_t>)(
         mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(), philox, state.mutable_data_ptr<int64_t>(),
         n, total, z.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -1,0 +1,3 @@
+// Emulation build: stands in for torch's <c10/cuda/CUDAGuard.h> (see csrc/emu/host.h).
+#pragma once
+#include "emu/host.h"
