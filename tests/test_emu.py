@@ -219,6 +219,37 @@ def _sample_ref(a):
     return [z.detach(), kl.detach(), *with_kl, *gz_only]
 
 
+def _elbo_make(shape, dtype):
+    rows, b = shape[0], shape[0] // _divisor(shape[0])
+    return dict(recon=(torch.randn(shape) * 2).to(dtype), x_bin=(torch.rand(b, shape[1]) > 0.5).to(dtype),
+                x=torch.randn(b, shape[1]).to(dtype), obs=(0.5 * torch.randn(shape)).to(dtype),
+                mu=torch.randn(rows, 3).to(dtype), lv=torch.randn(rows, 3).to(dtype),
+                kl=torch.rand(rows, dtype=_acc(dtype)) * 4, g=torch.tensor(2.5, dtype=_acc(dtype)))
+
+
+def _elbo_run(ops, a):
+    # Bernoulli with the KL computed from mu/logvar, mean over rows; Gaussian with the KL given and
+    # a per-element variance, summed. Gradients are written by the forward pass; then rescaled.
+    bern = ops.elbo_loss(a["recon"], a["x_bin"], None, a["mu"], a["lv"], None, 0.0, "bernoulli", 0.7, "mean",
+                         [True, True, False])
+    gauss = ops.elbo_loss(a["recon"], a["x"], a["kl"], None, None, a["obs"], 0.0, "gaussian", 1.3, "sum",
+                          [True, True, True])
+    return [bern[0], bern[1], bern[3], bern[4], gauss[0], gauss[1], gauss[2], gauss[5],
+            *ops.elbo_rescale(a["g"], [bern[1], gauss[5]])]
+
+
+def _elbo_ref(a):
+    recon, mu, lv = a["recon"].requires_grad_(), a["mu"].requires_grad_(), a["lv"].requires_grad_()
+    kl, obs = a["kl"].requires_grad_(), a["obs"].requires_grad_()
+    reps = recon.shape[0] // a["x"].shape[0]
+    bern = R.elbo(recon, a["x_bin"].repeat(reps, 1), mu, lv, "bernoulli", beta=0.7, reduction="mean")
+    gauss = R.elbo(recon, a["x"].repeat(reps, 1), None, None, "gaussian", obs_logvar=obs, beta=1.3,
+                   reduction="sum", kl=kl)
+    g_bern = torch.autograd.grad(bern, [recon, mu, lv])
+    g_gauss = torch.autograd.grad(gauss, [recon, kl, obs])
+    return [bern.detach(), *g_bern, gauss.detach(), *g_gauss, 2.5 * g_bern[0], 2.5 * g_gauss[2]]
+
+
 FAMILIES: Dict[str, Tuple[Callable, Callable, Callable]] = {
     "kl": (_kl_make, _kl_run, _kl_ref),
     "bernoulli": (_bernoulli_make, _bernoulli_run, _bernoulli_ref),
@@ -226,6 +257,7 @@ FAMILIES: Dict[str, Tuple[Callable, Callable, Callable]] = {
     "gaussian_density": (_density_make, _density_run, _density_ref),
     "standard_normal_density": (_std_normal_make, _std_normal_run, _std_normal_ref),
     "sample_and_kl": (_sample_make, _sample_run, _sample_ref),
+    "elbo": (_elbo_make, _elbo_run, _elbo_ref),
 }
 
 
