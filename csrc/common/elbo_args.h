@@ -4,12 +4,15 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
 #include <array>
 #include <cmath>
 #include <optional>
+#include <tuple>
 
 #include "common/checks.h"
 
@@ -117,6 +120,34 @@ inline ElboArgs check_elbo_args(const at::Tensor& recon, const at::Tensor& x, co
   // gradient scales every row (mean, sum); with reduction "none" the backward pass computes it.
   a.grad_lv = grad_mask[2] && a.lv_tensor && (!a.lv_shared() || a.reduction != ElboReduction::kNone);
   return a;
+}
+
+// The op's outputs, allocated alike on every device: the loss (a scalar, or one per row for
+// "none"), the per-row likelihood (the loss itself for "none"), and the gradients the forward
+// pass writes for an incoming gradient of 1 (empty where not asked for).
+struct ElboBuffers {
+  at::Tensor loss, ll, grad_recon, grad_kl, grad_mu, grad_logvar, grad_lv;
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> outputs() const {
+    return {loss, grad_recon, grad_kl, grad_mu, grad_logvar, grad_lv};
+  }
+};
+
+inline ElboBuffers elbo_buffers(const ElboArgs& a, const at::Tensor& recon, const std::optional<at::Tensor>& kl,
+                                const std::optional<at::Tensor>& mu, const std::optional<at::Tensor>& logvar,
+                                const std::optional<at::Tensor>& obs_logvar) {
+  const auto acc_opts = recon.options().dtype(acc_dtype(recon.scalar_type()));
+  const bool none = a.reduction == ElboReduction::kNone;
+  const auto empty = [&] { return at::empty({0}, recon.options()); };
+  ElboBuffers b;
+  b.loss = at::empty(none ? at::IntArrayRef{a.rows} : at::IntArrayRef{}, acc_opts);
+  b.ll = none ? b.loss : at::empty({a.rows}, acc_opts);
+  b.grad_recon = a.grad_recon ? at::empty_like(recon) : empty();
+  b.grad_kl = a.grad_kl && a.has_kl ? at::empty_like(*kl) : empty();
+  b.grad_mu = a.grad_kl && !a.has_kl ? at::empty_like(*mu) : empty();
+  b.grad_logvar = a.grad_kl && !a.has_kl ? at::empty_like(*logvar) : empty();
+  b.grad_lv = a.grad_lv ? at::empty_like(*obs_logvar) : empty();
+  return b;
 }
 
 }  // namespace fastvae

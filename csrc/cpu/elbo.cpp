@@ -151,15 +151,9 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
                                      reduction, grad_mask);
   const auto acc_opts = recon.options().dtype(acc_dtype(recon.scalar_type()));
   const bool none = a.reduction == ElboReduction::kNone;
-  at::Tensor loss = at::empty(none ? at::IntArrayRef{a.rows} : at::IntArrayRef{}, acc_opts);
-  // Per-row terms: the likelihood (written straight into the output for "none") and the KL.
-  at::Tensor ll = none ? loss : at::empty({a.rows}, acc_opts);
-  auto empty = [&] { return at::empty({0}, recon.options()); };
-  at::Tensor grad_recon = a.grad_recon ? at::empty_like(recon) : empty();
-  at::Tensor grad_kl = a.grad_kl && a.has_kl ? at::empty_like(*kl) : empty();
-  at::Tensor grad_mu = a.grad_kl && !a.has_kl ? at::empty_like(*mu) : empty();
-  at::Tensor grad_logvar = a.grad_kl && !a.has_kl ? at::empty_like(*logvar) : empty();
-  at::Tensor grad_lv = a.grad_lv ? at::empty_like(*obs_logvar) : empty();
+  ElboBuffers out = elbo_buffers(a, recon, kl, mu, logvar, obs_logvar);
+  at::Tensor &loss = out.loss, &ll = out.ll, &grad_recon = out.grad_recon, &grad_kl = out.grad_kl,
+             &grad_mu = out.grad_mu, &grad_logvar = out.grad_logvar, &grad_lv = out.grad_lv;
   at::Tensor kl_buf = a.has_kl ? *kl : at::empty({a.rows}, acc_opts);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, recon.scalar_type(), "elbo_loss", [&] {
@@ -198,7 +192,7 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
       *loss.mutable_data_ptr<acc_t>() = static_cast<acc_t>(total * a.row_scale);
     }
   });
-  return {loss, grad_recon, grad_kl, grad_mu, grad_logvar, grad_lv};
+  return out.outputs();
 }
 
 namespace {

@@ -169,16 +169,10 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
                                      reduction, grad_mask);
   const c10::cuda::CUDAGuard guard(recon.device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  const auto acc_opts = recon.options().dtype(acc_dtype(recon.scalar_type()));
   const bool none = a.reduction == ElboReduction::kNone;
-  at::Tensor loss = at::empty(none ? at::IntArrayRef{a.rows} : at::IntArrayRef{}, acc_opts);
-  at::Tensor ll = none ? loss : at::empty({a.rows}, acc_opts);
-  auto empty = [&] { return at::empty({0}, recon.options()); };
-  at::Tensor grad_recon = a.grad_recon ? at::empty_like(recon) : empty();
-  at::Tensor grad_kl = a.grad_kl && a.has_kl ? at::empty_like(*kl) : empty();
-  at::Tensor grad_mu = a.grad_kl && !a.has_kl ? at::empty_like(*mu) : empty();
-  at::Tensor grad_logvar = a.grad_kl && !a.has_kl ? at::empty_like(*logvar) : empty();
-  at::Tensor grad_lv = a.grad_lv ? at::empty_like(*obs_logvar) : empty();
+  ElboBuffers out = elbo_buffers(a, recon, kl, mu, logvar, obs_logvar);
+  at::Tensor &loss = out.loss, &ll = out.ll, &grad_recon = out.grad_recon, &grad_kl = out.grad_kl,
+             &grad_mu = out.grad_mu, &grad_logvar = out.grad_logvar, &grad_lv = out.grad_lv;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, recon.scalar_type(), "elbo_loss_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -240,7 +234,7 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {loss, grad_recon, grad_kl, grad_mu, grad_logvar, grad_lv};
+  return out.outputs();
 }
 
 // ---------------------------------------------------------------- rescale
