@@ -11,7 +11,12 @@ MAX_JOBS ?= 2
 export MAX_JOBS
 # Quiet by default (progress, warnings, errors); VERBOSE=1 shows every command line.
 VERBOSE ?=
+# Exported only when set: `cmake --build` turns verbose whenever VERBOSE exists, even empty.
+ifneq ($(filter-out 0,$(VERBOSE)),)
 export VERBOSE
+else
+unexport VERBOSE
+endif
 Q := $(if $(filter-out 0,$(VERBOSE)),,-q)
 # Also build fastvae._C_emu (the CUDA kernels run on the CPU by csrc/emu/'s SIMT emulator), and
 # make `make test` fail rather than skip its `emu` tests when it is missing. FASTVAE_EMU=0 skips it.
