@@ -183,6 +183,17 @@ def _sampling_inputs(
     return mu_c, logvar_c, k
 
 
+def _plain_pair(mu: object, logvar: object, num_samples: Optional[int], generator: object) -> bool:
+    """True for the training step's case, one sample of an encoder's contiguous (B, Z) output:
+    nothing to check or reshape in Python (the kernels check the rest), so the checks that cost
+    as much as the kernel at small batches are skipped."""
+    return (
+        num_samples is None and generator is None and type(mu) is torch.Tensor and type(logvar) is torch.Tensor
+        and mu.dim() == 2 and mu.shape == logvar.shape and mu.dtype == logvar.dtype and mu.dtype in _FLOATS
+        and mu.device == logvar.device and mu.is_contiguous() and logvar.is_contiguous() and mu.numel() > 0
+    )
+
+
 def reparameterize(
     mu: torch.Tensor,
     logvar: torch.Tensor,
@@ -200,6 +211,8 @@ def reparameterize(
         num_samples: K; when given the result has shape (K, *shape), otherwise ``shape``.
         generator: a ``torch.Generator`` on mu's device.
     """
+    if _plain_pair(mu, logvar, num_samples, generator):
+        return ops.reparameterize(mu, logvar, 1, None)[0].squeeze(0)
     mu_c, logvar_c, k = _sampling_inputs(mu, logvar, num_samples, generator)
     z, _ = ops.reparameterize(mu_c, logvar_c, k, generator)
     return z.squeeze(0) if num_samples is None else z
@@ -218,13 +231,7 @@ def reparameterize_with_kl(
     z is exactly what :func:`reparameterize` draws from the same generator state; the KL has
     shape ``shape[:-1]`` (summed over the last, latent dim). Pass it to :func:`elbo` as ``kl=``.
     """
-    if (
-        num_samples is None and generator is None and type(mu) is torch.Tensor and type(logvar) is torch.Tensor
-        and mu.dim() == 2 and mu.shape == logvar.shape and mu.dtype == logvar.dtype and mu.dtype in _FLOATS
-        and mu.device == logvar.device and mu.is_contiguous() and logvar.is_contiguous() and mu.numel()
-    ):
-        # The training step's case (one sample of an encoder's (B, Z) output): nothing to reshape,
-        # so the Python checks that cost as much as the kernel at small batches are skipped.
+    if _plain_pair(mu, logvar, num_samples, generator):
         z, kl, _ = ops.reparameterize_with_kl(mu, logvar, 1, None)
         return z.squeeze(0), kl
     mu_c, logvar_c, k = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
