@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/ATen_fwd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
@@ -120,6 +121,21 @@ inline ElboArgs check_elbo_args(const at::Tensor& recon, const at::Tensor& x, co
   // gradient scales every row (mean, sum); with reduction "none" the backward pass computes it.
   a.grad_lv = grad_mask[2] && a.lv_tensor && (!a.lv_shared() || a.reduction != ElboReduction::kNone);
   return a;
+}
+
+// The arguments of elbo_rescale(_): one incoming gradient (a scalar or one per row) and the
+// contiguous floating tensors it scales.
+inline void check_elbo_rescale_args(const at::Tensor& grad, at::TensorList grads) {
+  TORCH_CHECK(grad.dim() <= 1 && grad.numel() >= 1 && is_reduced_or_float(grad.scalar_type()),
+              "fastvae: elbo_rescale: grad must be a floating 0-dim or 1-D tensor, got shape ", grad.sizes());
+  for (const auto& t : grads) {
+    check_same_device(grad, "grad", t, "grads");
+    TORCH_CHECK(t.is_contiguous() && is_reduced_or_float(t.scalar_type()),
+                "fastvae: elbo_rescale: every tensor in grads must be contiguous and floating");
+    TORCH_CHECK(grad.numel() == 1 || (t.dim() >= 1 && t.size(0) == grad.numel()),
+                "fastvae: elbo_rescale: a per-row grad (", grad.numel(), " rows) needs tensors with as many rows, got ",
+                t.sizes());
+  }
 }
 
 // The op's outputs, allocated alike on every device: the loss (a scalar, or one per row for

@@ -204,19 +204,6 @@ struct RowGrad {
   explicit RowGrad(const at::Tensor& grad) : g(grad), n(grad.numel()), stride(grad.dim() == 1 ? grad.stride(0) : 0) {}
 };
 
-void check_rescale_args(const at::Tensor& grad, at::TensorList grads) {
-  TORCH_CHECK(grad.dim() <= 1 && grad.numel() >= 1 && is_reduced_or_float(grad.scalar_type()),
-              "fastvae: elbo_rescale: grad must be a floating 0-dim or 1-D tensor, got shape ", grad.sizes());
-  for (const auto& t : grads) {
-    check_same_device(grad, "grad", t, "grads");
-    TORCH_CHECK(t.is_contiguous() && is_reduced_or_float(t.scalar_type()),
-                "fastvae: elbo_rescale: every tensor in grads must be contiguous and floating");
-    TORCH_CHECK(grad.numel() == 1 || (t.dim() >= 1 && t.size(0) == grad.numel()),
-                "fastvae: elbo_rescale: a per-row grad (", grad.numel(), " rows) needs tensors with as many rows, got ",
-                t.sizes());
-  }
-}
-
 // out[r, :] = in[r, :] * g[r] (or g). In place, rows whose factor is exactly 1 are not touched.
 void rescale_one(const at::Tensor& grad, const at::Tensor& in, const at::Tensor& out, bool in_place) {
   if (in.numel() == 0) return;
@@ -245,7 +232,7 @@ void rescale_one(const at::Tensor& grad, const at::Tensor& in, const at::Tensor&
 }  // namespace
 
 void elbo_rescale_(const at::Tensor& grad, at::TensorList grads) {
-  check_rescale_args(grad, grads);
+  check_elbo_rescale_args(grad, grads);
   // The loss's own gradient (1): nothing to do, the tensors already hold it.
   if (grad.numel() == 1) {
     bool one = false;
@@ -258,7 +245,7 @@ void elbo_rescale_(const at::Tensor& grad, at::TensorList grads) {
 }
 
 std::vector<at::Tensor> elbo_rescale(const at::Tensor& grad, at::TensorList grads) {
-  check_rescale_args(grad, grads);
+  check_elbo_rescale_args(grad, grads);
   std::vector<at::Tensor> out;
   out.reserve(grads.size());
   for (const auto& t : grads) {

@@ -297,19 +297,6 @@ int slot_type(at::ScalarType t) {
   }
 }
 
-void check_rescale_args(const at::Tensor& grad, at::TensorList grads) {
-  TORCH_CHECK(grad.dim() <= 1 && grad.numel() >= 1 && is_reduced_or_float(grad.scalar_type()),
-              "fastvae: elbo_rescale: grad must be a floating 0-dim or 1-D tensor, got shape ", grad.sizes());
-  for (const auto& t : grads) {
-    check_same_device(grad, "grad", t, "grads");
-    TORCH_CHECK(t.is_contiguous() && is_reduced_or_float(t.scalar_type()),
-                "fastvae: elbo_rescale: every tensor in grads must be contiguous and floating");
-    TORCH_CHECK(grad.numel() == 1 || (t.dim() >= 1 && t.size(0) == grad.numel()),
-                "fastvae: elbo_rescale: a per-row grad (", grad.numel(), " rows) needs tensors with as many rows, got ",
-                t.sizes());
-  }
-}
-
 void rescale(const at::Tensor& grad, at::TensorList in, const std::vector<at::Tensor>& out, bool in_place) {
   const c10::cuda::CUDAGuard guard(grad.device());
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -339,12 +326,12 @@ void rescale(const at::Tensor& grad, at::TensorList in, const std::vector<at::Te
 }  // namespace
 
 void elbo_rescale_(const at::Tensor& grad, at::TensorList grads) {
-  check_rescale_args(grad, grads);
+  check_elbo_rescale_args(grad, grads);
   rescale(grad, grads, grads.vec(), /*in_place=*/true);
 }
 
 std::vector<at::Tensor> elbo_rescale(const at::Tensor& grad, at::TensorList grads) {
-  check_rescale_args(grad, grads);
+  check_elbo_rescale_args(grad, grads);
   std::vector<at::Tensor> out;
   out.reserve(grads.size());
   for (const auto& t : grads) out.push_back(at::empty_like(t));
