@@ -6,7 +6,6 @@ On the CPU these ops cost nothing, but they are exactly the ones that stall the 
 """
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import socket
@@ -16,26 +15,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from fastvae.host_cost import SYNC_OPS, DispatchCounter
 from fastvae.models import build_mlp_vae
 from fastvae.training import TrainConfig, Trainer, seed_everything
 
-SYNC_OPS = ("_local_scalar_dense", "item", "is_nonzero", "equal")
 LOSS_IMPLS = ("fused", "reference")
 WORLD = 2
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts every op that reaches the dispatcher, by name."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: collections.Counter = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
 
 
 class TraceSteps:
@@ -44,7 +30,7 @@ class TraceSteps:
 
     def __init__(self, first: int, last: int) -> None:
         self.first, self.last = first, last
-        self.mode = OpCounter()
+        self.mode = DispatchCounter()
 
     def __call__(self, trainer: Trainer, info: Dict[str, Any]) -> None:
         if info["step"] == self.first:
