@@ -106,10 +106,28 @@ def _cpu_has_avx2() -> bool:
     return " avx2" in flags and " fma" in flags
 
 
+def _openmp_flags() -> list[str]:
+    """-fopenmp when torch's intra-op backend is OpenMP.
+
+    ATen's at::parallel_for is a header template: with torch's OpenMP backend it is an
+    `omp parallel` region compiled into the extension, and without -fopenmp it silently runs every
+    task on the calling thread. The GOMP symbols resolve to the libgomp torch loads.
+    """
+    info = torch.__config__.parallel_info()
+    if "backend: OpenMP" not in info:
+        return []  # the native backend's thread pool lives in libtorch: nothing to compile in
+    if sys.platform == "darwin":
+        sys.exit("setup.py: torch uses OpenMP on macOS; building against it is not supported")
+    return ["-fopenmp"]
+
+
 def _extension():
     with_cuda = _want_cuda()
     sources = ["csrc/register.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp")) + sorted(glob.glob("csrc/autograd/*.cpp"))
-    cxx = ["-O3", "-fvisibility=hidden", "-Wno-unknown-pragmas"]  # torch adds the -std it needs (C++20 since 2.12)
+    # torch adds the -std it needs (C++20 since 2.12). -Wno-unknown-pragmas is for ATen's own
+    # `#pragma unroll`; it would hide an ignored `#pragma omp` too, which tests/test_build.py
+    # catches instead (fastvae._C.parallel_threads).
+    cxx = ["-O3", "-fvisibility=hidden", "-Wno-unknown-pragmas"] + _openmp_flags()
     avx2 = _flag("FASTVAE_CPU_AVX2")
     if avx2 is None:
         avx2 = _cpu_has_avx2() and os.uname().machine == "x86_64"

@@ -3,7 +3,11 @@
 // tensors from Python (fastvae/ops.py), next to the Python wrappers.
 #include <torch/library.h>
 #ifndef FASTVAE_NO_PYTHON
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
+
+#include <algorithm>
+#include <vector>
 #endif
 
 #include "ops.h"
@@ -80,9 +84,23 @@ TORCH_LIBRARY_IMPL(fastvae, CUDA, m) { FASTVAE_IMPL_ALL(cuda) }
 #endif
 
 #ifndef FASTVAE_NO_PYTHON
+// How many threads at::parallel_for hands `tasks` single-item tasks to, as compiled into this
+// extension (the CPU kernels' loops are that same header template). 1 whatever
+// torch.get_num_threads() says means the kernels were built without the intra-op backend.
+static int64_t parallel_threads(int64_t tasks) {
+  std::vector<char> seen(static_cast<size_t>(std::max<int64_t>(at::get_num_threads(), 1)), 0);
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    const int tid = at::get_thread_num();
+    if (tid >= 0 && static_cast<size_t>(tid) < seen.size()) seen[tid] = 1;
+  });
+  return std::count(seen.begin(), seen.end(), 1);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastvae compiled kernels; the ops live in torch.ops.fastvae";
   m.attr("ops_version") = FASTVAE_OPS_VERSION;
+  m.def("parallel_threads", &parallel_threads, "threads at::parallel_for uses for `tasks` tasks",
+        pybind11::arg("tasks"));
 #if defined(FASTVAE_WITH_CUDA) || defined(FASTVAE_EMU)
   m.attr("cuda_built") = true;
 #else

@@ -113,22 +113,63 @@ def test_long_rows_sum_as_accurately_as_torch(name, cols):
     assert ours <= 2 * max(torch_err, 2 ** -25), (ours, torch_err)
 
 
-def test_results_do_not_depend_on_thread_count():
-    threads = torch.get_num_threads()
+def _thread_count_cases():
+    """Every CPU op family on inputs its kernel splits across threads (> 32768 elements)."""
+    torch.manual_seed(7)
     z = torch.randn(3, 300_001)  # long rows: cut into chunks, partial sums added in a fixed order
     mu, lv = torch.randn(4, 20_000), torch.randn(4, 20_000)
     g = torch.randn(3, 4, 20_000)
     state = torch.tensor([42, 0], dtype=torch.int64)
+    logits, x = torch.randn(97, 1025), torch.rand(97, 1025)
+    obs_lv, grad_rows = torch.randn(97, 1025) * 0.3, torch.randn(97)
+    zq = torch.randn(4, 20_000)
+    bf = [t.bfloat16() for t in (logits, x, obs_lv)]
+    return lambda: [
+        ops.standard_normal_log_density(z), ops.kl_standard_normal(mu, lv),
+        *ops.kl_standard_normal_backward(torch.randn(4, generator=torch.Generator().manual_seed(1)), mu, lv),
+        ops.reparameterize(mu, lv, 3, None, state)[0],
+        *ops.reparameterize_backward(g, mu, lv, state, None),
+        *ops.bernoulli_log_likelihood(logits, x, True, 0.5),
+        *ops.gaussian_log_likelihood(logits, x, obs_lv, True, 1.0),
+        *ops.gaussian_log_likelihood_backward(grad_rows, logits, x, obs_lv, True),
+        *ops.gaussian_log_likelihood(*bf, True, 1.0),
+        ops.gaussian_log_density(zq, mu, lv), *ops.gaussian_log_density_backward(torch.ones(4), zq, mu, lv),
+        *[t for t in ops.elbo_loss(logits, x, None, mu[:, :97].T.contiguous()[:, :4].repeat(1, 5)[:97],
+                                   lv[:, :97].T.contiguous()[:, :4].repeat(1, 5)[:97], obs_lv, 0.0,
+                                   "gaussian", 0.7, "mean", [True, True, True]) if t is not None],
+        *[t for t in ops.elbo_loss(logits, x.bernoulli(generator=torch.Generator().manual_seed(2)), None,
+                                   mu[:, :97].T.contiguous(), lv[:, :97].T.contiguous(), None, 0.0,
+                                   "bernoulli", 1.0, "sum", [True, True, False]) if t is not None],
+    ]
+
+
+def test_the_kernels_really_run_on_several_threads():
+    # at::parallel_for is compiled into the extension: without -fopenmp (torch's OpenMP backend)
+    # it silently runs every task on the caller, and the thread-count test below proves nothing.
+    from fastvae._extension import _C
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _C.parallel_threads(64) == 2
+        torch.set_num_threads(1)
+        assert _C.parallel_threads(64) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_results_do_not_depend_on_thread_count():
+    threads = torch.get_num_threads()
+    run = _thread_count_cases()
     results = []
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            results.append([ops.standard_normal_log_density(z), ops.kl_standard_normal(mu, lv),
-                            ops.reparameterize(mu, lv, 3, None, state)[0],
-                            *ops.reparameterize_backward(g, mu, lv, state, None)])
+            results.append(run())
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
+        assert len(other) == len(results[0])
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
 
