@@ -99,6 +99,14 @@ static int64_t parallel_threads(int64_t tasks) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastvae compiled kernels; the ops live in torch.ops.fastvae";
   m.attr("ops_version") = FASTVAE_OPS_VERSION;
+  // The vector ISA the CPU kernels were compiled for (setup.py FASTVAE_CPU_ISA).
+#if defined(CPU_CAPABILITY_AVX512)
+  m.attr("cpu_isa") = "avx512";
+#elif defined(CPU_CAPABILITY_AVX2)
+  m.attr("cpu_isa") = "avx2";
+#else
+  m.attr("cpu_isa") = "generic";
+#endif
   m.def("parallel_threads", &parallel_threads, "threads at::parallel_for uses for `tasks` tasks",
         pybind11::arg("tasks"));
 #if defined(FASTVAE_WITH_CUDA) || defined(FASTVAE_EMU)

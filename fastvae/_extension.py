@@ -18,7 +18,36 @@ _BUILD_HINT = (
 )
 
 
+# The CPU flags (as /proc/cpuinfo names them) each setup.py FASTVAE_CPU_ISA needs.
+_ISA_CPU_FLAGS = {
+    "avx2": ("avx2", "fma", "f16c"),
+    "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
+}
+
+
+def _check_cpu_isa() -> None:
+    """Refuse, before loading it, a build whose CPU kernels use instructions this CPU lacks (it
+    would die of an illegal instruction instead)."""
+    try:
+        from fastvae._cpu_isa import CPU_ISA
+    except ImportError:
+        return  # built before the ISA was recorded; the extension check below still runs
+    needed = _ISA_CPU_FLAGS.get(CPU_ISA, ())
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return  # not Linux: nothing to read the CPU's flags from
+    missing = [flag for flag in needed if flag not in flags]
+    if missing:
+        raise ImportError(
+            f"fastvae's CPU kernels were compiled for {CPU_ISA}, but this CPU lacks {', '.join(missing)}.\n"
+            f"{_BUILD_HINT}\n(on this machine, or with FASTVAE_CPU_ISA=avx2 or =generic for older CPUs)"
+        )
+
+
 def _load():
+    _check_cpu_isa()
     try:
         module = importlib.import_module("fastvae._C")
     except ImportError as err:
@@ -38,6 +67,8 @@ _C = _load()
 
 #: True when the extension was compiled with its CUDA kernels.
 CUDA_BUILT: bool = bool(_C.cuda_built)
+#: The vector ISA of the CPU kernels: "avx512", "avx2" or "generic".
+CPU_ISA: str = str(_C.cpu_isa)
 
 
 def cuda_available() -> bool:

@@ -29,6 +29,52 @@ namespace detail {
 
 inline int64_t row_chunks(int64_t cols) { return cols > kRowChunk ? (cols + kRowChunk - 1) / kRowChunk : 1; }
 
+// Per-lane double sums of Vec<acc_t> values, added up in a fixed order at the end. For float the
+// lanes are widened in registers, so a short row costs a few instructions here, not one scalar
+// conversion and add per lane.
+template <typename acc_t>
+struct LaneSums {
+  static constexpr int64_t V = Vec<acc_t>::size();
+  double wide[V] = {};
+  void add(const Vec<acc_t>& v) {
+    alignas(64) acc_t lanes[V];
+    v.store(lanes);
+    for (int64_t k = 0; k < V; ++k) wide[k] += static_cast<double>(lanes[k]);
+  }
+  double total() const {
+    double s = 0;
+    for (int64_t k = 0; k < V; ++k) s += wide[k];
+    return s;
+  }
+};
+#if FASTVAE_VEC_AVX512
+template <>
+struct LaneSums<float> {
+  __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+  void add(const Vec<float>& v) {
+    const __m512 f = v;
+    lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(f)));
+    hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1)));
+  }
+  double total() const { return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi)); }
+};
+#elif FASTVAE_VEC_AVX2
+template <>
+struct LaneSums<float> {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  void add(const Vec<float>& v) {
+    const __m256 f = v;
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+  }
+  double total() const {
+    const __m256d s = _mm256_add_pd(lo, hi);
+    const __m128d t = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
+  }
+};
+#endif
+
 // Sum of f over columns [j0, j1) of row r (j0 a multiple of V), in double for float: per-lane
 // float partial sums over blocks of kBlock columns (two accumulators, for instruction-level
 // parallelism) are flushed into per-lane double sums, so the float error stays that of a
@@ -39,8 +85,7 @@ double range_sum(int64_t r, int64_t j0, int64_t j1, int64_t cols, const VecFn& v
   constexpr int64_t V = Vec<acc_t>::size();
   constexpr int64_t kBlock = 128 * V;
   const int64_t vec_end = std::min(j1, (cols / V) * V);
-  double wide[V] = {};
-  alignas(64) acc_t lanes[V];
+  LaneSums<acc_t> wide;
   for (int64_t b = j0; b < vec_end; b += kBlock) {
     const int64_t b1 = std::min(vec_end, b + kBlock);
     Vec<acc_t> a0(acc_t(0)), a1(acc_t(0));
@@ -50,11 +95,9 @@ double range_sum(int64_t r, int64_t j0, int64_t j1, int64_t cols, const VecFn& v
       a1 = a1 + vec_fn(r, j + V);
     }
     if (j < b1) a0 = a0 + vec_fn(r, j);
-    (a0 + a1).store(lanes);
-    for (int64_t k = 0; k < V; ++k) wide[k] += static_cast<double>(lanes[k]);
+    wide.add(a0 + a1);
   }
-  double s = 0;
-  for (int64_t k = 0; k < V; ++k) s += wide[k];
+  double s = wide.total();
   for (int64_t j = std::max(j0, vec_end); j < j1; ++j) s += static_cast<double>(scalar_fn(r, j));
   return s;
 }

@@ -43,7 +43,7 @@ static_assert(kTile % kBlockEps == 0, "tiles hold whole blocks");
 // for the thread hand-off that ATen's 32 768-element grain is sized for.
 constexpr int64_t kSampleGrainElems = 2 * kTile;
 
-#if FASTVAE_VEC_AVX2
+#if FASTVAE_X86_AVX2
 // Philox4x32-10 of the 8 * kSets groups group0, group0 + 1, ... at once: word w of group
 // group0 + 8 s + l in lane l of c[s][w]. _mm256_mul_epu32 multiplies the even 32-bit lanes into
 // 64-bit products; the odd lanes go through a shift, and blends put the halves back in place.
@@ -183,7 +183,7 @@ inline void normals_block_avx2(PhiloxState st, int64_t group0, float* out) {
 // Box-Muller transform on Vectorized<acc_t>, which is most of the cost.
 template <typename acc_t>
 void normals_block(PhiloxState st, int64_t group0, acc_t* out) {
-#if FASTVAE_VEC_AVX2
+#if FASTVAE_X86_AVX2
   if constexpr (std::is_same_v<acc_t, float>) {
     normals_block_avx2(st, group0, out);
     return;
@@ -191,7 +191,7 @@ void normals_block(PhiloxState st, int64_t group0, acc_t* out) {
 #endif
   constexpr int64_t kPairs = 2 * kGroups;
   alignas(64) acc_t u1[kPairs], u2[kPairs], rad[kPairs], sn[kPairs], cs[kPairs];
-#if FASTVAE_VEC_AVX2
+#if FASTVAE_X86_AVX2
   static_assert(kGroups % 8 == 0, "philox8 draws 8 groups per set");
   __m256i c[kGroups / 8][4];
   philox8<kGroups / 8>(st, static_cast<uint64_t>(group0), c);
