@@ -25,7 +25,7 @@ export FASTVAE_EMU
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 NVIDIA_LIB = $(shell $(PY) -c 'import os, torch; print(os.path.abspath(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")))')
 
-.PHONY: setup build demo test test-emu-asan bench cmake-check clean
+.PHONY: setup build demo test test-emu-asan test-other-isa bench cmake-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -56,6 +56,18 @@ test-emu-asan: build
 	  ASAN_OPTIONS=detect_leaks=0 \
 	  FASTVAE_EMU_LIB="$$(ls build/asan/fastvae/_C_emu*.so)" FASTVAE_REQUIRE_EMU=1 \
 	  $(PY) -m pytest tests/test_emu.py -q -p no:cacheprovider --capture=sys  # ASan reports on fd 2
+
+# The CPU kernels are compiled for the ISA torch uses on this CPU (setup.py FASTVAE_CPU_ISA), so
+# an AVX-512 machine never runs the AVX2 code. This builds the next ISA down that this CPU can run
+# (AVX2 below AVX-512, else the generic loops) CPU-only, in a copy of the tracked sources
+# (build/other-isa), and runs the CPU kernel tests on it.
+OTHER_ISA ?= $(shell $(PY) -c 'import torch; print("avx2" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "generic")')
+test-other-isa: setup
+	rm -rf build/other-isa && mkdir -p build/other-isa
+	git ls-files -z | xargs -0 cp --parents -t build/other-isa
+	cd build/other-isa && FASTVAE_CUDA=0 FASTVAE_EMU=0 FASTVAE_CPU_ISA=$(OTHER_ISA) $(abspath $(PY)) setup.py -q build_ext --inplace
+	cd build/other-isa && PYTHONPATH=. $(abspath $(PY)) -c "import fastvae._extension as e; assert e.CPU_ISA == '$(OTHER_ISA)', e.CPU_ISA; print('CPU kernels:', e.CPU_ISA)"
+	cd build/other-isa && PYTHONPATH=. $(abspath $(PY)) -m pytest tests/test_ops.py tests/test_cpu_kernels.py tests/test_elbo_op.py -q -p no:cacheprovider
 
 bench: build
 	$(VENV)/bin/fastvae bench
