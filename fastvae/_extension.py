@@ -5,6 +5,7 @@ There is no pure-Python fallback: a missing or stale build raises ImportError wi
 from __future__ import annotations
 
 import importlib
+from typing import List, Set
 
 import torch
 
@@ -25,20 +26,24 @@ _ISA_CPU_FLAGS = {
 }
 
 
+def missing_cpu_flags(isa: str, cpu_flags: Set[str]) -> List[str]:
+    """The CPU flags an ``isa`` build (setup.py FASTVAE_CPU_ISA) needs that ``cpu_flags`` lacks."""
+    return [flag for flag in _ISA_CPU_FLAGS.get(isa, ()) if flag not in cpu_flags]
+
+
 def _check_cpu_isa() -> None:
     """Refuse, before loading it, a build whose CPU kernels use instructions this CPU lacks (it
     would die of an illegal instruction instead)."""
     try:
         from fastvae._cpu_isa import CPU_ISA
     except ImportError:
-        return  # built before the ISA was recorded; the extension check below still runs
-    needed = _ISA_CPU_FLAGS.get(CPU_ISA, ())
+        return  # built before the ISA was recorded
     try:
         with open("/proc/cpuinfo") as f:
             flags = set(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
         return  # not Linux: nothing to read the CPU's flags from
-    missing = [flag for flag in needed if flag not in flags]
+    missing = missing_cpu_flags(CPU_ISA, flags)
     if missing:
         raise ImportError(
             f"fastvae's CPU kernels were compiled for {CPU_ISA}, but this CPU lacks {', '.join(missing)}.\n"

@@ -221,3 +221,24 @@ def test_forced_cuda_build_fails_hard_and_verbose_shows_commands(mini_project, b
     assert "CPU kernels only" not in out.stdout
     assert "kern.cu -o" in out.stdout  # VERBOSE=1: the full nvcc command line
     assert not list(mini_project.glob("mini/_C*.so"))
+
+
+def test_import_refuses_a_cpu_without_the_builds_isa():
+    from fastvae import _extension
+
+    zen4 = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
+    assert _extension.missing_cpu_flags("avx512", zen4) == []
+    assert _extension.missing_cpu_flags("avx512", {"avx2", "fma", "f16c"}) == [
+        "avx512f", "avx512bw", "avx512vl", "avx512dq"]
+    assert _extension.missing_cpu_flags("avx2", {"sse4_2"}) == ["avx2", "fma", "f16c"]
+    assert _extension.missing_cpu_flags("generic", set()) == []
+
+
+def test_recorded_isa_is_the_built_one_and_this_cpu_has_it():
+    from fastvae import _cpu_isa, _extension
+
+    assert _extension.CPU_ISA == _cpu_isa.CPU_ISA
+    assert _extension.CPU_ISA in ("avx512", "avx2", "generic")
+    with open("/proc/cpuinfo") as f:
+        flags = set(next(line for line in f if line.startswith("flags")).split())
+    assert _extension.missing_cpu_flags(_extension.CPU_ISA, flags) == []
