@@ -288,14 +288,16 @@ def version_text() -> str:
     import torch
 
     from . import __version__
-    from ._extension import CUDA_BUILT
+    from ._extension import CPU_ISA, CUDA_BUILT, _C
 
     if CUDA_BUILT:
         devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
         kernels = f"CUDA kernels built (CUDA {torch.version.cuda}), {devices} CUDA device(s) visible"
     else:
         kernels = "CUDA kernels not built (CPU kernels only)"
-    return f"fastvae {__version__} (torch {torch.__version__}; {kernels})"
+    threads = torch.get_num_threads()
+    cpu = f"CPU kernels {CPU_ISA}, {_C.parallel_threads(threads)} of {threads} threads"
+    return f"fastvae {__version__} (torch {torch.__version__}; {kernels}; {cpu})"
 
 
 class _VersionAction(argparse.Action):
@@ -330,7 +332,8 @@ def build_parser(with_bench_args: bool = False) -> argparse.ArgumentParser:
                "torchrun --nproc_per_node N -m fastvae train ...",
     )
     parser.add_argument("--version", action=_VersionAction,
-                        help="print fastvae's version, torch's, and whether the CUDA kernels are built")
+                        help="print fastvae's version, torch's, whether the CUDA kernels are built, "
+                             "and the CPU kernels' ISA and threads")
     parser.add_argument("--debug", action="store_true", default=False, help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("train", parents=[_common_parser()], help="train a VAE; writes checkpoint, metrics and pictures",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,6 +71,8 @@ def test_version_says_whether_cuda_kernels_are_built(tmp_path):
     text = proc.stdout.strip()
     assert text.startswith(f"fastvae {fastvae.__version__} ") and f"torch {torch.__version__}" in text
     assert ("CUDA kernels built" if fastvae.CUDA_BUILT else "CUDA kernels not built") in text
+    cpu = re.search(r"CPU kernels (\w+), (\d+) of (\d+) threads", text)
+    assert cpu and cpu[1] == fastvae._extension.CPU_ISA and cpu[2] == cpu[3], text  # every thread used
 
 
 def test_debug_flag_and_environment_show_the_traceback(tmp_path):
