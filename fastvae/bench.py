@@ -42,6 +42,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from . import _extension
 from . import functional as F
 from . import reference as R
 
@@ -558,6 +559,8 @@ def environment(device: torch.device) -> Dict[str, object]:
         "device_type": device.type,
         "cpu": cpu,
         "cpu_threads": torch.get_num_threads(),
+        "fastvae_cpu_isa": _extension.CPU_ISA,
+        "fastvae_cpu_threads_used": _extension._C.parallel_threads(torch.get_num_threads()),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
@@ -773,6 +776,8 @@ def markdown_table(report: Dict[str, object], source: Optional[str] = None) -> s
     cuda = env["device_type"] == "cuda"
     cpu = env.get("cpu") or {}
     where = (f"{env['device']}" if cuda else f"{cpu.get('model', env['device'])}, {env['cpu_threads']} threads")
+    if not cuda and "fastvae_cpu_isa" in env:  # reports before the ISA choice ran AVX2 on one thread
+        where += f", fastvae CPU kernels {env['fastvae_cpu_isa']} on {env['fastvae_cpu_threads_used']} threads"
     lines = [
         f"Measured on {where} ({env['device_type']}), torch {env['torch']}"
         + (f", CUDA {env['cuda']}" if cuda else "")
