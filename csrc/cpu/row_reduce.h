@@ -1,7 +1,10 @@
-// Loop skeletons shared by the CPU kernels. Each row is walked with Vectorized<acc_t> and
-// finished with a scalar tail. Work is split into (row, chunk) tasks whose boundaries depend only
-// on the shape, so every row sum has a fixed order (deterministic whatever the thread count), and
-// nothing is split below kGrainElems elements, where a thread hand-off costs more than it saves.
+// Loop skeletons shared by the CPU kernels. Each row is walked with Vectorized<acc_t>; a row
+// tail is one more full vector ending at the row's end when the row (chunk) has one, else scalar.
+// So vec_fn may run twice on an element: it must only read its inputs and store values that
+// depend on nothing else (no accumulation into outputs). Work is split into (row, chunk) tasks
+// whose boundaries depend only on the shape, so every row sum has a fixed order (deterministic
+// whatever the thread count), and nothing is split below kGrainElems elements, where a thread
+// hand-off costs more than it saves.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -97,8 +100,16 @@ double range_sum(int64_t r, int64_t j0, int64_t j1, int64_t cols, const VecFn& v
     if (j < b1) a0 = a0 + vec_fn(r, j);
     wide.add(a0 + a1);
   }
+  const int64_t tail_begin = std::max(j0, vec_end);
+  if (tail_begin < j1 && j1 - V >= j0) {
+    // The tail as the row's last full vector, its lanes already summed zeroed: a latent row of
+    // 20 would otherwise spend most of its time on 4 scalar exps.
+    const Vec<acc_t> last = vec_fn(r, j1 - V);
+    wide.add(Vec<acc_t>::set(last, Vec<acc_t>(acc_t(0)), V - (j1 - tail_begin)));
+    return wide.total();
+  }
   double s = wide.total();
-  for (int64_t j = std::max(j0, vec_end); j < j1; ++j) s += static_cast<double>(scalar_fn(r, j));
+  for (int64_t j = tail_begin; j < j1; ++j) s += static_cast<double>(scalar_fn(r, j));
   return s;
 }
 
@@ -144,6 +155,10 @@ void row_map(int64_t rows, int64_t cols, const VecFn& vec_fn, const ScalarFn& sc
       const int64_t r = t / chunks, j0 = (t % chunks) * span, j1 = std::min(cols, j0 + span);
       int64_t j = j0;
       for (; j < std::min(j1, vec_end); j += V) vec_fn(r, j);
+      if (j < j1 && j1 - V >= j0) {
+        vec_fn(r, j1 - V);  // the tail as the last full vector: its overlap is written twice, alike
+        continue;
+      }
       for (; j < j1; ++j) scalar_fn(r, j);
     }
   });
