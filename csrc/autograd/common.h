@@ -13,6 +13,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace fastvae {
 namespace autograd {
@@ -92,6 +93,34 @@ inline variable_list once_differentiable(const char* op_name, variable_list grad
 inline at::Tensor sum_repeats(const at::Tensor& grad, const c10::SymInt& rows) {
   if (grad.sym_size(0) == rows) return grad;
   return grad.view_symint({grad.sym_size(0) / rows, rows, grad.sym_size(1)}).sum(0);
+}
+
+// Fake or functional tensors (torch.compile's tracing): a traced graph must not mutate what the
+// forward pass saved.
+inline bool traced(const at::Tensor& t) {
+  const auto ks = t.key_set();
+  return ks.has(c10::DispatchKey::Python) || ks.has(c10::DispatchKey::Functionalize) ||
+         ks.has(c10::DispatchKey::Meta);
+}
+
+// Gradients a forward pass wrote for an incoming gradient of grad_scale (per row), handed on as
+// the true ones: times grad / grad_scale, by fastvae::elbo_rescale(_). With in_place_ok (the
+// saved tensors are the op's own buffers, which its callers do not read after backward), the
+// last backward through a graph (no retain_graph, not traced) scales them in place, and where the
+// factor is 1 the kernel moves no bytes; otherwise the results are new tensors. No test of the
+// factor here: on a GPU it would need a device-to-host sync.
+inline std::vector<at::Tensor> hand_on_precomputed(const at::Tensor& grad, std::vector<at::Tensor> pre,
+                                                   bool in_place_ok, double grad_scale = 1.0) {
+  if (pre.empty()) return pre;
+  const at::Tensor factor = grad_scale == 1.0 ? grad : grad.div(grad_scale);
+  if (in_place_ok && !torch::autograd::get_current_graph_task_keep_graph() && !traced(factor) && !traced(pre[0])) {
+    static const auto rescale_ = find_op<void(const at::Tensor&, at::TensorList)>("fastvae::elbo_rescale_");
+    call_below_autograd(rescale_, factor, pre);
+    return pre;
+  }
+  static const auto rescale =
+      find_op<std::vector<at::Tensor>(const at::Tensor&, at::TensorList)>("fastvae::elbo_rescale");
+  return call_below_autograd(rescale, factor, pre);
 }
 
 }  // namespace autograd

@@ -22,14 +22,6 @@ at::Tensor value(const std::optional<at::Tensor>& t) {
   return t.has_value() ? *t : at::Tensor();
 }
 
-// Fake or functional tensors (torch.compile's tracing): a traced graph must not mutate what the
-// forward pass saved, so rescaling then makes new tensors.
-bool traced(const at::Tensor& t) {
-  const auto ks = t.key_set();
-  return ks.has(c10::DispatchKey::Python) || ks.has(c10::DispatchKey::Functionalize) ||
-         ks.has(c10::DispatchKey::Meta);
-}
-
 // Positions of the tensor arguments of elbo_loss, in schema order.
 enum Input { kRecon = 0, kX, kKl, kMu, kLogvar, kObs, kNumTensorInputs };
 constexpr size_t kNumInputs = 11;  // every argument of elbo_loss, tensors first
@@ -115,21 +107,9 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
       slot.push_back(k);
     }
 
-    // The last backward through this graph (no retain_graph) scales the saved tensors in place
-    // and hands them on: where the incoming gradient is 1, the kernel moves no bytes. Earlier,
-    // retained calls (and traced graphs) write new tensors and leave the saved ones as they are.
-    std::vector<at::Tensor> scaled;
-    if (!pre.empty()) {
-      if (!torch::autograd::get_current_graph_task_keep_graph() && !traced(grad) && !traced(pre[0])) {
-        static const auto rescale_ = find_op<void(const at::Tensor&, at::TensorList)>("fastvae::elbo_rescale_");
-        call_below_autograd(rescale_, grad, pre);
-        scaled = std::move(pre);
-      } else {
-        static const auto rescale =
-            find_op<std::vector<at::Tensor>(const at::Tensor&, at::TensorList)>("fastvae::elbo_rescale");
-        scaled = call_below_autograd(rescale, grad, pre);
-      }
-    }
+    // Where the incoming gradient is 1 (the usual loss.backward()), nothing moves. In place: the
+    // op's gradient outputs are its backward's buffers (F.elbo and ELBOLoss never return them).
+    const std::vector<at::Tensor> scaled = hand_on_precomputed(grad, std::move(pre), /*in_place_ok=*/true);
     at::Tensor grad_recon;
     for (size_t i = 0; i < slot.size(); ++i) {
       if (slot[i] == 0) grad_recon = scaled[i];

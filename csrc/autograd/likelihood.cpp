@@ -12,12 +12,10 @@ namespace autograd {
 namespace {
 
 // saved * grad / grad_scale, row by row: the true gradient from one written times grad_scale.
-// Deliberately no test whether grad equals grad_scale (it usually does): on a GPU the answer
-// would need a device-to-host sync. Two kernels: a (rows,) division, then one (rows, D) multiply.
+// Into a new tensor: the saved one is also the op's second output, which its callers may hold.
 at::Tensor rescale(const at::Tensor& saved, const at::Tensor& grad, double grad_scale) {
   if (saved.sym_numel() == 0) return saved;  // nothing was written in the forward pass
-  const at::Tensor ratio = grad_scale == 1.0 ? grad : grad.div(grad_scale);
-  return saved.mul(ratio.unsqueeze(1).to(saved.scalar_type()));
+  return hand_on_precomputed(grad, {saved}, /*in_place_ok=*/false, grad_scale)[0];
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "common/checks.h"
 #include "cpu/row_reduce.h"
+#include "cpu/outputs.h"
 #include "ops.h"
 
 namespace fastvae {
@@ -42,7 +43,7 @@ TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Ten
                                            const at::Tensor& mu, const at::Tensor& logvar) {
   check_density(z, mu, logvar);
   check_row_grad(grad, z, "z");
-  auto grad_z = at::empty_like(z);
+  auto grad_z = large_output(at::empty_like(z));
   at::Tensor grad_mu, grad_logvar;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "gaussian_density_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -60,8 +61,8 @@ TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Ten
     };
     if (mu_rows == rows) {
       // No sample dim: all three gradients in one vectorised pass, nothing to sum.
-      grad_mu = at::empty_like(mu);
-      grad_logvar = at::empty_like(logvar);
+      grad_mu = large_output(at::empty_like(mu));
+      grad_logvar = large_output(at::empty_like(logvar));
       scalar_t* gm = grad_mu.mutable_data_ptr<scalar_t>();
       scalar_t* glv = grad_logvar.mutable_data_ptr<scalar_t>();
       row_map<acc_t>(
@@ -130,7 +131,7 @@ at::Tensor standard_normal_log_density(const at::Tensor& z) {
 at::Tensor standard_normal_log_density_backward(const at::Tensor& grad, const at::Tensor& z) {
   check_matrix(z, "z");
   check_row_grad(grad, z, "z");
-  auto grad_z = at::empty_like(z);
+  auto grad_z = large_output(at::empty_like(z));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "std_normal_density_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t cols = z.size(1);

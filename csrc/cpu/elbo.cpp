@@ -10,6 +10,7 @@
 #include "common/checks.h"
 #include "common/elbo_args.h"
 #include "cpu/row_reduce.h"
+#include "cpu/outputs.h"
 #include "ops.h"
 
 namespace fastvae {
@@ -152,6 +153,7 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
   const auto acc_opts = recon.options().dtype(acc_dtype(recon.scalar_type()));
   const bool none = a.reduction == ElboReduction::kNone;
   ElboBuffers out = elbo_buffers(a, recon, kl, mu, logvar, obs_logvar);
+  for (const at::Tensor& grad : {out.grad_recon, out.grad_mu, out.grad_logvar, out.grad_lv}) large_output(grad);
   at::Tensor &loss = out.loss, &ll = out.ll, &grad_recon = out.grad_recon, &grad_kl = out.grad_kl,
              &grad_mu = out.grad_mu, &grad_logvar = out.grad_logvar, &grad_lv = out.grad_lv;
   at::Tensor kl_buf = a.has_kl ? *kl : at::empty({a.rows}, acc_opts);
@@ -222,7 +224,12 @@ void rescale_one(const at::Tensor& grad, const at::Tensor& in, const at::Tensor&
           const g_t gv = gp[r * rg.stride];
           if (in_place && gv == g_t(1)) continue;
           const acc_t s = static_cast<acc_t>(gv);
-          for (int64_t j = r * inner; j < (r + 1) * inner; ++j) op[j] = static_cast<scalar_t>(static_cast<acc_t>(ip[j]) * s);
+          const Vec<acc_t> sv(s);
+          int64_t j = r * inner;
+          const int64_t end = j + inner;
+          for (; j + Vec<acc_t>::size() <= end; j += Vec<acc_t>::size())
+            store_narrowed<acc_t>(op + j, load_widened<acc_t>(ip + j) * sv);
+          for (; j < end; ++j) op[j] = static_cast<scalar_t>(static_cast<acc_t>(ip[j]) * s);
         }
       });
     });
@@ -249,7 +256,7 @@ std::vector<at::Tensor> elbo_rescale(const at::Tensor& grad, at::TensorList grad
   std::vector<at::Tensor> out;
   out.reserve(grads.size());
   for (const auto& t : grads) {
-    out.push_back(at::empty_like(t));
+    out.push_back(large_output(at::empty_like(t)));
     rescale_one(grad, t, out.back(), /*in_place=*/false);
   }
   return out;

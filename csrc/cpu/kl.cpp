@@ -5,6 +5,7 @@
 
 #include "common/checks.h"
 #include "cpu/row_reduce.h"
+#include "cpu/outputs.h"
 #include "ops.h"
 
 namespace fastvae {
@@ -38,8 +39,8 @@ TensorPair kl_standard_normal_backward(const at::Tensor& grad, const at::Tensor&
   check_matrix(mu, "mu");
   check_same_shape(mu, "mu", logvar, "logvar");
   check_row_grad(grad, mu, "mu");
-  auto grad_mu = at::empty_like(mu);
-  auto grad_logvar = at::empty_like(logvar);
+  auto grad_mu = large_output(at::empty_like(mu));
+  auto grad_logvar = large_output(at::empty_like(logvar));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "kl_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t cols = mu.size(1);

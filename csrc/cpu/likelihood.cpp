@@ -6,6 +6,7 @@
 
 #include "common/checks.h"
 #include "cpu/row_reduce.h"
+#include "cpu/outputs.h"
 #include "ops.h"
 
 namespace fastvae {
@@ -56,7 +57,7 @@ TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& 
               "), uint8 or bool, got ", x.scalar_type());
   check_row_broadcast(logits, "logits", x, "x");
   auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
-  at::Tensor grad = compute_grad ? at::empty_like(logits) : at::Tensor();
+  at::Tensor grad = compute_grad ? large_output(at::empty_like(logits)) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "bernoulli_ll", [&] {
     switch (x.scalar_type()) {
       case at::kByte: bernoulli_forward<scalar_t, uint8_t>(logits, x, ll, grad, grad_scale); break;
@@ -76,8 +77,8 @@ TensorTriple gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x
   // Bernoulli likelihood): the mean's, and a per-element variance's; a broadcast variance's needs
   // a sum over rows, left to the backward op.
   const bool logvar_grad = compute_grad && logvar.size(0) == mean.size(0);
-  at::Tensor grad_mean = compute_grad ? at::empty_like(mean) : at::empty({0}, mean.options());
-  at::Tensor grad_logvar = logvar_grad ? at::empty_like(logvar) : at::empty({0}, logvar.options());
+  at::Tensor grad_mean = compute_grad ? large_output(at::empty_like(mean)) : at::empty({0}, mean.options());
+  at::Tensor grad_logvar = logvar_grad ? large_output(at::empty_like(logvar)) : at::empty({0}, logvar.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "gaussian_ll", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t cols = mean.size(1), x_rows = x.size(0), lv_rows = logvar.size(0);
@@ -117,7 +118,7 @@ TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Te
                                             bool logvar_grad) {
   check_gaussian(mean, x, logvar);
   check_row_grad(grad, mean, "mean");
-  auto grad_mean = at::empty_like(mean);
+  auto grad_mean = large_output(at::empty_like(mean));
   at::Tensor grad_logvar;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "gaussian_ll_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -131,7 +132,7 @@ TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Te
     // A per-element variance (the decoder's) gets its gradient in the same vectorised pass as
     // the mean; a broadcast one is summed over the rows that read it, below.
     const bool fused_logvar = logvar_grad && lv_rows == rows;
-    if (fused_logvar) grad_logvar = at::empty_like(logvar);
+    if (fused_logvar) grad_logvar = large_output(at::empty_like(logvar));
     scalar_t* glv = fused_logvar ? grad_logvar.mutable_data_ptr<scalar_t>() : nullptr;
     row_map<acc_t>(
         rows, cols,

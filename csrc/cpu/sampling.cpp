@@ -18,6 +18,7 @@
 #include "common/checks.h"
 #include "cpu/vec_math.h"  // must precede philox.h (vector overloads)
 #include "common/philox.h"
+#include "cpu/outputs.h"
 #include "ops.h"
 
 namespace fastvae {
@@ -339,7 +340,7 @@ at::Tensor sample(const at::Tensor& mu, const at::Tensor& logvar, const at::Tens
                   int64_t num_samples) {
   std::vector<int64_t> shape{num_samples};
   shape.insert(shape.end(), mu.sizes().begin(), mu.sizes().end());
-  auto z = at::empty(shape, mu.options());
+  auto z = large_output(at::empty(shape, mu.options()));
   const PhiloxState st = read_state(rng_state);
   const int64_t n = mu.numel(), total = n * num_samples;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize", [&] {
@@ -396,8 +397,8 @@ TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& m
   TORCH_CHECK(grad_z.dim() == mu.dim() + 1 && grad_z.numel() == grad_z.size(0) * n &&
                   grad_z.scalar_type() == mu.scalar_type() && grad_z.is_contiguous(),
               "fastvae: grad_z must be a contiguous (num_samples, *mu.shape) tensor of mu's dtype");
-  auto grad_mu = at::empty_like(mu);
-  auto grad_logvar = at::empty_like(logvar);
+  auto grad_mu = large_output(at::empty_like(mu));
+  auto grad_logvar = large_output(at::empty_like(logvar));
   const PhiloxState st = read_state(rng_state);
   const int64_t samples = grad_z.size(0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_bwd", [&] {
