@@ -5,6 +5,7 @@ results that do not depend on the thread count.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -185,3 +186,30 @@ def test_long_row_sum_of_constants_does_not_drift():
     torch_err = abs(torch_err - abs(expect)) / abs(expect)
     err = abs(ops.standard_normal_log_density(z).double().item() - expect) / abs(expect)
     assert err <= 2 * max(torch_err, 2 ** -24), (err, torch_err)
+
+
+def _huge_page_kib(start: int, end: int) -> int:
+    """AnonHugePages (KiB) of this process's mappings that overlap [start, end)."""
+    total, overlaps = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                overlaps = lo < end and hi > start
+            elif overlaps and head == "AnonHugePages:":
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_large_outputs_ask_for_huge_pages():
+    # The first touch of a fresh output of hundreds of MB costs more in 4 KiB page faults than
+    # the kernel's work; the kernels ask for 2 MiB pages on outputs of 32 MiB and more.
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        if "[never]" in f.read():
+            pytest.skip("transparent huge pages are disabled on this machine")
+    logits = torch.randn(40, 262_144)  # 40 MiB
+    _, grad = ops.bernoulli_log_likelihood(logits, torch.rand_like(logits), True, 1.0)
+    start = grad.data_ptr()
+    assert _huge_page_kib(start, start + grad.numel() * grad.element_size()) >= 2048
