@@ -559,6 +559,9 @@ def environment(device: torch.device) -> Dict[str, object]:
         "device_type": device.type,
         "cpu": cpu,
         "cpu_threads": torch.get_num_threads(),
+        # The vector ISA of torch's own CPU kernels, the eager baseline's (ATEN_CPU_CAPABILITY
+        # lowers it): on some CPUs an op is faster in torch's AVX2 kernel than in its AVX-512 one.
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "fastvae_cpu_isa": _extension.CPU_ISA,
         "fastvae_cpu_threads_used": _extension._C.parallel_threads(torch.get_num_threads()),
         "torch": torch.__version__,
@@ -778,6 +781,8 @@ def markdown_table(report: Dict[str, object], source: Optional[str] = None) -> s
     where = (f"{env['device']}" if cuda else f"{cpu.get('model', env['device'])}, {env['cpu_threads']} threads")
     if not cuda and "fastvae_cpu_isa" in env:  # reports before the ISA choice ran AVX2 on one thread
         where += f", fastvae CPU kernels {env['fastvae_cpu_isa']} on {env['fastvae_cpu_threads_used']} threads"
+    if not cuda and "torch_cpu_capability" in env:
+        where += f", torch's CPU kernels {env['torch_cpu_capability']}"
     lines = [
         f"Measured on {where} ({env['device_type']}), torch {env['torch']}"
         + (f", CUDA {env['cuda']}" if cuda else "")
