@@ -23,8 +23,9 @@
 #define FASTVAE_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
 #define FASTVAE_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
 
-// Bumped whenever a schema changes, so that fastvae/_extension.py can refuse a stale build.
-#define FASTVAE_OPS_VERSION 6
+// Bumped whenever a schema or the module's attributes change, so that fastvae/_extension.py can
+// refuse a stale build (7: cpu_isa, parallel_threads).
+#define FASTVAE_OPS_VERSION 7
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a

@@ -9,8 +9,9 @@ from typing import List, Set
 
 import torch
 
-# Must equal FASTVAE_OPS_VERSION in csrc/register.cpp; bumped whenever an op schema changes.
-OPS_VERSION = 6
+# Must equal FASTVAE_OPS_VERSION in csrc/register.cpp; bumped whenever an op schema or the
+# module's attributes change.
+OPS_VERSION = 7
 
 _BUILD_HINT = (
     "Build it from the repository root with:\n"
