@@ -59,9 +59,11 @@ inline Vec<T> fv_select_nonneg(const Vec<T>& c, const Vec<T>& a, const Vec<T>& b
 #define FASTVAE_VEC_AVX512 0
 #define FASTVAE_VEC_AVX2 0
 #endif
+#if FASTVAE_VEC_AVX2 || FASTVAE_VEC_AVX512
+#include <immintrin.h>
+#endif
 #if (FASTVAE_VEC_AVX2 || FASTVAE_VEC_AVX512) && defined(__FMA__) && defined(__F16C__)
 #define FASTVAE_X86_AVX2 1
-#include <immintrin.h>
 #else
 #define FASTVAE_X86_AVX2 0
 #endif
