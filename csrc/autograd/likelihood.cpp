@@ -9,17 +9,6 @@
 namespace fastvae {
 namespace autograd {
 
-namespace {
-
-// saved * grad / grad_scale, row by row: the true gradient from one written times grad_scale.
-// Into a new tensor: the saved one is also the op's second output, which its callers may hold.
-at::Tensor rescale(const at::Tensor& saved, const at::Tensor& grad, double grad_scale) {
-  if (saved.sym_numel() == 0) return saved;  // nothing was written in the forward pass
-  return hand_on_precomputed(grad, {saved}, /*in_place_ok=*/false, grad_scale)[0];
-}
-
-}  // namespace
-
 class BernoulliLogLikelihood : public torch::autograd::Function<BernoulliLogLikelihood> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& x,
@@ -49,7 +38,9 @@ class BernoulliLogLikelihood : public torch::autograd::Function<BernoulliLogLike
       TORCH_CHECK(dlogits.sym_numel() != 0,
                   "fastvae::bernoulli_log_likelihood was called with compute_grad=False, so it has no "
                   "gradient for logits");
-      grad_logits = rescale(dlogits, grad_ll, ctx->saved_data["grad_scale"].toDouble());
+      // Into a new tensor: dlogits is also the op's second output, which its callers may hold.
+      grad_logits = hand_on_precomputed(grad_ll, {dlogits}, /*in_place_ok=*/false,
+                                        ctx->saved_data["grad_scale"].toDouble())[0];
     }
     if (ctx->needs_input_grad(1)) {
       grad_x = sum_repeats(logits.mul(grad_ll.unsqueeze(1).to(logits.scalar_type())),
@@ -94,8 +85,21 @@ class GaussianLogLikelihood : public torch::autograd::Function<GaussianLogLikeli
     const auto saved = ctx->get_saved_variables();
     at::Tensor grad_mean, grad_logvar;
     if (precomputed) {
-      if (needs_mean || needs_x) grad_mean = rescale(saved[0], grad, grad_scale);
-      if (needs_logvar) grad_logvar = rescale(saved[1], grad, grad_scale);
+      // The written gradients through one elbo_rescale call (one division, one launch on a GPU),
+      // into new tensors: the saved ones are also the op's outputs, which its callers may hold.
+      // An empty one (not written) is handed on as it is.
+      if (needs_mean || needs_x) grad_mean = saved[0];
+      if (needs_logvar) grad_logvar = saved[1];
+      std::vector<at::Tensor*> written;
+      std::vector<at::Tensor> pre;
+      for (at::Tensor* t : {&grad_mean, &grad_logvar}) {
+        if (t->defined() && t->sym_numel() != 0) {
+          written.push_back(t);
+          pre.push_back(*t);
+        }
+      }
+      const auto scaled = hand_on_precomputed(grad, std::move(pre), /*in_place_ok=*/false, grad_scale);
+      for (size_t i = 0; i < written.size(); ++i) *written[i] = scaled[i];
     }
     // No precomputed gradients, or a broadcast variance's still to be summed over rows.
     if (saved.size() > 2 && (!precomputed || needs_logvar)) {
