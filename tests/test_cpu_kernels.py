@@ -123,11 +123,13 @@ def _thread_count_cases():
     state = torch.tensor([42, 0], dtype=torch.int64)
     logits, x = torch.randn(97, 1025), torch.rand(97, 1025)
     obs_lv, grad_rows = torch.randn(97, 1025) * 0.3, torch.randn(97)
-    zq = torch.randn(4, 20_000)
+    zq, g4 = torch.randn(4, 20_000), torch.randn(4)
+    mu_e, lv_e = torch.randn(97, 20), torch.randn(97, 20) * 0.5  # the ELBO's latent rows
+    x_bin = torch.rand(97, 1025).bernoulli()
     bf = [t.bfloat16() for t in (logits, x, obs_lv)]
     return lambda: [
         ops.standard_normal_log_density(z), ops.kl_standard_normal(mu, lv),
-        *ops.kl_standard_normal_backward(torch.randn(4, generator=torch.Generator().manual_seed(1)), mu, lv),
+        *ops.kl_standard_normal_backward(g4, mu, lv),
         ops.reparameterize(mu, lv, 3, None, state)[0],
         *ops.reparameterize_backward(g, mu, lv, state, None),
         *ops.bernoulli_log_likelihood(logits, x, True, 0.5),
@@ -135,12 +137,8 @@ def _thread_count_cases():
         *ops.gaussian_log_likelihood_backward(grad_rows, logits, x, obs_lv, True),
         *ops.gaussian_log_likelihood(*bf, True, 1.0),
         ops.gaussian_log_density(zq, mu, lv), *ops.gaussian_log_density_backward(torch.ones(4), zq, mu, lv),
-        *[t for t in ops.elbo_loss(logits, x, None, mu[:, :97].T.contiguous()[:, :4].repeat(1, 5)[:97],
-                                   lv[:, :97].T.contiguous()[:, :4].repeat(1, 5)[:97], obs_lv, 0.0,
-                                   "gaussian", 0.7, "mean", [True, True, True]) if t is not None],
-        *[t for t in ops.elbo_loss(logits, x.bernoulli(generator=torch.Generator().manual_seed(2)), None,
-                                   mu[:, :97].T.contiguous(), lv[:, :97].T.contiguous(), None, 0.0,
-                                   "bernoulli", 1.0, "sum", [True, True, False]) if t is not None],
+        *ops.elbo_loss(logits, x, None, mu_e, lv_e, obs_lv, 0.0, "gaussian", 0.7, "mean", [True, True, True]),
+        *ops.elbo_loss(logits, x_bin, None, mu_e, lv_e, None, 0.0, "bernoulli", 1.0, "sum", [True, True, False]),
     ]
 
 
