@@ -1,9 +1,10 @@
-"""The whole negative ELBO (reparameterised sample + KL + likelihood), forward + backward, fused
-against the eager reference and torch.compile. Bernoulli likelihood, Gaussian in the images family.
+"""The ELBO family: the whole negative ELBO (reparameterised sample + KL + likelihood). Bernoulli
+likelihood, Gaussian in the images family, forward + backward, fused against the eager reference
+(fastvae.reference) and that reference under torch.compile: speed and peak memory per size and dtype.
 
     python benchmarks/bench_elbo.py [--dtype float32 bfloat16] [--families mnist] [--out r.json]
 
-Prints speed, speed-ups and peak memory per size and dtype; every flag of `fastvae bench` applies.
+Every flag of `fastvae bench` applies (`--ops` picks some of the family's ops).
 """
 import os
 import sys
@@ -13,4 +14,4 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from fastvae.bench import main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main(ops=["elbo"], train=False, description=__doc__))
+    raise SystemExit(main(family="elbo", description=__doc__))

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from fastvae import bench
+from fastvae.bench import cases, train
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 IMPLS = ["fused", "eager"] + (["compile"] if os.environ.get("FASTVAE_BENCH_COMPILE") == "1" else [])
@@ -23,8 +23,8 @@ SIZES = [("mnist", 128, 784, 20), ("mnist", 1024, 784, 20), ("short_rows", 8192,
 
 def _cases():
     for family, b, d, z in SIZES:
-        for op in bench.OPS:
-            case = bench.build_case(op, {"B": b, "D": d, "Z": z}, torch.float32, DEVICE, family)
+        for op in cases.OPS:
+            case = cases.build_case(op, {"B": b, "D": d, "Z": z}, torch.float32, DEVICE, family)
             yield pytest.param(case, id=f"{case.op}-" + "-".join(f"{k}{v}" for k, v in case.shape.items()))
 
 
@@ -44,6 +44,6 @@ def test_forward_backward(benchmark, case, impl):
 @pytest.mark.parametrize("loss_impl", ["fused", "eager"])
 def test_train_step(benchmark, loss_impl):
     benchmark.group = "train step, 784-400-20 MLP VAE, batch 128"
-    step = bench.make_train_step(128, loss_impl, DEVICE)
+    step = train.make_train_step(128, loss_impl, DEVICE)
     step()
     benchmark(step)

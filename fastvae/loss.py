@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from . import functional as F
+from .functional._checks import real
+from .functional.elbo import LIKELIHOODS, REDUCTIONS
 
 
 class ELBOLoss(nn.Module):
@@ -34,17 +36,17 @@ class ELBOLoss(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        if likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         # The rules of fastvae.functional.elbo (and the CLI), checked once here: beta a real >= 0,
         # obs_logvar a real number or a floating tensor.
-        beta = F._real("beta", beta)
+        beta = real("beta", beta)
         if not (math.isfinite(beta) and beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {beta}")
         if not isinstance(obs_logvar, torch.Tensor):
-            obs_logvar = F._real("obs_logvar", obs_logvar)
+            obs_logvar = real("obs_logvar", obs_logvar)
         self.likelihood = likelihood
         self.obs_logvar = obs_logvar
         self.beta = beta

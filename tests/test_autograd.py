@@ -11,7 +11,7 @@ import torch
 import fastvae
 from fastvae import functional as F
 from fastvae import reference as R
-from fastvae.host_cost import DispatchCounter
+from fastvae.bench.dispatch import DispatchCounter
 
 from .conftest import cpu_and_cuda, rel_err
 

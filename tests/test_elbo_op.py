@@ -14,7 +14,7 @@ import torch
 import fastvae
 from fastvae import functional as F
 from fastvae import reference as R
-from fastvae.host_cost import DispatchCounter, op_base
+from fastvae.bench.dispatch import DispatchCounter, op_base
 
 from .conftest import TOL, cpu_and_cuda, rel_err
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastvae.host_cost import SYNC_OPS, DispatchCounter
+from fastvae.bench.dispatch import SYNC_OPS, DispatchCounter
 from fastvae.models import build_mlp_vae
 from fastvae.training import TrainConfig, Trainer, seed_everything
 

@@ -1,0 +1,36 @@
+"""Fused VAE loss terms: the public, user-facing functions, one module per op family.
+
+=================  =====================================================================
+``sampling``       :func:`reparameterize`, :func:`reparameterize_with_kl`
+``kl``             :func:`kl_standard_normal`
+``likelihood``     :func:`bernoulli_log_likelihood`, :func:`gaussian_log_likelihood`
+``density``        :func:`gaussian_log_density`, :func:`standard_normal_log_density`
+``elbo``           :func:`elbo`
+=================  =====================================================================
+
+Each function checks its arguments (raising ``ValueError`` that names the bad one), broadcasts,
+flattens to the ``(rows, cols)`` layout the kernels use and reshapes the result back. Operands
+that broadcast only over leading dims (targets ``x`` shared by K samples of the decoder output, a
+per-dim variance) are read in place by the kernels, not copied.
+
+Results are float32 for float32/bf16/fp16 inputs (accumulated in float32) and float64 for
+float64 inputs. Every floating input that requires grad gets its gradient.
+"""
+from __future__ import annotations
+
+from .density import gaussian_log_density, standard_normal_log_density
+from .elbo import elbo
+from .kl import kl_standard_normal
+from .likelihood import bernoulli_log_likelihood, gaussian_log_likelihood
+from .sampling import reparameterize, reparameterize_with_kl
+
+__all__ = [
+    "reparameterize",
+    "reparameterize_with_kl",
+    "kl_standard_normal",
+    "bernoulli_log_likelihood",
+    "gaussian_log_likelihood",
+    "gaussian_log_density",
+    "standard_normal_log_density",
+    "elbo",
+]

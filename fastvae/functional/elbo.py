@@ -1,0 +1,141 @@
+"""The whole negative ELBO in one op: likelihood, KL, beta weighting and reduction.
+
+csrc: ``csrc/{cpu,cuda,autograd}/elbo.*`` and ``csrc/common/elbo_args.h``; ops
+``fastvae::elbo_loss``, ``fastvae::elbo_rescale`` and ``fastvae::elbo_rescale_``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+
+from ..ops import ops
+from ._checks import FLOATS, as_rows, broadcast_shape, cast, check_devices, check_float, real
+
+__all__ = ["elbo", "LIKELIHOODS", "REDUCTIONS"]
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+REDUCTIONS = ("mean", "sum", "none")
+
+def _elbo_obs_logvar(
+    obs_logvar: Union[float, torch.Tensor], recon: torch.Tensor, recon2: torch.Tensor
+) -> Tuple[Optional[torch.Tensor], float]:
+    """The Gaussian observation log-variance as elbo_loss takes it: (tensor rows or None, constant)."""
+    if type(obs_logvar) is float:
+        return None, obs_logvar
+    if not isinstance(obs_logvar, torch.Tensor):
+        return None, real("obs_logvar", obs_logvar)
+    lv = check_float("obs_logvar", obs_logvar)
+    check_devices(recon=recon, obs_logvar=lv)
+    shape = recon.shape
+    if lv.shape == shape and lv.is_contiguous() and lv.dtype == recon.dtype:  # per element, as the decoder gives it
+        return (lv if lv.dim() == 2 else lv.view(recon2.shape)), 0.0
+    if broadcast_shape(recon=recon, obs_logvar=lv) != shape:
+        raise ValueError(f"obs_logvar of shape {tuple(lv.shape)} does not broadcast to recon's {tuple(shape)}")
+    return as_rows(cast(lv, recon.dtype), shape, max(len(shape) - 1, 1)), 0.0
+
+
+def elbo(
+    recon: torch.Tensor,
+    x: torch.Tensor,
+    mu: Optional[torch.Tensor],
+    logvar: Optional[torch.Tensor],
+    likelihood: str = "bernoulli",
+    obs_logvar: Union[float, torch.Tensor] = 0.0,
+    beta: float = 1.0,
+    reduction: str = "mean",
+    kl: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Negative ELBO: -log p(x|z) + beta * KL(q(z|x) || N(0, I)), per example then reduced.
+
+    A drop-in for the loss written by hand as summed BCE-with-logits (``likelihood="bernoulli"``,
+    ``recon`` = decoder logits) or Gaussian NLL (``"gaussian"``, ``recon`` = decoder mean with
+    log-variance ``obs_logvar``: a real number, or a 0-dim, per-dim or per-element tensor) plus
+    the analytic KL. The per-example sums run over every dim of ``recon`` after the first;
+    ``reduction`` is "mean" (over examples), "sum" or "none". ``beta`` is a real number >= 0.
+    ``kl``: the KL term per example when it is already computed (by
+    :func:`reparameterize_with_kl`); mu and logvar are then not read (and may be None).
+
+    One op (``fastvae::elbo_loss``) computes the whole loss, reduces it over the batch in a
+    fixed order and writes every input gradient in the same pass; backward hands them on.
+    """
+    # Only what the op cannot check is checked here (types, layouts); the op checks the rest and
+    # raises ValueError naming the argument. The common case (2-D contiguous operands of one
+    # dtype) takes no reshaping at all.
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if type(beta) is not float:
+        beta = real("beta", beta)
+    if not isinstance(recon, torch.Tensor):
+        raise ValueError(f"recon must be a torch.Tensor, got {type(recon).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    shape = recon.shape
+    if len(shape) < 1:
+        raise ValueError("recon must have a batch dim")
+    if len(shape) == 2 and recon.is_contiguous():
+        recon2 = recon
+    else:
+        check_float("recon", recon)
+        lead = shape[0] if len(shape) > 1 else 1
+        recon2 = recon.reshape(lead, math.prod(shape) // lead if lead else math.prod(shape[1:])).contiguous()
+    rows = recon2.shape[0]
+    batch = shape[:1] if len(shape) > 1 else shape[:0]  # the shape of the per-example terms
+
+    if x.shape == shape and x.is_contiguous() and (x.dtype == recon.dtype or likelihood == "bernoulli"):
+        x2 = x if len(shape) == 2 else x.view(recon2.shape)
+    else:
+        check_devices(recon=recon, x=x)
+        if x.dtype in FLOATS:
+            x = cast(x, recon.dtype)
+        elif likelihood == "gaussian" or x.dtype not in (torch.bool, torch.uint8):
+            raise ValueError(f"x must be float{', bool or uint8' if likelihood == 'bernoulli' else ''}, got {x.dtype}")
+        if broadcast_shape(recon=recon, x=x) != shape:
+            raise ValueError(f"x of shape {tuple(x.shape)} does not broadcast to recon's {tuple(shape)}")
+        x2 = as_rows(x, shape, max(len(shape) - 1, 1))
+
+    acc = torch.float64 if recon.dtype == torch.float64 else torch.float32
+    grad = torch.is_grad_enabled()
+    if kl is not None:
+        if not isinstance(kl, torch.Tensor):
+            raise ValueError(f"kl must be a torch.Tensor, got {type(kl).__name__}")
+        if kl.shape != batch:
+            raise ValueError(
+                f"recon gives per-example terms of shape {tuple(batch)} but kl has shape {tuple(kl.shape)}: "
+                f"the batch dims must agree"
+            )
+        kl2 = kl if kl.dtype == acc and kl.dim() == 1 and kl.is_contiguous() else cast(kl, acc).reshape(rows).contiguous()
+        mu2 = lv2 = None
+        kl_grad = grad and kl.requires_grad
+    else:
+        kl2 = None
+        if not isinstance(mu, torch.Tensor) or not isinstance(logvar, torch.Tensor):
+            raise ValueError("mu and logvar must be torch.Tensors when kl is not given")
+        if mu.shape == logvar.shape and mu.dim() == 2 and mu.dtype == recon.dtype == logvar.dtype and (
+            mu.is_contiguous() and logvar.is_contiguous()
+        ):
+            mu2, lv2 = mu, logvar
+        else:
+            check_float("mu", mu)
+            check_float("logvar", logvar)
+            latent = broadcast_shape(mu=mu, logvar=logvar)
+            if len(latent) == 0:
+                raise ValueError("mu and logvar need a latent dim (at least 1-D)")
+            mu2 = cast(mu, recon.dtype).expand(latent).contiguous()
+            lv2 = cast(logvar, recon.dtype).expand(latent).contiguous()
+        if mu2.shape[:-1] != batch:
+            raise ValueError(
+                f"recon gives per-example terms of shape {tuple(batch)} but mu/logvar give "
+                f"{tuple(mu2.shape[:-1])}: the batch dims must agree"
+            )
+        if mu2.dim() != 2:
+            mu2, lv2 = mu2.reshape(rows, -1), lv2.reshape(rows, -1)
+        kl_grad = grad and (mu.requires_grad or logvar.requires_grad)
+
+    obs, obs_value = (None, 0.0) if likelihood == "bernoulli" else _elbo_obs_logvar(obs_logvar, recon, recon2)
+    mask = [grad and (recon.requires_grad or x.requires_grad), kl_grad, grad and obs is not None and obs.requires_grad]
+    loss = ops.elbo_loss(recon2, x2, kl2, mu2, lv2, obs, obs_value, likelihood, beta, reduction, mask)[0]
+    return loss if reduction != "none" or len(shape) > 1 else loss.view(())

@@ -1,0 +1,107 @@
+"""Sampling: the reparameterisation trick, alone or with the KL term of the same (mu, logvar).
+
+csrc: ``csrc/{cpu,cuda,autograd}/sampling*``; ops ``fastvae::reparameterize``,
+``fastvae::reparameterize_with_kl`` and ``fastvae::reparameterize_backward``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ..ops import ops
+from ._checks import (
+    FLOATS, broadcast_shape, cast, check_devices, check_float, check_nonempty, check_samples_fit, common_dtype,
+)
+
+__all__ = ["reparameterize", "reparameterize_with_kl"]
+
+
+def _sampling_inputs(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    num_samples: Optional[int],
+    generator: Optional[torch.Generator],
+    need_latent_dim: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Checked mu and logvar of one dtype, broadcast and contiguous; K."""
+    check_float("mu", mu)
+    check_float("logvar", logvar)
+    check_devices(mu=mu, logvar=logvar)
+    if num_samples is not None and (
+        not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1
+    ):
+        raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != mu.device.type:
+            raise ValueError(f"generator is on {generator.device} but mu is on {mu.device}")
+    shape = broadcast_shape(mu=mu, logvar=logvar)
+    if need_latent_dim and len(shape) == 0:
+        raise ValueError("mu and logvar need a latent dim (at least 1-D)")
+    check_nonempty(shape, "mu")
+    dtype = common_dtype(mu, logvar)
+    k = 1 if num_samples is None else num_samples
+    check_samples_fit(k, shape, dtype, mu.device)
+    mu_c = cast(mu, dtype).expand(shape).contiguous()
+    logvar_c = cast(logvar, dtype).expand(shape).contiguous()
+    return mu_c, logvar_c, k
+
+
+def _plain_pair(mu: object, logvar: object, num_samples: Optional[int], generator: object) -> bool:
+    """True for the training step's case, one sample of an encoder's contiguous (B, Z) output:
+    nothing to check or reshape in Python (the kernels check the rest), so the checks that cost
+    as much as the kernel at small batches are skipped."""
+    return (
+        num_samples is None and generator is None and type(mu) is torch.Tensor and type(logvar) is torch.Tensor
+        and mu.dim() == 2 and mu.shape == logvar.shape and mu.dtype == logvar.dtype and mu.dtype in FLOATS
+        and mu.device == logvar.device and mu.is_contiguous() and logvar.is_contiguous() and mu.numel() > 0
+    )
+
+
+def reparameterize(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    num_samples: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Draw z = mu + exp(logvar / 2) * eps, eps ~ N(0, I), by the reparameterisation trick.
+
+    eps comes from a counter-based Philox stream inside the kernel, seeded from ``generator``
+    (default: torch's default generator for mu's device, so ``torch.manual_seed`` reproduces a
+    run). It is not stored: the backward pass draws it again.
+
+    Args:
+        mu, logvar: mean and log-variance of q(z|x), broadcastable to each other.
+        num_samples: K; when given the result has shape (K, *shape), otherwise ``shape``.
+        generator: a ``torch.Generator`` on mu's device.
+    """
+    if _plain_pair(mu, logvar, num_samples, generator):
+        return ops.reparameterize(mu, logvar, 1, None)[0].squeeze(0)
+    mu_c, logvar_c, k = _sampling_inputs(mu, logvar, num_samples, generator)
+    z, _ = ops.reparameterize(mu_c, logvar_c, k, generator)
+    return z.squeeze(0) if num_samples is None else z
+
+
+def reparameterize_with_kl(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    num_samples: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(reparameterize(mu, logvar, ...), kl_standard_normal(mu, logvar))`` from one pass.
+
+    The sample and the KL term read the same mu and logvar, so the CUDA kernel computes both while
+    it has them in registers, and the backward pass takes both terms' gradients in one pass too.
+    z is exactly what :func:`reparameterize` draws from the same generator state; the KL has
+    shape ``shape[:-1]`` (summed over the last, latent dim). Pass it to :func:`elbo` as ``kl=``.
+    """
+    if _plain_pair(mu, logvar, num_samples, generator):
+        z, kl, _ = ops.reparameterize_with_kl(mu, logvar, 1, None)
+        return z.squeeze(0), kl
+    mu_c, logvar_c, k = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
+    shape = mu_c.shape
+    z, kl, _ = ops.reparameterize_with_kl(mu_c.view(-1, shape[-1]), logvar_c.view(-1, shape[-1]), k, generator)
+    z = z.view(k, *shape)
+    return (z.squeeze(0) if num_samples is None else z), kl.view(shape[:-1])
