@@ -1,18 +1,13 @@
-"""Markdown tables from the JSON reports under benchmarks/results/ (`make bench-tables`).
+"""Markdown tables from the JSON reports in benchmarks/results/ (`make bench-tables`).
 
     python benchmarks/tables.py            # rewrite the generated parts of the three files below
     python benchmarks/tables.py --check    # exit 1 when any of them is out of date
 
-Writes, from the newest reports (see `current`):
-
-- ``benchmarks/README.md``: every table between its ``<!-- bench-tables:full -->`` markers;
-- ``README.md``: the headline table (the float32 ELBO rows of the newest whole-op report)
-  between its ``<!-- bench-tables:headline -->`` markers;
-- ``benchmarks/results/INDEX.md``: one line per file in results/.
-
-Reports are read as ``fastvae bench`` (schema fastvae-bench/*), ``benchmarks/bench_host.py``,
-``benchmarks/accuracy.py`` and ``tools/check_torch.sh`` write them; fields the tables do not
-use are ignored, and a missing figure is shown as "–". This script imports no fastvae code.
+From the reports no newer one supersedes (`current`), writes the tables of ``benchmarks/README.md``
+and the headline of ``README.md`` (the float32 ELBO rows of the newest report that has them),
+each between its ``<!-- bench-tables:NAME -->`` markers, and ``benchmarks/results/INDEX.md``.
+Reads what ``fastvae bench``, ``bench_host.py``, ``accuracy.py`` and ``tools/check_torch.sh``
+write; fields it does not use are ignored, missing figures show as "–". Imports no fastvae code.
 """
 from __future__ import annotations
 
@@ -41,12 +36,13 @@ class Report:
 
     @property
     def env(self) -> Dict[str, Any]:
-        return self.data.get("environment") or {}
+        """Where it ran: the report's ``environment``, or its top level for reports without one."""
+        return self.data.get("environment") or self.data
 
     @property
     def time(self) -> str:
         """ISO time of the run: the report's own, else a date in the file name, else ""."""
-        stamp = self.env.get("time") or self.data.get("time")
+        stamp = self.env.get("time")
         if stamp:
             return str(stamp)
         m = re.search(r"\d{4}-\d{2}-\d{2}", self.path.name)
@@ -106,24 +102,19 @@ def _settings_set(report: Report, key: str) -> set:
     return {r.get(column) for r in report.data.get("results") or []}
 
 
+def supersedes(newer: Report, old: Report) -> bool:
+    """A newer report of the same kind and variant; for bench reports, one whose size families
+    and dtypes include all of the old one's. Files of kind "other" are never superseded."""
+    if newer is old or old.kind == "other" or newer.kind != old.kind:
+        return False
+    if newer.variant() != old.variant() or newer.time <= old.time:
+        return False
+    return old.kind != "bench" or all(_settings_set(old, k) <= _settings_set(newer, k) for k in ("families", "dtypes"))
+
+
 def current(reports: Sequence[Report]) -> List[Report]:
-    """The reports the tables show. A bench report is superseded by a newer one of its variant
-    whose size families and dtypes include all of its own; host, accuracy and torch-version
-    reports by the newest of their kind and variant. Other files are never superseded."""
-    keep = []
-    for r in reports:
-        if r.kind == "bench":
-            newer = [o for o in reports if o.kind == "bench" and o is not r and o.variant() == r.variant()
-                     and o.time > r.time and _settings_set(r, "families") <= _settings_set(o, "families")
-                     and _settings_set(r, "dtypes") <= _settings_set(o, "dtypes")]
-        elif r.kind == "other":
-            newer = []
-        else:
-            newer = [o for o in reports if o.kind == r.kind and o is not r
-                     and (o.variant(), r.kind) == (r.variant(), r.kind) and o.time > r.time]
-        if not newer:
-            keep.append(r)
-    return keep
+    """The reports the tables show: those no other report supersedes."""
+    return [r for r in reports if not any(supersedes(o, r) for o in reports)]
 
 
 # ---------------------------------------------------------------- formatting
@@ -310,10 +301,23 @@ def headline(reports: Sequence[Report]) -> str:
     report = headline_source(reports)
     if report is None:
         return "No report with float32 ELBO rows yet."
-    rows = [[f"{r.get('family', '')} {shape_str(r.get('shape'))}", *op_row(r)[3:9]] for r in report.data["results"]
+    rows = [[f"{r.get('family', '')} {shape_str(r.get('shape'))}" + ("" if r["op"] == "elbo" else f" ({r['op']})"),
+             *op_row(r)[3:9]] for r in report.data["results"]
             if r.get("op", "").startswith("elbo") and r.get("dtype") == "float32"]
     lines = table(("whole negative ELBO, float32", *OP_HEAD[3:9]), rows)
-    return "\n".join(lines + ["", f"{where(report)}; `benchmarks/results/{report.path.name}`."])
+    note = f"{where(report)}; `benchmarks/results/{report.path.name}`."
+    cap = torch_capability(report.env) if report.env.get("device_type") == "cpu" else "default"
+    if cap != "default":
+        note += (f" torch's own CPU kernels ran at {cap} (`ATEN_CPU_CAPABILITY`), its faster eager baseline "
+                 "on this CPU ([why](benchmarks/README.md#method)).")
+    if not any(r.kind == "bench" and r.env.get("device_type") == "cuda" for r in reports):
+        note += " No GPU run has been made yet, so no CUDA speed is claimed."
+    lines += ["", note]
+    plot = report.path.with_suffix(".png")
+    if plot.is_file():  # the speed-up plot fastvae bench draws beside its report
+        lines += ["", f"![Speed-up of every fused op over eager and over torch.compile, against problem size]"
+                      f"(benchmarks/results/{plot.name})"]
+    return "\n".join(lines)
 
 
 def index(results: Path, reports: Sequence[Report]) -> str:
@@ -330,9 +334,9 @@ def index(results: Path, reports: Sequence[Report]) -> str:
             rows.append([f"`{path.name}`", "not a report", NONE, NONE, NONE, NONE, ""])
             continue
         what = describe(r) if path.suffix == ".json" else f"plot of `{r.path.name}`"
-        env, data = r.env, r.data
-        machine = env.get("device") or data.get("device") or ", ".join(p.strip() for p in str(data.get("machine", "")).split(",")[:2])
-        rows.append([f"`{path.name}`", what, str(machine or NONE), str(env.get("torch") or data.get("torch") or NONE),
+        env = r.env
+        machine = env.get("device") or ", ".join(p.strip() for p in str(env.get("machine", "")).split(",")[:2])
+        rows.append([f"`{path.name}`", what, str(machine or NONE), str(env.get("torch") or NONE),
                      str(env.get("fastvae_commit") or NONE), r.time[:10] or NONE,
                      "yes" if r.path.name in shown else ""])
     return "\n".join(lines + table(("file", "what", "machine", "torch", "commit", "date", "cited"), rows)) + "\n"
