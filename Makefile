@@ -25,7 +25,7 @@ export FASTVAE_EMU
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 NVIDIA_LIB = $(shell $(PY) -c 'import os, torch; print(os.path.abspath(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")))')
 
-.PHONY: setup build demo test test-emu-asan test-other-isa bench cmake-check clean
+.PHONY: setup build demo test test-emu-asan test-other-isa bench bench-tables cmake-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -71,6 +71,11 @@ test-other-isa: setup
 
 bench: build
 	$(VENV)/bin/fastvae bench
+
+# The tables of benchmarks/README.md and README.md, and benchmarks/results/INDEX.md, from the
+# reports in benchmarks/results/ (standard library only: no build needed).
+bench-tables:
+	python3 benchmarks/tables.py
 
 # Configure, build and run the C++ smoke test of the CMake (libtorch) build.
 cmake-check: setup
