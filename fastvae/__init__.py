@@ -1,25 +1,26 @@
 """fastvae: fused C++/CUDA kernels for variational autoencoder losses.
 
-``fastvae.functional`` holds the fused ops, ``fastvae.reference`` their plain-PyTorch twins,
-``fastvae.ELBOLoss`` the drop-in loss module, ``fastvae.VAE`` / ``build_mlp_vae`` /
-``build_conv_vae`` the models and ``fastvae.Trainer`` the training loop.
+The core: ``fastvae.functional`` holds the fused ops, ``fastvae.reference`` their plain-PyTorch
+twins and ``fastvae.ELBOLoss`` the drop-in loss module; it needs torch only. The application
+on top: ``fastvae.vae`` (the `VAE` module, `build_mlp_vae` / `build_conv_vae`, data loaders,
+pictures), ``fastvae.training`` (`Trainer`, `TrainConfig`, checkpoints) and ``fastvae.cli``
+(the ``fastvae`` command). Their names are importable from here and loaded on first use.
 """
 from typing import Any
 
 from . import functional, reference
 from ._extension import CUDA_BUILT, cuda_available
 from .loss import ELBOLoss
-from .models import VAE, build_conv_vae, build_mlp_vae
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "functional", "reference", "ELBOLoss", "VAE", "build_mlp_vae", "build_conv_vae", "Trainer",
-    "TrainConfig", "CUDA_BUILT", "cuda_available", "__version__",
-]
+# The application's names, loaded on first use so that `import fastvae` stays the core.
+_LAZY = {
+    "VAE": "vae", "VAEOutput": "vae", "build_mlp_vae": "vae", "build_conv_vae": "vae", "build_vae": "vae",
+    "Trainer": "training", "TrainConfig": "training", "load_model": "training", "fit": "training",
+}
 
-# The training loop pulls in numpy and torch.distributed: loaded on first use only.
-_LAZY = {"Trainer": "training", "TrainConfig": "training"}
+__all__ = ["functional", "reference", "ELBOLoss", "CUDA_BUILT", "cuda_available", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

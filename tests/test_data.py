@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastvae import data
-from fastvae.data import Dataset, binarize, load_dataset, load_digits, load_idx, load_npz, read_idx
+from fastvae.vae import data
+from fastvae.vae.data import Dataset, binarize, load_dataset, load_digits, load_idx, load_npz, read_idx
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
 

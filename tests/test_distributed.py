@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import fastvae.functional as F
-from fastvae.models import build_mlp_vae
+from fastvae.vae import build_mlp_vae
 from fastvae.training import METRICS_NAME, TrainConfig, Trainer, load_checkpoint, seed_everything
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -127,7 +127,7 @@ def test_torchrun_cli_trains_with_two_processes(tmp_path):
     assert state["world_size"] == WORLD and state["step"] == 2 * 12  # 1438 digits in batches of 128
 
     # The two-rank checkpoint continues in one process (fresh sampling streams, with a warning).
-    from fastvae.data import load_dataset
+    from fastvae.vae.data import load_dataset
 
     data = load_dataset("digits")
     with pytest.warns(UserWarning, match="2 rank"):

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 import fastvae.functional as fvf
-from fastvae import models, reference
-from fastvae.models import VAE, VAEOutput, build_conv_vae, build_mlp_vae, build_vae
+import fastvae.vae.model as models
+from fastvae import reference
+from fastvae.vae import VAE, VAEOutput, build_conv_vae, build_mlp_vae, build_vae
 
 from .conftest import cpu_and_cuda
 
@@ -335,12 +336,16 @@ def test_chunked_log_likelihood_agrees_with_fused_sampling_within_noise():
     assert not torch.equal(a, b)  # fresh samples, so not bitwise equal
 
 
-def test_log_likelihood_progress_and_no_grad(capsys):
+def test_log_likelihood_has_no_grad_and_the_evaluation_shows_progress(capsys):
+    from fastvae.training import evaluate
+
     vae = _small_model("mlp", "bernoulli", "fixed")
     x = _data(vae, batch=3)
-    ll = vae.log_likelihood(x, num_samples=50, chunk_size=10, progress=True)
+    ll = vae.log_likelihood(x, num_samples=50, chunk_size=10)
     assert not ll.requires_grad
-    assert "50/50" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""  # the model shows no progress bar; the evaluation does
+    evaluate(vae, x, 1, torch.device("cpu"), 0, num_samples=50, progress=True)
+    assert "3/3" in capsys.readouterr().err
 
 
 def test_iwae_loss_matches_reference_for_the_same_eps(monkeypatch):
@@ -475,10 +480,10 @@ def test_top_level_api():
     """`from fastvae import ...` gives the names torch-style users reach for first."""
     import fastvae
     from fastvae import ELBOLoss, Trainer, VAE, build_conv_vae, build_mlp_vae, functional
-    from fastvae import models, training
+    from fastvae import training, vae
 
-    assert VAE is models.VAE and Trainer is training.Trainer and ELBOLoss is fastvae.loss.ELBOLoss
-    assert build_mlp_vae is models.build_mlp_vae and build_conv_vae is models.build_conv_vae
+    assert VAE is vae.VAE and Trainer is training.Trainer and ELBOLoss is fastvae.loss.ELBOLoss
+    assert build_mlp_vae is vae.build_mlp_vae and build_conv_vae is vae.build_conv_vae
     assert functional.elbo is fastvae.functional.elbo
     assert isinstance(build_mlp_vae(input_dim=6, hidden=(5,), latent_dim=2), VAE)
     assert set(fastvae.__all__) <= set(dir(fastvae))

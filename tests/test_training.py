@@ -13,8 +13,8 @@ import torch
 
 import fastvae.functional as F
 import fastvae.reference as R
-from fastvae.data import load_idx
-from fastvae.models import build_mlp_vae
+from fastvae.vae import build_mlp_vae
+from fastvae.vae.data import load_idx
 from fastvae.training import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -23,7 +23,6 @@ from fastvae.training import (
     load_checkpoint,
     load_model,
     seed_everything,
-    vae_loss,
 )
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
@@ -211,16 +210,16 @@ def test_reference_loss_matches_fused_loss(monkeypatch, likelihood, obs_var, fre
     x = torch.rand(12, 64)
     for p in model.parameters():
         p.grad = None
-    fused = vae_loss(model, x, beta=0.7, free_bits=free_bits, loss_impl="fused")
+    fused = model.loss(x, beta=0.7, free_bits=free_bits, impl="fused")
     fused.backward()
     g_fused = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    ref = vae_loss(model, x, beta=0.7, free_bits=free_bits, loss_impl="reference")
+    ref = model.loss(x, beta=0.7, free_bits=free_bits, impl="reference")
     ref.backward()
     assert torch.allclose(fused, ref, rtol=1e-5)
     for a, b in zip(g_fused, (p.grad for p in model.parameters())):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
-    none = vae_loss(model, x, beta=0.7, free_bits=free_bits, reduction="none", loss_impl="reference")
+    none = model.loss(x, beta=0.7, free_bits=free_bits, reduction="none", impl="reference")
     assert none.shape == (12,) and torch.allclose(none.mean(), ref)
 
 
@@ -229,8 +228,8 @@ def test_free_bits_raise_the_loss_where_the_kl_is_small(monkeypatch):
     model = _model(latent=3)
     x = torch.rand(8, 64)
     with torch.no_grad():
-        plain = vae_loss(model, x)
-        floored = vae_loss(model, x, free_bits=2.0)
+        plain = model.loss(x)
+        floored = model.loss(x, free_bits=2.0)
         mu, logvar = model.encode(x)
         kl = -0.5 * (1 + logvar - mu ** 2 - logvar.exp())
         expected = plain + (kl.clamp(min=2.0) - kl).sum(1).mean()
@@ -376,7 +375,7 @@ def test_resume_checks_optimizer_moments_and_data_order(tmp_path):
 
 # ---------------------------------------------------------------------- metrics log under kills
 def test_metrics_reader_skips_a_torn_last_line(tmp_path):
-    from fastvae.runlog import append_record, read_metrics
+    from fastvae.training.runlog import append_record, read_metrics
 
     log = tmp_path / METRICS_NAME
     append_record(log, {"kind": "epoch", "step": 5, "train_loss": 1.5})
@@ -391,7 +390,7 @@ def test_metrics_reader_skips_a_torn_last_line(tmp_path):
 
 
 def test_truncating_the_log_to_a_checkpoint_step(tmp_path):
-    from fastvae.runlog import truncate_after_step
+    from fastvae.training.runlog import truncate_after_step
 
     log = tmp_path / METRICS_NAME
     records = [{"kind": "step", "step": s} for s in (2, 4, 6, 8)]
@@ -404,7 +403,7 @@ def test_truncating_the_log_to_a_checkpoint_step(tmp_path):
 
 _KILLED_RUN = """
 import os, signal, sys, torch
-from fastvae.models import build_mlp_vae
+from fastvae.vae import build_mlp_vae
 from fastvae.training import TrainConfig, Trainer, seed_everything
 sys.path.insert(0, {tests!r})
 from test_training import _data, _model, _cfg
@@ -450,9 +449,9 @@ def test_a_killed_run_resumes_with_each_record_once(tmp_path):
 @pytest.mark.needs_cuda
 @pytest.mark.parametrize("fraction", [0.25, 0.0], ids=["on-device", "pinned"])
 def test_training_data_on_the_device_or_pinned_trains_as_on_the_cpu(monkeypatch, fraction):
-    import fastvae.training as T
+    import fastvae.training.batching as T
 
-    monkeypatch.setattr(T, "_DEVICE_DATA_FRACTION", fraction)
+    monkeypatch.setattr(T, "DEVICE_DATA_FRACTION", fraction)
     train, test = _data(200)
     trainer = Trainer(_model(), train, test, _cfg(epochs=1, device="cuda", loss_impl="reference"))
     assert trainer.train_data.is_cuda == (fraction > 0) and trainer._pin_batches == (fraction == 0)

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fastvae.bench.dispatch import SYNC_OPS, DispatchCounter
-from fastvae.models import build_mlp_vae
+from fastvae.vae import build_mlp_vae
 from fastvae.training import TrainConfig, Trainer, seed_everything
 
 LOSS_IMPLS = ("fused", "reference")

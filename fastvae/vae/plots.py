@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .models import VAE
+from .model import VAE
 
 __all__ = [
     "image_grid",
@@ -141,8 +141,8 @@ def save_reconstructions(model: VAE, x: torch.Tensor, path: PathLike, n: int = 3
 
 def read_metrics(path: PathLike) -> List[Dict[str, Any]]:
     """The records of a metrics.jsonl file, in order (a torn last line is skipped with a warning;
-    see `fastvae.runlog.read_metrics`)."""
-    from .runlog import read_metrics as _read
+    see `fastvae.training.runlog.read_metrics`)."""
+    from ..training.runlog import read_metrics as _read
 
     return _read(path)
 

@@ -2,7 +2,8 @@
 
 Every loader returns images as float32 tensors in [0, 1], one flattened example per row, and
 integer labels (or None). `binarize` turns grey levels into {0, 1} for Bernoulli likelihoods,
-once ("static") or afresh on every call ("dynamic", meant for each training batch).
+once ("static") or afresh on every call ("dynamic", meant for each training batch); it is the
+only binarisation in fastvae (the trainer uses it too), with one random stream.
 """
 from __future__ import annotations
 
@@ -55,18 +56,38 @@ class Dataset:
 
 
 def binarize(
-    x: torch.Tensor, mode: str = "static", generator: Optional[torch.Generator] = None
+    x: torch.Tensor,
+    mode: str = "static",
+    generator: Optional[torch.Generator] = None,
+    share: Tuple[int, int] = (0, 1),
+    check_range: bool = True,
 ) -> torch.Tensor:
-    """Binarise grey levels in [0, 1]: "static" thresholds at 0.5, "dynamic" draws x ~ Bernoulli(p)."""
+    """Binarise grey levels in [0, 1]: "static" thresholds at 0.5, "dynamic" draws x ~ Bernoulli(x).
+
+    fastvae's one binarisation (data sets, the trainer's batches and its test set all use it).
+    A dynamic draw compares x with uniforms drawn on the CPU from ``generator`` (default:
+    torch's global CPU generator) and copied to x's device without waiting for it, so one
+    generator state gives the same bits on every device.
+
+    share: ``(i, n)`` when x is the i-th of n equal row blocks of a batch (one rank's slice under
+    DDP): the uniforms are drawn for the whole batch and block i is used, so the bits do not
+    depend on how many ranks share the batch. check_range: check that a dynamic x lies in
+    [0, 1]; this reads x on the host, so a training step whose data was checked once skips it.
+    """
     if mode not in _BINARIZE_MODES:
         raise ValueError(f"mode must be one of {_BINARIZE_MODES}, got {mode!r}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating tensor of grey levels in [0, 1], got dtype {x.dtype}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        what = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating tensor of grey levels in [0, 1], got {what}")
     if mode == "static":
         return (x > 0.5).to(x.dtype)
-    if x.numel() and (x.min() < 0 or x.max() > 1):
+    if check_range and x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError("dynamic binarisation needs x in [0, 1] (the Bernoulli probabilities)")
-    return torch.bernoulli(x, generator=generator)
+    index, count = share
+    rows = x.shape[0] if x.dim() else 1
+    u = torch.rand((rows * count, *x.shape[1:]), generator=generator, pin_memory=x.is_cuda)
+    u = u[index * rows:(index + 1) * rows].view(x.shape)
+    return (u.to(x.device, non_blocking=True) < x).to(x.dtype)
 
 
 def _maybe_binarize(x: torch.Tensor, mode: Optional[str]) -> torch.Tensor:
@@ -210,7 +231,7 @@ def default_mnist_dir() -> Path:
     env = os.environ.get("FASTVAE_MNIST_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist-t10k"
 
 
 def _image_shape(per_example: Tuple[int, ...]) -> Tuple[int, ...]:

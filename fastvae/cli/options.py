@@ -1,0 +1,87 @@
+"""``fastvae train``'s own settings, declared like `TrainConfig`'s: the data, the model, the outputs.
+
+Together with `TrainConfig` these fields are every flag of ``fastvae train``. The data and model
+fields are fixed by a checkpoint (``--resume`` refuses them); the output fields may change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+from ..training.options import choice, integer, option, real, text
+
+__all__ = ["DataOptions", "ModelOptions", "OutputOptions", "csv_ints", "DATA_HELP"]
+
+_ARCHS = ("mlp", "conv")
+# Kept here (not imported from fastvae.vae) so that building the parser loads no model code.
+_ACTIVATIONS = ("relu", "elu", "silu", "tanh")
+_LIKELIHOODS = ("bernoulli", "gaussian")
+_OBS_VARS = ("fixed", "scalar", "per_dim", "per_element")
+DATA_HELP = ("'digits' (scikit-learn's 8x8 digits, bundled), 'mnist' (IDX files in --data-dir) or a "
+             "path to an .npz file")
+
+
+def csv_ints(text_value: Any, flag: str) -> List[int]:
+    """``"512,256"`` as [512, 256]; anything else that is not positive integers is an error."""
+    try:
+        values = [int(v) for v in str(text_value).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{flag} must be comma-separated positive integers, got {text_value!r}")
+    return values
+
+
+def _widths(name: str, value: Any) -> str:
+    csv_ints(value, name)
+    return value
+
+
+def data_name(name: str, value: Any) -> str:
+    """'digits', 'mnist' or a path ending in .npz."""
+    if not isinstance(value, str) or (value not in ("digits", "mnist") and not value.endswith(".npz")):
+        raise ValueError(f"{name} must be 'digits', 'mnist' or a path to an .npz file, got {value!r}")
+    return value
+
+
+@dataclass
+class DataOptions:
+    """Which data set a run trains on (fixed by a checkpoint)."""
+
+    data: str = option("digits", DATA_HELP, data_name)
+    data_dir: Optional[str] = option(
+        None, "directory of the MNIST IDX files, or base for a relative .npz path", text(optional=True),
+        default_help="$FASTVAE_MNIST_DIR, else ../shared/data/mnist-t10k next to the repository")
+    npz_key: str = option("x", "array name in the .npz file (also looks for KEY_train/KEY_test and y/labels)",
+                          text())
+
+
+@dataclass
+class ModelOptions:
+    """The architecture of a run's VAE (fixed by a checkpoint)."""
+
+    arch: str = option("mlp", "fully connected or convolutional encoder/decoder", choice(*_ARCHS),
+                       choices=_ARCHS)
+    hidden: str = option("400", "MLP hidden widths, comma-separated, e.g. 512,256", _widths)
+    channels: str = option("32,64", "conv channels per stride-2 layer, comma-separated", _widths)
+    activation: str = option("relu", "hidden activation", choice(*_ACTIVATIONS), choices=_ACTIVATIONS)
+    latent_dim: int = option(20, "latent dimensions", integer(1), cli_default="auto",
+                             default_help="2 for the digits, so latents.png shows the latent space; 20 otherwise")
+    likelihood: str = option("bernoulli", "p(x|z): Bernoulli on logits or Gaussian on a mean",
+                             choice(*_LIKELIHOODS), choices=_LIKELIHOODS)
+    obs_var: str = option("fixed", "Gaussian observation variance: fixed at --obs-logvar, one learned "
+                                   "scalar, one learned per pixel, or predicted by the decoder",
+                          choice(*_OBS_VARS), choices=_OBS_VARS)
+    obs_logvar: float = option(0.0, "Gaussian observation log-variance (fixed value or initial value)", real())
+
+
+@dataclass
+class OutputOptions:
+    """Where a run writes and what it draws (a resumed run may change them)."""
+
+    out: Optional[str] = option(None, "output directory", text(optional=True), resume=True,
+                                default_help="runs/<data set name>; with --resume, the checkpoint's directory")
+    plots: bool = option(True, "draw samples.png, reconstructions.png, curve.png and latents.png "
+                               "(with --resume, draws them for a run saved with --no-plots)",
+                         choice(True, False), resume=True)
+    num_images: int = option(64, "images in samples.png", integer(1), resume=True)

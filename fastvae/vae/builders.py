@@ -1,0 +1,151 @@
+"""Ready-made VAE architectures, and `build_vae` to rebuild one from `VAE.config`.
+
+`build_mlp_vae` (fully connected) and `build_conv_vae` (stride-2 convolutions) record their
+arguments in the model, so that a checkpoint can rebuild the same architecture.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Sequence
+
+from torch import nn
+
+from .._args import check_int
+from .model import VAE
+
+__all__ = ["build_mlp_vae", "build_conv_vae", "build_vae", "ACTIVATIONS"]
+
+ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+def _activation(name: str) -> nn.Module:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+def _sizes(name: str, values: Any) -> tuple:
+    """A sequence of positive integers (hidden widths, channels) as a tuple."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}")
+    return tuple(check_int(f"{name} entries", v, 1) for v in values)
+
+def _out_factor(vae_kwargs: Dict[str, Any]) -> int:
+    # The decoder predicts mean and log-variance side by side for per-element variance.
+    return 2 if vae_kwargs.get("obs_var", "fixed") == "per_element" else 1
+
+
+def build_mlp_vae(
+    input_dim: int = 784,
+    hidden: Sequence[int] = (400,),
+    latent_dim: int = 20,
+    likelihood: str = "bernoulli",
+    activation: str = "relu",
+    **vae_kwargs: Any,
+) -> VAE:
+    """Fully connected VAE: input_dim -> hidden... -> 2*latent_dim, and back mirrored.
+
+    Inputs of any shape with ``input_dim`` elements per example are flattened; pass
+    ``data_shape=(1, 28, 28)`` to get reconstructions and samples in image shape.
+    """
+    input_dim = check_int("input_dim", input_dim, 1)
+    hidden = _sizes("hidden", hidden)
+    latent_dim = check_int("latent_dim", latent_dim, 1)
+    _activation(activation)
+    data_shape = vae_kwargs.pop("data_shape", None) or (input_dim,)
+    data_shape = _sizes("data_shape", data_shape)
+    if math.prod(data_shape) != input_dim:
+        raise ValueError(f"data_shape {tuple(data_shape)} does not hold input_dim={input_dim} elements")
+
+    enc: list = [nn.Flatten()]
+    width = input_dim
+    for h in hidden:
+        enc += [nn.Linear(width, h), _activation(activation)]
+        width = h
+    enc.append(nn.Linear(width, 2 * latent_dim))
+
+    dec: list = []
+    width = latent_dim
+    for h in reversed(hidden):
+        dec += [nn.Linear(width, h), _activation(activation)]
+        width = h
+    dec.append(nn.Linear(width, _out_factor(vae_kwargs) * input_dim))
+
+    vae = VAE(nn.Sequential(*enc), nn.Sequential(*dec), latent_dim, likelihood=likelihood,
+              data_shape=data_shape, **vae_kwargs)
+    vae._arch = {"arch": "mlp", "input_dim": input_dim, "hidden": list(hidden), "activation": activation}
+    return vae
+
+
+def build_conv_vae(
+    image_shape: Sequence[int] = (1, 28, 28),
+    channels: Sequence[int] = (32, 64),
+    latent_dim: int = 20,
+    likelihood: str = "bernoulli",
+    activation: str = "relu",
+    **vae_kwargs: Any,
+) -> VAE:
+    """Convolutional VAE for (C, H, W) images: stride-2 4x4 convs halving H and W per entry of
+    ``channels``, a linear layer to 2*latent_dim, and the mirror image with transposed convs.
+
+    Works for any H, W >= 2 ** len(channels), e.g. (1, 28, 28) MNIST or (1, 8, 8) digits.
+    """
+    image_shape = _sizes("image_shape", image_shape)
+    if len(image_shape) != 3:
+        raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {image_shape}")
+    c, h, w = image_shape
+    channels = _sizes("channels", channels)
+    if not channels:
+        raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}")
+    latent_dim = check_int("latent_dim", latent_dim, 1)
+    _activation(activation)
+    if vae_kwargs.get("data_shape") is not None and tuple(vae_kwargs["data_shape"]) != (c, h, w):
+        raise ValueError(f"data_shape {vae_kwargs['data_shape']} differs from image_shape {(c, h, w)}")
+    vae_kwargs.pop("data_shape", None)
+    # Spatial sizes after each conv (k=4, s=2, p=1 gives floor(n / 2)).
+    sizes = [(h, w)]
+    for _ in channels:
+        ph, pw = sizes[-1]
+        sizes.append((ph // 2, pw // 2))
+    if min(sizes[-1]) < 1:
+        raise ValueError(
+            f"image_shape {(c, h, w)} is too small for {len(channels)} stride-2 convs; "
+            f"H and W must be >= {2 ** len(channels)}"
+        )
+
+    enc: list = []
+    prev = c
+    for ch in channels:
+        enc += [nn.Conv2d(prev, ch, 4, stride=2, padding=1), _activation(activation)]
+        prev = ch
+    fh, fw = sizes[-1]
+    enc += [nn.Flatten(), nn.Linear(prev * fh * fw, 2 * latent_dim)]
+
+    dec: list = [nn.Linear(latent_dim, prev * fh * fw), _activation(activation), nn.Unflatten(1, (prev, fh, fw))]
+    outs = list(reversed(channels[:-1])) + [_out_factor(vae_kwargs) * c]
+    for i, ch in enumerate(outs):
+        (ih, iw), (th, tw) = sizes[-1 - i], sizes[-2 - i]
+        # A transposed conv gives 2n; output_padding adds the row/column an odd size lost.
+        dec.append(nn.ConvTranspose2d(prev, ch, 4, stride=2, padding=1, output_padding=(th - 2 * ih, tw - 2 * iw)))
+        if i < len(outs) - 1:
+            dec.append(_activation(activation))
+        prev = ch
+
+    vae = VAE(nn.Sequential(*enc), nn.Sequential(*dec), latent_dim, likelihood=likelihood,
+              data_shape=(c, h, w), **vae_kwargs)
+    vae._arch = {"arch": "conv", "image_shape": [c, h, w], "channels": list(channels), "activation": activation}
+    return vae
+
+
+def build_vae(config: Dict[str, Any]) -> VAE:
+    """Rebuild a VAE (fresh weights) from `VAE.config`; load a state_dict on top for a checkpoint."""
+    cfg = dict(config)
+    arch = cfg.pop("arch", None)
+    if arch == "mlp":
+        return build_mlp_vae(**cfg)
+    if arch == "conv":
+        cfg.pop("data_shape", None)  # implied by image_shape
+        return build_conv_vae(**cfg)
+    if arch is None:
+        raise ValueError("config has no 'arch': the VAE was built from custom modules, rebuild it by hand")
+    raise ValueError(f"config['arch'] must be 'mlp' or 'conv', got {arch!r}")
