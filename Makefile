@@ -18,14 +18,15 @@ else
 unexport VERBOSE
 endif
 Q := $(if $(filter-out 0,$(VERBOSE)),,-q)
-# Also build fastvae._C_emu (the CUDA kernels run on the CPU by csrc/emu/'s SIMT emulator), and
-# make `make test` fail rather than skip its `emu` tests when it is missing. FASTVAE_EMU=0 skips it.
+# `make test` also builds fastvae._C_emu (the CUDA kernels run on the CPU by csrc/emu/'s SIMT
+# emulator), which only the tests use, and fails rather than skips its `emu` tests when it is
+# missing. FASTVAE_EMU=0 skips it. `make build` / `make demo` build only what the demo runs.
 FASTVAE_EMU ?= 1
-export FASTVAE_EMU
+unexport FASTVAE_EMU
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 NVIDIA_LIB = $(shell $(PY) -c 'import os, torch; print(os.path.abspath(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")))')
 
-.PHONY: setup build demo test test-emu-asan test-other-isa bench bench-tables cmake-check clean
+.PHONY: setup build build-emu demo test test-emu-asan test-other-isa bench bench-tables cmake-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,16 +36,23 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Incremental (ninja) in-place build, then an editable install for the `fastvae` command.
+# Incremental (ninja) in-place build of the CPU (and CUDA) kernels, then an editable install
+# for the `fastvae` command.
 build: setup
-	$(PY) setup.py $(Q) build_ext --inplace
+	FASTVAE_EMU=0 $(PY) setup.py $(Q) build_ext --inplace
 	FASTVAE_SKIP_EXT=1 $(PY) -m pip install $(Q) --no-build-isolation --no-deps -e .
 	$(PY) -c "import fastvae; print('fastvae built; CUDA kernels:', fastvae.CUDA_BUILT)"
 
 demo: build
 	$(VENV)/bin/fastvae train --out runs/demo
 
-test: build
+# The emulator on top (the kernels above are up to date: ninja only adds fastvae._C_emu).
+build-emu: build
+ifneq ($(FASTVAE_EMU),0)
+	FASTVAE_EMU=1 $(PY) setup.py $(Q) build_ext --inplace
+endif
+
+test: build-emu
 	FASTVAE_REQUIRE_EMU=$(FASTVAE_EMU) $(PY) -m pytest tests -q -p no:cacheprovider
 
 # The emulated CUDA kernels once more under AddressSanitizer: a kernel reading or writing outside

@@ -7,7 +7,6 @@ that a resumed run can tell which ones the user gave.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import typing
 from typing import Any, Dict, Iterable, List, Optional
@@ -60,7 +59,7 @@ def add_flags(group: Any, cls: type, names: Iterable[str]) -> None:
                 # A tri-state (None: decided at run time) or on-by-default setting: a flag each way.
                 group.add_argument(flag, dest=name, action="store_true", default=None,
                                    help=help_text + _default_text(f))
-                group.add_argument("--no-" + flag[2:], dest=name, action="store_false",
+                group.add_argument("--no-" + flag[2:], dest=name, action="store_false", default=None,
                                    help=f"the opposite of {flag}")
             else:
                 group.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)

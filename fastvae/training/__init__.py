@@ -12,7 +12,8 @@ from .config import LOSS_IMPLS, RESUME_OVERRIDABLE, TrainConfig
 from .evaluation import evaluate
 from .options import resolve_device
 from .rng import seed_everything
-from .trainer import METRICS_NAME, Trainer, eval_data, fit
+from .batching import eval_data
+from .trainer import METRICS_NAME, Trainer, fit
 
 __all__ = [
     "TrainConfig",

@@ -15,7 +15,7 @@ import torch
 from ..vae.data import binarize
 from .distributed import DistInfo
 
-__all__ = ["check_data", "check_grey_levels", "steps_per_epoch", "place", "rank_batch",
+__all__ = ["eval_data", "check_data", "check_grey_levels", "steps_per_epoch", "place", "rank_batch",
            "DEVICE_DATA_FRACTION"]
 
 #: Share of the free CUDA memory a training set may take and still be kept on the device.
@@ -88,3 +88,13 @@ def rank_batch(
     if binarize_mode == "dynamic":
         x = binarize(x, "dynamic", generator, share=(dist.rank, w), check_range=False)
     return x, n_idx - usable
+
+
+def eval_data(x: torch.Tensor, binarize_mode: Optional[str], seed: int) -> torch.Tensor:
+    """The held-out set as a run with these settings evaluates it: grey levels, thresholded
+    ("static"), or for "dynamic" one fixed Bernoulli draw from ``seed + 1``."""
+    if binarize_mode not in (None, "static", "dynamic"):
+        raise ValueError(f"binarize must be one of (None, 'static', 'dynamic'), got {binarize_mode!r}")
+    if binarize_mode is None:
+        return x
+    return binarize(x, binarize_mode, torch.Generator().manual_seed(int(seed) + 1))

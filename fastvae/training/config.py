@@ -49,15 +49,15 @@ class TrainConfig:
               "training batch (one fixed draw for the test set), 'static' thresholds at 0.5",
         choice(*BINARIZE_MODES), cli_default="auto", choices=("auto", "none", "static", "dynamic"),
         default_help="auto: dynamic for a Bernoulli likelihood, none for a Gaussian")
-    max_steps: Optional[int] = option(None, "stop after this many optimizer steps in total "
-                                            "(None: run all epochs)", integer(1, optional=True), resume=True)
+    max_steps: Optional[int] = option(None, "stop after this many optimizer steps in total",
+                                      integer(1, optional=True), resume=True, default_help="none: run all epochs")
     eval_batch_size: int = option(1000, "examples per evaluation chunk", integer(1), resume=True)
     eval_samples: int = option(0, "importance samples K for the test log-likelihood after training "
                                   "(0: skip)", integer(0), resume=True, cli_default=100)
     log_every: int = option(0, "also log a metrics line every this many steps (0: once per epoch)",
                             integer(0), resume=True)
-    progress: Optional[bool] = option(None, "progress bar with the running ELBO (None: only when "
-                                            "stderr is a terminal)", flag(optional=True), resume=True)
+    progress: Optional[bool] = option(None, "progress bar with the running ELBO", flag(optional=True),
+                                      resume=True, default_help="only when stderr is a terminal")
     checkpoint_every: int = option(1, "epochs between checkpoints (0: only at the end and on Ctrl-C)",
                                    integer(0), resume=True)
 

@@ -8,7 +8,7 @@ from typing import Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup_distributed"]
+__all__ = ["DistInfo", "setup_distributed", "mean_over_ranks", "any_rank", "leave"]
 
 
 @dataclass
@@ -51,3 +51,33 @@ def setup_distributed(device: torch.device) -> Tuple[DistInfo, torch.device]:
     return info, device
 
 
+def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> float:
+    """The mean of ``value`` (a float64 scalar on this rank's device) over all ranks, read on
+    the host (collective: every rank must call it)."""
+    if info.enabled:
+        dist.all_reduce(value)
+        value = value / info.world_size
+    return value.item()
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any rank (collective; waits for the device)."""
+    if not info.enabled:
+        return flag
+    tensor = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def leave(info: DistInfo, barrier: bool = True) -> None:
+    """Leave the process group if ``info`` created it.
+
+    ``barrier`` first waits for every rank (collective), so that no rank tears its connections
+    down while another still uses them (gloo aborts on that); pass False after an error, when the
+    other ranks may never arrive.
+    """
+    if info.owns_group and dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()
+        info.owns_group = False

@@ -10,7 +10,7 @@ import os
 import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Type, TypeVar, Union
 
 import torch
 import torch.distributed as dist
@@ -33,6 +33,7 @@ from .rng import rank_seed, rng_state, seed_everything, set_rng_state
 __all__ = ["TrainerState"]
 
 PathLike = Union[str, os.PathLike]
+T = TypeVar("T", bound="TrainerState")
 
 
 class TrainerState:
@@ -105,19 +106,18 @@ class TrainerState:
 
     @classmethod
     def from_checkpoint(
-        cls,
+        cls: Type[T],
         path: PathLike,
         train: torch.Tensor,
         test: Optional[torch.Tensor] = None,
         out_dir: Optional[PathLike] = None,
         callbacks: Iterable[Any] = (),
         **overrides: Any,
-    ) -> "Trainer":
+    ) -> T:
         """Rebuild model and trainer from a checkpoint and continue from where it stopped.
 
-        ``overrides`` may change only settings that do not alter the run being continued:
-        epochs, max_steps, progress, device, log_every, checkpoint_every, eval_samples,
-        eval_batch_size, compile and amp.
+        ``overrides`` may change only settings that do not alter the run being continued: the
+        `TrainConfig` fields declared with ``resume=True`` (`RESUME_OVERRIDABLE`).
         """
         bad = sorted(set(overrides) - RESUME_OVERRIDABLE)
         if bad:

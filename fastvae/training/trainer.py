@@ -29,51 +29,27 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import torch
-import torch.distributed as dist
-from torch import nn
 
 from ..vae import VAE
 from ..vae.data import binarize
 from . import batching
 from .checkpoint import CHECKPOINT_NAME
 from .config import TrainConfig
-from .distributed import setup_distributed
+from .distributed import any_rank, leave, mean_over_ranks, setup_distributed
 from .evaluation import evaluate
+from .objective import training_objective
 from .interrupt import DeferredInterrupt, StopRequested
 from .options import resolve_device
 from .rng import rank_seed, seed_everything
 from .runlog import append_record, truncate_after_step
 from .state import TrainerState
 
-__all__ = ["Trainer", "fit", "eval_data", "METRICS_NAME"]
+__all__ = ["Trainer", "fit", "METRICS_NAME"]
 
 METRICS_NAME = "metrics.jsonl"
 
 PathLike = Union[str, os.PathLike]
 Callback = Callable[["Trainer", Dict[str, Any]], None]
-
-
-def eval_data(x: torch.Tensor, binarize_mode: Optional[str], seed: int) -> torch.Tensor:
-    """The held-out set as a run with these settings evaluates it: grey levels, thresholded
-    ("static"), or for "dynamic" one fixed Bernoulli draw from ``seed + 1``."""
-    if binarize_mode not in (None, "static", "dynamic"):
-        raise ValueError(f"binarize must be one of (None, 'static', 'dynamic'), got {binarize_mode!r}")
-    if binarize_mode is None:
-        return x
-    return binarize(x, binarize_mode, torch.Generator().manual_seed(int(seed) + 1))
-
-
-class _Objective(nn.Module):
-    """The loss as a module, so that DDP and torch.compile can wrap it whole."""
-
-    def __init__(self, model: VAE, loss_impl: str, free_bits: float) -> None:
-        super().__init__()
-        self.model = model
-        self.loss_impl = loss_impl
-        self.free_bits = free_bits
-
-    def forward(self, x: torch.Tensor, beta: float) -> torch.Tensor:
-        return self.model.loss(x, beta=beta, free_bits=self.free_bits, impl=self.loss_impl)
 
 
 class Trainer(TrainerState):
@@ -141,25 +117,13 @@ class Trainer(TrainerState):
         # each count with .item() every step, a device sync once they live on CUDA.
         fused = self.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=fused or None)
-        objective: nn.Module = _Objective(self.model, cfg.loss_impl, cfg.free_bits)
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            objective = DistributedDataParallel(
-                objective, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        if cfg.compile:
-            # Compile the networks, not the loss: beta changes every warm-up step and would
-            # recompile a graph that holds it; the fused loss is one kernel per term anyway.
-            for net in (self.model.encoder, self.model.decoder):
-                net.compile()
-        self._loss_fn: Callable[[torch.Tensor, float], torch.Tensor] = objective
+        self._loss_fn = training_objective(self.model, cfg, self.dist, self.device)
 
         seed_everything(rank_seed(cfg.seed, self.dist.rank))
         # Identical on every rank: all ranks must agree on the order and the binarisation.
         self.data_generator = torch.Generator().manual_seed(cfg.seed)
         if self.test_data is not None:
-            self.test_data = eval_data(self.test_data, cfg.binarize, cfg.seed)
+            self.test_data = batching.eval_data(self.test_data, cfg.binarize, cfg.seed)
         if cfg.binarize == "static":
             self.train_data = binarize(self.train_data, "static")
         self.train_data, self._pin_batches = batching.place(self.train_data, self.device)
@@ -250,11 +214,7 @@ class Trainer(TrainerState):
 
     def _reduce_mean(self, total: torch.Tensor, count: int) -> float:
         """Mean over ranks of per-rank means (equal batch sizes: the global mean)."""
-        value = total.to(self.device, torch.float64) / max(count, 1)
-        if self.dist.enabled:
-            dist.all_reduce(value)
-            value = value / self.dist.world_size
-        return value.item()
+        return mean_over_ranks(total.to(self.device, torch.float64) / max(count, 1), self.dist)
 
     def _stop_everywhere(self, requested: bool, epoch_end: bool) -> bool:
         """Whether every rank stops after this step. One process: its own Ctrl-C flag, a Python
@@ -264,9 +224,7 @@ class Trainer(TrainerState):
             return requested
         if self.step % self.stop_check_every and not epoch_end:
             return False
-        flag = torch.tensor([int(requested)], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return any_rank(requested, self.dist, self.device)
 
     def _progress_enabled(self) -> bool:
         if not self.dist.is_main:
@@ -409,17 +367,9 @@ class Trainer(TrainerState):
         return self._elapsed + running
 
     def close(self, barrier: bool = True) -> None:
-        """Leave the process group if this trainer created it.
-
-        ``barrier`` first waits for every rank (collective), so that no rank tears its
-        connections down while another still uses them (gloo aborts on that); pass False
-        after an error, when the other ranks may never arrive.
-        """
-        if self.dist.owns_group and dist.is_initialized():
-            if barrier:
-                dist.barrier()
-            dist.destroy_process_group()
-            self.dist.owns_group = False
+        """Leave the process group if this trainer created it (see `distributed.leave`;
+        ``barrier=False`` after an error, when the other ranks may never arrive)."""
+        leave(self.dist, barrier)
 
 
 def fit(
