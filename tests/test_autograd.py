@@ -1,6 +1,8 @@
 """Autograd registered in C++ (csrc/autograd/): no Python node in the graph, first-order
 gradients right under create_graph=True, and a second-order use refused with an error naming the
-op (never a silently wrong gradient of a gradient). float64 gradcheck lives in test_ops.py."""
+op (never a silently wrong gradient of a gradient); the dispatcher calls of a fused ELBO step,
+and that none of them reads a value back to the host. float64 gradcheck lives in each op family's
+test file (tests/test_<family>.py)."""
 from __future__ import annotations
 
 from typing import Callable, List, Sequence, Tuple
@@ -11,7 +13,7 @@ import torch
 import fastvae
 from fastvae import functional as F
 from fastvae import reference as R
-from fastvae.bench.dispatch import DispatchCounter
+from fastvae.bench.dispatch import DispatchCounter, op_base
 
 from .conftest import cpu_and_cuda, rel_err
 
@@ -219,3 +221,36 @@ def test_vae_loss_backward_makes_no_device_sync(likelihood, obs_var):
         model.loss(x).backward()
     assert not log.syncs, log.calls
     assert all(p.grad is not None for p in model.parameters())
+
+
+# ---------------------------------------------------------------- dispatcher calls of a fused step
+def _launching(calls):
+    """Dispatcher calls that can launch a kernel: not views, not the ones_like of .backward()."""
+    return [c for c in calls.calls if c not in calls.views and op_base(c) not in ("ones_like", "detach")]
+
+
+def test_fused_elbo_forward_backward_dispatcher_calls():
+    mu = torch.randn(5, 16, requires_grad=True)
+    lv = torch.randn(5, 16, requires_grad=True)
+    x = (torch.rand(5, 16) > 0.5).float()
+    with DispatchCounter() as calls:
+        z, kl = F.reparameterize_with_kl(mu, lv)
+        loss = F.elbo(z, x, mu, lv, kl=kl)  # z itself as the decoder output: every grad path runs
+        loss.backward()
+    launching = _launching(calls)
+    assert launching == ["fastvae::reparameterize_with_kl", "fastvae::elbo_loss",
+                         "fastvae::elbo_rescale_", "fastvae::reparameterize_backward"], launching
+    assert len(launching) <= 6
+    assert mu.grad is not None and lv.grad is not None
+
+
+@pytest.mark.parametrize("likelihood, obs_var", [("bernoulli", "fixed"), ("gaussian", "scalar"),
+                                                 ("gaussian", "per_element")])
+def test_vae_loss_backward_reads_nothing_back(likelihood, obs_var):
+    model = fastvae.build_mlp_vae(input_dim=12, hidden=(8,), latent_dim=3, likelihood=likelihood, obs_var=obs_var)
+    x = torch.rand(5, 12)
+    model.loss(x)  # data_shape inferred outside the trace
+    with DispatchCounter() as calls:
+        model.loss(x).backward()
+    assert not calls.syncs, calls.calls
+    assert calls.counts["elbo_loss"] == 1 and calls.counts["elbo_rescale_"] == 1

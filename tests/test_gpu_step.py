@@ -1,8 +1,8 @@
 """The training step on a real GPU: no device->host sync, and a CUDA graph of the whole step.
 
 These need a CUDA device (skipped here, failures with FASTVAE_REQUIRE_CUDA=1 on the GPU machine);
-the CPU-side counterparts (dispatcher traces without syncs) are in test_elbo_op.py,
-test_autograd.py and test_training_sync.py.
+the CPU-side counterparts (dispatcher traces without syncs) are in test_autograd.py and
+test_training_sync.py.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""torch.library.opcheck for every op, and torch.compile(fullgraph=True) over the fused loss."""
+"""torch.library.opcheck for every op (the ELBO ops with their gradient masks and rescale ops at the
+end), and torch.compile(fullgraph=True) over the fused loss."""
 from __future__ import annotations
 
 import pytest
@@ -9,6 +10,7 @@ from fastvae import functional as F
 from fastvae import reference as R
 
 from .conftest import cpu_and_cuda, rel_err
+from .test_elbo import _case, _leaf
 
 ops = torch.ops.fastvae
 
@@ -98,3 +100,55 @@ def test_compiled_reference_and_fused_agree():
     mu, lv = torch.randn(32, 20), torch.randn(32, 20)
     fused = torch.compile(F.elbo, fullgraph=True)(recon, x, mu, lv)
     assert rel_err(fused, R.elbo(recon.double(), x.double(), mu.double(), lv.double())) < 1e-6
+
+
+# ---------------------------------------------------------------- the ELBO ops
+def _elbo_samples(device):
+    def t(*shape, dtype=torch.float32, grad=True):
+        return torch.randn(shape, device=device, dtype=dtype).requires_grad_(grad)
+
+    x = torch.rand(3, 9, device=device)
+    yield ops.elbo_loss, (t(6, 9), x, None, t(6, 4), t(6, 4), None, 0.0, "bernoulli", 0.5, "mean", [True, True, False])
+    yield ops.elbo_loss, (t(6, 9), (x > 0.5).to(torch.uint8), t(6), None, None, None, 0.0, "bernoulli", 1.0, "sum",
+                          [True, True, False])
+    yield ops.elbo_loss, (t(6, 9), t(3, 9), t(6), None, None, t(1, 9), 0.0, "gaussian", 1.0, "mean", [True, True, True])
+    yield ops.elbo_loss, (t(6, 9), t(6, 9), None, t(6, 2), t(6, 2), t(6, 9), 0.0, "gaussian", 2.0, "none",
+                          [True, True, True])
+    yield ops.elbo_loss, (t(6, 9, dtype=torch.bfloat16), t(6, 9, dtype=torch.bfloat16), None, t(6, 2, dtype=torch.bfloat16, grad=False),
+                          t(6, 2, dtype=torch.bfloat16, grad=False), None, -0.3, "gaussian", 1.0, "mean", [True, False, False])
+    yield ops.elbo_rescale, (t(grad=False), [t(6, 9, grad=False), t(6, grad=False)])
+    yield ops.elbo_rescale, (t(6, grad=False), [t(6, 9, grad=False, dtype=torch.float16), t(6, 2, grad=False)])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_opcheck_elbo_ops(device):
+    for op, args in _elbo_samples(device):
+        torch.library.opcheck(op, args)
+    # In place: the arguments change on every call, so only the checks that do not repeat a call.
+    grads = [torch.randn(6, 9, device=device), torch.randn(6, device=device)]
+    torch.library.opcheck(ops.elbo_rescale_, (torch.rand((), device=device) + 0.5, grads),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("form", ["bernoulli", "gaussian_per_element"])
+def test_compile_fullgraph_elbo(device, form):
+    torch._dynamo.reset()
+    recon, x, mu, lv, obs, likelihood = _case(form, 16, 20, torch.float32, device)
+
+    def loss_fn(r, m, v, o):
+        z, kl = F.reparameterize_with_kl(m, v)
+        return F.elbo(r + z.sum(-1, keepdim=True), x, m, v, likelihood=likelihood, obs_logvar=o, beta=0.8, kl=kl)
+
+    def run(fn):
+        leaves = [_leaf(recon), _leaf(mu), _leaf(lv), _leaf(obs) if isinstance(obs, torch.Tensor) else obs]
+        torch.manual_seed(3)
+        out = fn(*leaves)
+        out.backward()
+        return out, [t.grad for t in leaves if isinstance(t, torch.Tensor)]
+
+    eager, g_eager = run(loss_fn)
+    compiled, g_compiled = run(torch.compile(loss_fn, fullgraph=True, backend="inductor"))
+    assert rel_err(compiled, eager) < 1e-5
+    for a, b in zip(g_compiled, g_eager):
+        assert rel_err(a, b) < 1e-5

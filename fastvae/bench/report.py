@@ -142,8 +142,8 @@ METHOD = {
     "bandwidth": "min_bytes (inputs read once, gradients and outputs written once, upstream "
                  "gradients read once) / fused median; copy_gbps: dst.copy_(src) of 256 MiB, read + write",
     "train": "Adam steps/s (median, losses interleaved round-robin) of "
-             "fastvae.build_mlp_vae(784, (400,), 20) on random binary data, loss VAE.loss (fused) or the same model's "
-             "negative ELBO written with fastvae.reference (eager); compile and fused_compile run the "
+             "fastvae.build_mlp_vae(784, (400,), 20) on random binary data, loss VAE.loss(impl='fused') or "
+             "VAE.loss(impl='reference') (the same model's loss written with fastvae.reference); compile and fused_compile run the "
              "whole objective (model + loss) under torch.compile",
 }
 

@@ -1,7 +1,7 @@
 """End-to-end rows: Adam steps per second of the classic 784-400-20 MLP VAE with each loss.
 
-``fused`` / ``eager``: the model eager with its fused loss (``VAE.loss``) / the same model's loss
-written with :mod:`fastvae.reference`; ``compile`` / ``fused_compile``: the whole objective (model +
+``fused`` / ``eager``: the model eager with its fused loss / the same model's loss written with
+:mod:`fastvae.reference` (``VAE.loss(x, impl="fused" | "reference")``); ``compile`` / ``fused_compile``: the whole objective (model +
 reference / fused loss) under ``torch.compile``, as ``fastvae train --compile`` runs it.
 """
 from __future__ import annotations
@@ -10,19 +10,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .. import reference as R
 from .cases import binary
 from .timing import time_interleaved
 
 TRAIN_IMPLS = ("fused", "eager", "compile", "fused_compile")
-
-
-def reference_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The Bernoulli VAE's negative ELBO (mean over the batch) as plain PyTorch writes it, through
-    the model's public encoder and decoder: the eager baseline of the training rows."""
-    mu, logvar = model.encode(x)
-    z = R.reparameterize(mu, logvar)
-    return R.elbo(model.decode(z).reshape(x.shape[0], -1), x.reshape(x.shape[0], -1), mu, logvar)
 
 
 def make_train_step(batch: int, loss_impl: str, device: torch.device) -> Callable[[], None]:
@@ -38,7 +29,7 @@ def make_train_step(batch: int, loss_impl: str, device: torch.device) -> Callabl
     x = binary((batch, 784), torch.float32, device)
 
     def objective(inputs: torch.Tensor) -> torch.Tensor:
-        return model.loss(inputs) if loss_impl.startswith("fused") else reference_loss(model, inputs)
+        return model.loss(inputs, impl="fused" if loss_impl.startswith("fused") else "reference")
 
     if loss_impl in ("compile", "fused_compile"):
         torch._dynamo.reset()

@@ -17,6 +17,10 @@ __all__ = ["elbo", "LIKELIHOODS", "REDUCTIONS"]
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 REDUCTIONS = ("mean", "sum", "none")
+_ACC = {torch.float32: torch.float32, torch.bfloat16: torch.float32, torch.float16: torch.float32,
+        torch.float64: torch.float64}  # the dtype of the row sums (and of kl) per input dtype
+_Tensor = torch.Tensor
+_elbo_loss = ops.elbo_loss.default
 
 def _elbo_obs_logvar(
     obs_logvar: Union[float, torch.Tensor], recon: torch.Tensor, recon2: torch.Tensor
@@ -60,9 +64,47 @@ def elbo(
     One op (``fastvae::elbo_loss``) computes the whole loss, reduces it over the batch in a
     fixed order and writes every input gradient in the same pass; backward hands them on.
     """
+    # The training step's case: 2-D contiguous recon and x alike, the KL from
+    # reparameterize_with_kl (or 2-D contiguous mu and logvar of recon's dtype), a Bernoulli
+    # likelihood or a fixed variance. The op checks everything else (dtypes, devices, rows, the
+    # strings, beta) and raises ValueError naming the argument: no other Python work per call.
+    if (type(recon) is _Tensor and type(x) is _Tensor and type(beta) is float and recon.dim() == 2
+            and x.shape == recon.shape and recon.is_contiguous() and x.is_contiguous()):
+        if likelihood == "bernoulli":
+            obs_value = 0.0
+        elif type(obs_logvar) is float and x.dtype == recon.dtype:
+            obs_value = obs_logvar
+        else:
+            obs_value = None
+        if obs_value is not None:
+            grad = torch.is_grad_enabled()
+            if type(kl) is _Tensor:
+                if kl.dim() == 1 and kl.is_contiguous() and kl.dtype is _ACC.get(recon.dtype):
+                    mask = [grad and (recon.requires_grad or x.requires_grad), grad and kl.requires_grad, False]
+                    return _elbo_loss(recon, x, kl, None, None, None, obs_value, likelihood, beta, reduction, mask)[0]
+            elif (kl is None and type(mu) is _Tensor and type(logvar) is _Tensor and mu.dim() == 2
+                  and mu.dtype is recon.dtype and logvar.dtype is recon.dtype and mu.is_contiguous()
+                  and logvar.is_contiguous()):
+                mask = [grad and (recon.requires_grad or x.requires_grad),
+                        grad and (mu.requires_grad or logvar.requires_grad), False]
+                return _elbo_loss(recon, x, None, mu, logvar, None, obs_value, likelihood, beta, reduction, mask)[0]
+    return _elbo(recon, x, mu, logvar, likelihood, obs_logvar, beta, reduction, kl)
+
+
+def _elbo(
+    recon: torch.Tensor,
+    x: torch.Tensor,
+    mu: Optional[torch.Tensor],
+    logvar: Optional[torch.Tensor],
+    likelihood: str,
+    obs_logvar: Union[float, torch.Tensor],
+    beta: float,
+    reduction: str,
+    kl: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """:func:`elbo` for every other case: checks, casts, reshapes."""
     # Only what the op cannot check is checked here (types, layouts); the op checks the rest and
-    # raises ValueError naming the argument. The common case (2-D contiguous operands of one
-    # dtype) takes no reshaping at all.
+    # raises ValueError naming the argument.
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     if reduction not in REDUCTIONS:
@@ -137,5 +179,5 @@ def elbo(
 
     obs, obs_value = (None, 0.0) if likelihood == "bernoulli" else _elbo_obs_logvar(obs_logvar, recon, recon2)
     mask = [grad and (recon.requires_grad or x.requires_grad), kl_grad, grad and obs is not None and obs.requires_grad]
-    loss = ops.elbo_loss(recon2, x2, kl2, mu2, lv2, obs, obs_value, likelihood, beta, reduction, mask)[0]
+    loss = _elbo_loss(recon2, x2, kl2, mu2, lv2, obs, obs_value, likelihood, beta, reduction, mask)[0]
     return loss if reduction != "none" or len(shape) > 1 else loss.view(())

@@ -16,6 +16,9 @@ from ._checks import (
 
 __all__ = ["reparameterize", "reparameterize_with_kl"]
 
+_Tensor = torch.Tensor
+_FLOAT_SET = frozenset(FLOATS)
+
 
 def _sampling_inputs(
     mu: torch.Tensor,
@@ -51,12 +54,11 @@ def _sampling_inputs(
 
 def _plain_pair(mu: object, logvar: object, num_samples: Optional[int], generator: object) -> bool:
     """True for the training step's case, one sample of an encoder's contiguous (B, Z) output:
-    nothing to check or reshape in Python (the kernels check the rest), so the checks that cost
-    as much as the kernel at small batches are skipped."""
+    nothing to reshape in Python and nothing the op does not check itself but the device."""
     return (
-        num_samples is None and generator is None and type(mu) is torch.Tensor and type(logvar) is torch.Tensor
-        and mu.dim() == 2 and mu.shape == logvar.shape and mu.dtype == logvar.dtype and mu.dtype in FLOATS
-        and mu.device == logvar.device and mu.is_contiguous() and logvar.is_contiguous() and mu.numel() > 0
+        num_samples is None and generator is None and type(mu) is _Tensor and type(logvar) is _Tensor
+        and mu.dim() == 2 and mu.shape == logvar.shape and mu.dtype is logvar.dtype and mu.dtype in _FLOAT_SET
+        and mu.is_contiguous() and logvar.is_contiguous() and mu.device == logvar.device and mu.numel() > 0
     )
 
 

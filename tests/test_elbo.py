@@ -1,9 +1,10 @@
-"""The fused ELBO op (fastvae::elbo_loss) and its backward (elbo_rescale / elbo_rescale_).
+"""The ELBO family: ``elbo`` / ``ELBOLoss``, the fused op fastvae::elbo_loss and its backward
+(elbo_rescale / elbo_rescale_).
 
 Forward and gradients against fastvae.reference on float64 copies of the same (rounded) inputs,
 for each likelihood, observation-variance form, reduction, beta and KL source; float64
-gradcheck; opcheck; torch.compile; the backward's scaling rules; the dispatcher calls one fused
-step makes, and that none of them reads a value back to the host.
+gradcheck; the backward's scaling rules; bad input. Its opcheck and torch.compile are in
+test_opcheck.py, the dispatcher calls of a fused step (no device-to-host read) in test_autograd.py.
 """
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ import torch
 import fastvae
 from fastvae import functional as F
 from fastvae import reference as R
-from fastvae.bench.dispatch import DispatchCounter, op_base
-
 from .conftest import TOL, cpu_and_cuda, rel_err
+from .reference_checks import check_forward_and_backward, inputs
 
 ops = torch.ops.fastvae
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -149,7 +149,7 @@ def test_non_contiguous_inputs(device):
         assert all(rel_err(a, b) < 1e-12 for a, b in zip(g, gw))
 
 
-# ---------------------------------------------------------------- gradcheck / opcheck / compile
+# ---------------------------------------------------------------- gradcheck
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_gradcheck(device, reduction):
@@ -167,55 +167,80 @@ def test_gradcheck(device, reduction):
                   (leaf(4, 7), x, leaf(4, 3), leaf(4, 3), obs))
 
 
-def _opcheck_samples(device):
-    def t(*shape, dtype=torch.float32, grad=True):
-        return torch.randn(shape, device=device, dtype=dtype).requires_grad_(grad)
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_gradcheck_of_views_and_of_a_given_kl(device):
+    kw = dict(dtype=torch.float64, device=device)
 
-    x = torch.rand(3, 9, device=device)
-    yield ops.elbo_loss, (t(6, 9), x, None, t(6, 4), t(6, 4), None, 0.0, "bernoulli", 0.5, "mean", [True, True, False])
-    yield ops.elbo_loss, (t(6, 9), (x > 0.5).to(torch.uint8), t(6), None, None, None, 0.0, "bernoulli", 1.0, "sum",
-                          [True, True, False])
-    yield ops.elbo_loss, (t(6, 9), t(3, 9), t(6), None, None, t(1, 9), 0.0, "gaussian", 1.0, "mean", [True, True, True])
-    yield ops.elbo_loss, (t(6, 9), t(6, 9), None, t(6, 2), t(6, 2), t(6, 9), 0.0, "gaussian", 2.0, "none",
-                          [True, True, True])
-    yield ops.elbo_loss, (t(6, 9, dtype=torch.bfloat16), t(6, 9, dtype=torch.bfloat16), None, t(6, 2, dtype=torch.bfloat16, grad=False),
-                          t(6, 2, dtype=torch.bfloat16, grad=False), None, -0.3, "gaussian", 1.0, "mean", [True, False, False])
-    yield ops.elbo_rescale, (t(grad=False), [t(6, 9, grad=False), t(6, grad=False)])
-    yield ops.elbo_rescale, (t(6, grad=False), [t(6, 9, grad=False, dtype=torch.float16), t(6, 2, grad=False)])
+    def leaf(*shape):
+        return torch.randn(shape, **kw).requires_grad_()
+
+    gc = torch.autograd.gradcheck
+    x = torch.rand(3, 7, **kw)
+    assert gc(lambda a, b: F.elbo(a, x, b, b * 0.5), (leaf(3, 7), leaf(3, 4)))
+    assert gc(lambda m, v: F.elbo(m[:, :7], x, m[:, 7:], v, kl=F.kl_standard_normal(m[:, 7:], v)), (leaf(3, 11), leaf(3, 4)))
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-def test_opcheck(device):
-    for op, args in _opcheck_samples(device):
-        torch.library.opcheck(op, args)
-    # In place: the arguments change on every call, so only the checks that do not repeat a call.
-    grads = [torch.randn(6, 9, device=device), torch.randn(6, device=device)]
-    torch.library.opcheck(ops.elbo_rescale_, (torch.rand((), device=device) + 0.5, grads),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_elbo_matches_hand_written_loss(device, reduction, likelihood):
+    import fastvae
 
+    recon, mu, lv = inputs((17, 1, 7, 7), (17, 6), (17, 6), dtype=torch.float32, device=device)
+    x = torch.rand(17, 1, 7, 7, device=device)
+    obs = torch.randn(1, 7, 7, device=device)
+    kwargs = dict(likelihood=likelihood, obs_logvar=obs, beta=0.7, reduction=reduction)
+    fused = lambda a, b, c: fastvae.ELBOLoss(**kwargs)(a, x, b, c)  # noqa: E731
+    ref = lambda a, b, c: R.elbo(a, x.double(), b, c, **{**kwargs, "obs_logvar": obs.double()})  # noqa: E731
+    check_forward_and_backward(fused, ref, [recon, mu, lv], torch.float32)
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("form", ["bernoulli", "gaussian_per_element"])
-def test_compile_fullgraph(device, form):
-    torch._dynamo.reset()
-    recon, x, mu, lv, obs, likelihood = _case(form, 16, 20, torch.float32, device)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("form", ["fixed", "per_element", "per_dim"])
+def test_gaussian_elbo_gradients_from_the_forward_pass(device, reduction, form):
+    """The Gaussian likelihood writes its gradients in the forward pass (fixed or per-element
+    variance) or leaves them to the backward op (a learned variance shared by rows): every
+    input's gradient equals the reference's, for the loss's own gradient and a scaled second one."""
+    recon, mu, lv = inputs((9, 13), (9, 3), (9, 3), dtype=torch.float32, device=device)
+    x = torch.randn(9, 13, device=device, requires_grad=True)
+    obs = {"fixed": -0.3, "per_element": torch.randn(9, 13, device=device) * 0.5,
+           "per_dim": torch.randn(13, device=device) * 0.5}[form]
+    leaves = [recon.requires_grad_(), x] + ([obs.requires_grad_()] if form != "fixed" else [])
+    loss = F.elbo(recon, x, mu, lv, likelihood="gaussian", obs_logvar=obs, reduction=reduction)
+    w = torch.rand_like(loss) + 0.5  # not the gradient the forward pass was scaled by
+    loss.backward(torch.ones_like(loss), retain_graph=True)
+    first = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    loss.backward(w)
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    obs64 = leaves64[2] if form != "fixed" else obs
+    ref = R.elbo(leaves64[0], leaves64[1], mu.double(), lv.double(), likelihood="gaussian", obs_logvar=obs64,
+                 reduction=reduction)
+    ref_first = torch.autograd.grad(ref, leaves64, torch.ones_like(ref), retain_graph=True)
+    ref_scaled = torch.autograd.grad(ref, leaves64, w.double())
+    for got, want in zip(first, ref_first):
+        assert rel_err(got, want) < 1e-5
+    for t, want in zip(leaves, ref_scaled):
+        assert rel_err(t.grad, want) < 1e-5
 
-    def loss_fn(r, m, v, o):
-        z, kl = F.reparameterize_with_kl(m, v)
-        return F.elbo(r + z.sum(-1, keepdim=True), x, m, v, likelihood=likelihood, obs_logvar=o, beta=0.8, kl=kl)
-
-    def run(fn):
-        leaves = [_leaf(recon), _leaf(mu), _leaf(lv), _leaf(obs) if isinstance(obs, torch.Tensor) else obs]
-        torch.manual_seed(3)
-        out = fn(*leaves)
-        out.backward()
-        return out, [t.grad for t in leaves if isinstance(t, torch.Tensor)]
-
-    eager, g_eager = run(loss_fn)
-    compiled, g_compiled = run(torch.compile(loss_fn, fullgraph=True, backend="inductor"))
-    assert rel_err(compiled, eager) < 1e-5
-    for a, b in zip(g_compiled, g_eager):
-        assert rel_err(a, b) < 1e-5
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_elbo_plain_backward_reuses_forward_gradient(device, reduction):
+    """loss.backward() sends back exactly the gradient the kernel pre-applied: the saved tensor
+    is handed on as is; a second, scaled backward must still be right (retain_graph)."""
+    recon = torch.randn(33, 50, device=device, requires_grad=True)
+    x = (torch.rand(33, 50, device=device) > 0.5).to(torch.uint8)
+    mu, lv = torch.randn(33, 4, device=device), torch.randn(33, 4, device=device)
+    loss = F.elbo(recon, x, mu, lv, reduction=reduction)
+    loss.backward(retain_graph=True)
+    first = recon.grad.clone()
+    recon.grad = None
+    (loss * 3.0).backward()
+    recon64 = recon.detach().double().requires_grad_()
+    R.elbo(recon64, x.double(), mu.double(), lv.double(), reduction=reduction).backward()
+    assert rel_err(first, recon64.grad) < 1e-6
+    assert rel_err(recon.grad, 3.0 * recon64.grad) < 1e-6
 
 
 # ---------------------------------------------------------------- backward scaling
@@ -282,39 +307,6 @@ def test_deterministic_bitwise():
         loss.backward()
         runs.append((loss.detach(), o.grad))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
-
-
-# ---------------------------------------------------------------- dispatcher calls and syncs
-def _launching(calls):
-    """Dispatcher calls that can launch a kernel: not views, not the ones_like of .backward()."""
-    return [c for c in calls.calls if c not in calls.views and op_base(c) not in ("ones_like", "detach")]
-
-
-def test_fused_elbo_forward_backward_dispatcher_calls():
-    mu = torch.randn(5, 16, requires_grad=True)
-    lv = torch.randn(5, 16, requires_grad=True)
-    x = (torch.rand(5, 16) > 0.5).float()
-    with DispatchCounter() as calls:
-        z, kl = F.reparameterize_with_kl(mu, lv)
-        loss = F.elbo(z, x, mu, lv, kl=kl)  # z itself as the decoder output: every grad path runs
-        loss.backward()
-    launching = _launching(calls)
-    assert launching == ["fastvae::reparameterize_with_kl", "fastvae::elbo_loss",
-                         "fastvae::elbo_rescale_", "fastvae::reparameterize_backward"], launching
-    assert len(launching) <= 6
-    assert mu.grad is not None and lv.grad is not None
-
-
-@pytest.mark.parametrize("likelihood, obs_var", [("bernoulli", "fixed"), ("gaussian", "scalar"),
-                                                 ("gaussian", "per_element")])
-def test_vae_loss_backward_reads_nothing_back(likelihood, obs_var):
-    model = fastvae.build_mlp_vae(input_dim=12, hidden=(8,), latent_dim=3, likelihood=likelihood, obs_var=obs_var)
-    x = torch.rand(5, 12)
-    model.loss(x)  # data_shape inferred outside the trace
-    with DispatchCounter() as calls:
-        model.loss(x).backward()
-    assert not calls.syncs, calls.calls
-    assert calls.counts["elbo_loss"] == 1 and calls.counts["elbo_rescale_"] == 1
 
 
 # ---------------------------------------------------------------- arguments
@@ -410,3 +402,18 @@ def test_event_shapes_and_variance_broadcasts(obs_shape):
         w = torch.rand_like(want) + 0.5
         for g, r in zip(torch.autograd.grad(got, leaves, w), torch.autograd.grad(want, leaves64, w)):
             assert rel_err(g, r) < 1e-12
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(3, 2), torch.randn(3, 2), reduction="avg"), "reduction"),
+        (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(3, 2), torch.randn(3, 2), likelihood="poisson"), "likelihood"),
+        (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(5, 2), torch.randn(5, 2)), "batch dims"),
+        (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(3, 2), torch.randn(3, 2), kl=torch.rand(5)), "batch dims"),
+        (lambda: F.elbo(torch.randn(3, 4), torch.rand(3, 4), torch.randn(3, 2), torch.randn(3, 2), kl=[1.0]), "kl must be"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

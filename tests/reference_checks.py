@@ -1,0 +1,41 @@
+"""Shared by the per-family op tests: fused op against its float64 plain-PyTorch twin.
+
+Forward: relative error ||out - ref|| / ||ref|| against the float64 reference on the same
+(rounded) inputs, per dtype (TOL in conftest). Backward: the input gradients for a random
+incoming gradient, against autograd of the reference.
+"""
+from __future__ import annotations
+
+import torch
+
+from .conftest import TOL, rel_err
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+COLS = [1, 7, 1025, 100003]
+
+
+def rows_for(cols: int) -> int:
+    return 3 if cols > 5000 else 5
+
+
+def inputs(*shapes, dtype, device, scale=1.0):
+    """Fresh standard-normal tensors (times scale) of the given shapes, rounded to dtype."""
+    return [(torch.randn(s, dtype=torch.float64) * scale).to(device=device, dtype=dtype) for s in shapes]
+
+
+def check_forward_and_backward(fused, ref, args, dtype, out_tol=None, grad_tol=None):
+    """Compares values and input gradients of fused(*args) with ref on float64 copies."""
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in args]
+    leaves64 = [t.detach().double().requires_grad_(t.is_floating_point()) for t in args]
+    out = fused(*leaves)
+    expect = ref(*leaves64)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert out.shape == expect.shape
+    assert rel_err(out, expect) <= (out_tol or TOL[dtype])
+    w = torch.randn_like(expect)  # a random incoming gradient, not just ones
+    out.backward(w.to(out.dtype))
+    expect.backward(w)
+    for a, b in zip(leaves, leaves64):
+        if a.requires_grad:
+            assert a.grad is not None and a.grad.dtype == a.dtype and a.grad.shape == a.shape
+            assert rel_err(a.grad, b.grad) <= (grad_tol or TOL[dtype] * 4)
