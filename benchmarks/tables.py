@@ -210,27 +210,32 @@ def bench_section(report: Report) -> List[str]:
                          times(ratio(t.get("fused_steps_per_s"), t.get("eager_steps_per_s"))),
                          times(ratio(t.get("fused_compile_steps_per_s"), t.get("compile_steps_per_s")))]
                         for t in train])
-    goals = (report.data.get("targets") or {}).get("lines") or []
-    if goals:
-        lines += ["", "Goals recorded in the report:", ""] + [f"- {g}" for g in goals]
+    host = report.data.get("host") or {}
+    if host.get("rows"):
+        lines += ["", "Host cost of one whole-ELBO step, µs (one thread):", ""] + host_table(host)
+    return lines
+
+
+def host_table(host: Dict[str, Any]) -> List[str]:
+    """Every ``*_us`` column the rows carry (the set of baselines may grow), interquartile ranges aside."""
+    rows = host.get("rows") or []
+    impls = [k[:-3] for k in (rows[0] if rows else {}) if k.endswith("_us") and not k.endswith("_iqr_us")]
+    base = "eager" if "eager" in impls else (impls[1] if len(impls) > 1 else None)
+    lines = table(["batch", *(f"{i} µs" for i in impls), *(f"{i} / {base}" for i in impls if i != base)],
+                  [[str(r.get("batch")), *(num(r.get(f"{i}_us"), ".1f") for i in impls),
+                    *(times(ratio(r.get(f"{i}_us"), r.get(f"{base}_us"))) for i in impls if i != base)]
+                   for r in rows] if base else [])
+    # Reports from before the lean baseline time fastvae.reference.elbo as "eager".
+    lines += ["", f"eager: {host.get('baseline') or 'fastvae.reference.elbo (reduction none, then sums and mean)'}."]
+    calls = (host.get("counts") or {}).get("calls")
+    if calls:
+        lines[-1] += (f" Fused step: {len(calls)} dispatcher calls ({', '.join(f'`{c}`' for c in calls)}), "
+                      f"{host['counts'].get('syncs', NONE)} device-to-host syncs.")
     return lines
 
 
 def host_section(report: Report) -> List[str]:
-    """Every ``*_us`` column the rows carry (the set of baselines may grow), interquartile ranges aside."""
-    rows = report.data.get("rows") or []
-    impls = [k[:-3] for k in (rows[0] if rows else {}) if k.endswith("_us") and not k.endswith("_iqr_us")]
-    base = "eager" if "eager" in impls else (impls[1] if len(impls) > 1 else None)
-    lines = [f"#### `{report.path.name}`", "", f"{where(report)}.", ""]
-    lines += table(["batch", *(f"{i} µs" for i in impls), *(f"{i} / {base}" for i in impls if i != base)],
-                   [[str(r.get("batch")), *(num(r.get(f"{i}_us"), ".1f") for i in impls),
-                     *(times(ratio(r.get(f"{i}_us"), r.get(f"{base}_us"))) for i in impls if i != base)]
-                    for r in rows] if base else [])
-    calls = (report.data.get("counts") or {}).get("calls")
-    if calls:
-        lines += ["", f"Fused step: {len(calls)} dispatcher calls ({', '.join(f'`{c}`' for c in calls)}), "
-                      f"{report.data['counts'].get('syncs', NONE)} device-to-host syncs."]
-    return lines
+    return [f"#### `{report.path.name}`", "", f"{where(report)}.", ""] + host_table(report.data)
 
 
 def accuracy_section(report: Report) -> List[str]:
@@ -333,8 +338,7 @@ def index(results: Path, reports: Sequence[Report]) -> str:
         if r is None:
             rows.append([f"`{path.name}`", "not a report", NONE, NONE, NONE, NONE, ""])
             continue
-        what = describe(r) if path.suffix == ".json" else f"plot of `{r.path.name}`"
-        env = r.env
+        what, env = (describe(r) if path.suffix == ".json" else f"plot of `{r.path.name}`"), r.env
         machine = env.get("device") or ", ".join(p.strip() for p in str(env.get("machine", "")).split(",")[:2])
         rows.append([f"`{path.name}`", what, str(machine or NONE), str(env.get("torch") or NONE),
                      str(env.get("fastvae_commit") or NONE), r.time[:10] or NONE,
@@ -345,14 +349,11 @@ def index(results: Path, reports: Sequence[Report]) -> str:
 def describe(r: Report) -> str:
     if r.kind == "bench":
         s = r.data.get("settings") or {}
+        cap = torch_capability(r.env)
         parts = [", ".join(sorted(_settings_set(r, "families"))), "/".join(s.get("dtypes") or []),
-                 plural(len(r.data["results"]), "row"), "impls " + "/".join(s.get("impls") or IMPLS)]
-        if s.get("threads"):
-            parts.append(plural(s["threads"], "thread"))
-        if torch_capability(r.env) != "default":
-            parts.append(f"torch kernels {torch_capability(r.env)}")
-        if r.data.get("train"):
-            parts.append("training")
+                 plural(len(r.data["results"]), "row"), "impls " + "/".join(s.get("impls") or IMPLS),
+                 s.get("threads") and plural(s["threads"], "thread"), cap != "default" and f"torch kernels {cap}",
+                 bool(r.data.get("train")) and "training", bool((r.data.get("host") or {}).get("rows")) and "host cost"]
         return "`fastvae bench`: " + ", ".join(p for p in parts if p)
     return {"host": "`bench_host.py`: host cost of the whole-ELBO step",
             "accuracy": "`accuracy.py`: error against float64, every op and dtype, long rows",
