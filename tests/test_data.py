@@ -273,3 +273,19 @@ def test_real_mnist_t10k():
     ds = load_dataset("mnist", data_dir=SHARED_MNIST)
     assert ds.train.shape == (8000, 784) and ds.test.shape == (2000, 784)
     assert torch.equal(ds.test, x[8000:])
+
+
+def test_binarize_is_one_stream_however_a_batch_is_shared():
+    """The trainer's dynamic binarisation is this function: a rank's share of a batch gets the
+    bits the whole batch would, drawn as uniforms u from the generator with x = (u < grey)."""
+    x = torch.rand(12, 7)
+    whole = binarize(x, "dynamic", generator=torch.Generator().manual_seed(5))
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(whole, (u < x).float())
+    for ranks in (2, 3, 4):
+        rows = 12 // ranks
+        shares = [binarize(x[r * rows:(r + 1) * rows], "dynamic", generator=torch.Generator().manual_seed(5),
+                           share=(r, ranks)) for r in range(ranks)]
+        assert torch.equal(torch.cat(shares), whole), ranks
+    # Without the range check (a training step, data checked once) the bits are the same.
+    assert torch.equal(binarize(x, "dynamic", torch.Generator().manual_seed(5), check_range=False), whole)

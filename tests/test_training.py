@@ -482,3 +482,31 @@ def test_training_data_on_the_device_or_pinned_trains_as_on_the_cpu(monkeypatch,
         t._perm_on_data = None
         t.data_generator.manual_seed(6)
     assert torch.equal(trainer._global_batch(1).cpu(), cpu._global_batch(1))
+
+
+# ---------------------------------------------------------------------- evaluation
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluation_leaves_the_model_in_its_mode_and_the_training_stream_alone(training):
+    train, test = _data(100, 40)
+    trainer = Trainer(_model(), train, test, _cfg(epochs=1))
+    trainer.model.train(training)
+    torch.manual_seed(11)
+    before = torch.rand(3)
+    torch.manual_seed(11)
+    elbo, ll = trainer.evaluate(), trainer.log_likelihood(20)
+    assert trainer.model.training == training
+    assert torch.equal(torch.rand(3), before)  # forked RNG: the training stream did not move
+    # Its own seed: the same numbers on every call; the K-sample bound is above the ELBO.
+    assert trainer.evaluate() == elbo and trainer.log_likelihood(20) == ll and ll > elbo
+
+
+def test_the_shared_evaluation_is_the_trainers():
+    """`fastvae eval` (fastvae.cli.commands) and the trainer go through one chunked evaluation: the same seed and
+    chunking give the same numbers."""
+    from fastvae.training import evaluate
+
+    train, test = _data(100, 40)
+    trainer = Trainer(_model(), train, test, _cfg(epochs=1, eval_batch_size=16))
+    cfg = trainer.config
+    got = evaluate(trainer.model, trainer.test_data, cfg.eval_batch_size, trainer.device, cfg.seed + 2)
+    assert got["elbo"] == trainer.evaluate() and "log_likelihood" not in got

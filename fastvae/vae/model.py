@@ -22,6 +22,8 @@ from torch import nn
 from .. import functional as _F
 from .. import reference as _R
 from .._args import check_int, check_real
+from .inputs import check_choice as _check_choice
+from .inputs import check_input
 
 __all__ = ["VAEOutput", "VAE", "LIKELIHOODS", "OBS_VARS", "LOSS_IMPLS"]
 
@@ -49,11 +51,6 @@ class VAEOutput:
     logvar: torch.Tensor
     z: torch.Tensor
     kl: Optional[torch.Tensor] = None
-
-
-def _check_choice(name: str, value: object, choices: Tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -145,24 +142,8 @@ class VAE(nn.Module):
 
     def _input(self, x: object) -> torch.Tensor:
         """x checked against data_shape (remembered on first sight) and cast to the model's dtype."""
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"x must be a torch.Tensor (batch, *data_shape), got {type(x).__name__}")
-        if x.dim() < 2:
-            raise ValueError(f"x must be (batch, *data_shape), got shape {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError(f"x holds no examples (shape {tuple(x.shape)}); pass at least one row")
-        if x.is_complex():
-            raise ValueError(f"x must be real (bool, integer or float), got dtype {x.dtype}")
-        per_example = math.prod(x.shape[1:])
-        if self.data_shape is None:
-            self.data_shape = tuple(x.shape[1:])
-        elif per_example != math.prod(self.data_shape):
-            raise ValueError(
-                f"x has {per_example} elements per example, the model expects data_shape "
-                f"{self.data_shape}"
-            )
-        dtype = self._dtype()
-        return x if x.dtype == dtype else x.to(dtype)
+        x, self.data_shape = check_input(x, self.data_shape, self._dtype())
+        return x
 
     @staticmethod
     def _flat(x: torch.Tensor) -> torch.Tensor:
