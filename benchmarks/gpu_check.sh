@@ -43,8 +43,12 @@ if [ "${1:-}" = "--caps" ]; then  # the stage caps, for tests/test_gpu_check.py
   for s in env kit tests memcheck racecheck accuracy bench; do echo "$s ${CAP[$s]}"; done
   exit 0
 fi
+if [ "$DRY" = 1 ]; then  # a shared CPU machine imports torch many times slower than the device
+  for s in "${!CAP[@]}"; do CAP[$s]=$((CAP[$s] * ${GPU_CHECK_DRY_CAP_SCALE:-3})); done
+fi
 
 say() { echo "$*" | tee -a "$OUT/summary.txt"; }
+[ "$DRY" = 1 ] && say "  dry run: on the CPU, every stage cap x${GPU_CHECK_DRY_CAP_SCALE:-3}"
 want() { [[ $STEPS == *" $1 "* ]]; }
 dry_note() { say "  dry run: $*"; }
 
@@ -173,6 +177,7 @@ SAN_K="not graph and not compile and not training and not second_gpu"
 # tests cover every op family, the whole-ELBO op included.
 sanitize() {  # sanitize TOOL CAP: 3 shards under compute-sanitizer, concurrently
   local tool=$1 cap=$2 shards=3 k pids=() cmd
+  [ "$DRY" = 1 ] && shards=1  # one collection is enough to rehearse (tests/test_gpu_check.py checks the sharding)
   echo "$tool: the needs_cuda tests (-k '$SAN_K') in $shards shards, PYTORCH_NO_CUDA_MEMORY_CACHING=1"
   for k in $(seq 0 $((shards - 1))); do
     cmd=("$PY" -m pytest -p no:cacheprovider -p gpu_shard -m needs_cuda -k "$SAN_K" tests)

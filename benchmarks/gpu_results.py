@@ -97,7 +97,7 @@ def _ratio(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> str:
 
 
 def _mib(row: Optional[Dict[str, Any]]) -> str:
-    return f"{row['peak_mib']:.1f}" if row and "peak_mib" in row else ""
+    return f"{row['peak_mib']:.1f}" if row and "peak_mib" in row else "-"
 
 
 def markdown(report: Dict[str, Any]) -> str:
@@ -116,10 +116,13 @@ def markdown(report: Dict[str, Any]) -> str:
         cases.setdefault(_key(row), {})[impl] = row
     if other:
         lines += ["| measure | impl | shape | median ms | note |", "| --- | --- | --- | --- | --- |"]
+        lean = next((r for r in other if r["group"] == "host" and r["impl"] == "eager_lean"), None)
         for row in other:
             note = ""
             if row["group"] == "copy" and "median_ms" in row:
-                note = f"{2 * row['shape']['bytes'] / row['median_ms'] / 1e6:.0f} GB/s (read + write)"
+                note = f"{2 * row['shape']['bytes'] / row['median_ms'] / 1e6:.3g} GB/s (read + write)"
+            elif row["group"] == "host" and row is not lean and lean and "median_ms" in row and "median_ms" in lean:
+                note = f"{row['median_ms'] / lean['median_ms']:.2f}x the leanest eager loss"
             lines.append(f"| {row['group']} {row['op']} | {row['impl']} | {_key(row)[2]} | {_ms(row)} | {note} |")
         lines.append("")
     if cases:

@@ -89,3 +89,18 @@ def test_gpu_results_refuses_a_folder_without_results(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_results.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "holds no gpu_check.sh results" in proc.stderr
+
+
+def test_sanitizer_shards_split_the_tests_and_each_starts_with_every_file():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        from gpu_shard import shard
+    finally:
+        sys.path.pop(0)
+    ids = [f"tests/test_{f}.py::t{i}" for f, n in (("a", 7), ("b", 2), ("c", 5)) for i in range(n)]
+    shards = [shard(ids, k, 3) for k in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(len(ids)))  # a partition
+    order = shard(ids, 0, 1)
+    files = [ids[i].split("::")[0] for i in order]
+    assert set(files[:3]) == {"tests/test_a.py", "tests/test_b.py", "tests/test_c.py"}  # every file first
+    assert [i for i in order if files[order.index(i)] == "tests/test_a.py"] == list(range(7))  # file order kept
