@@ -27,10 +27,14 @@ DRY=${GPU_CHECK_DRY_RUN:-0}
 OUT=${OUT:-benchmarks/results/gpu}
 PY=${PYTHON:-python3}
 STEPS=" ${STEPS:-env kit tests memcheck racecheck accuracy bench} "
+declare -A CAP=([env]=15 [kit]=150 [tests]=65 [memcheck]=70 [racecheck]=70 [accuracy]=30 [bench]=80)
+if [ "${1:-}" = "--caps" ]; then  # the stage caps, for tests/test_gpu_check.py
+  for s in env kit tests memcheck racecheck accuracy bench; do echo "$s ${CAP[$s]}"; done
+  exit 0
+fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-declare -A CAP=([env]=15 [kit]=150 [tests]=65 [memcheck]=70 [racecheck]=70 [accuracy]=30 [bench]=80)
 NCPU=$(nproc 2>/dev/null || echo 4)
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -39,17 +43,17 @@ failed=0
 kit_used=0
 if [ "$DRY" = 1 ]; then DEV=cpu; else DEV=cuda; export FASTVAE_REQUIRE_CUDA=1; fi
 
-if [ "${1:-}" = "--caps" ]; then  # the stage caps, for tests/test_gpu_check.py
-  for s in env kit tests memcheck racecheck accuracy bench; do echo "$s ${CAP[$s]}"; done
-  exit 0
-fi
 if [ "$DRY" = 1 ]; then  # a shared CPU machine imports torch many times slower than the device
   for s in "${!CAP[@]}"; do CAP[$s]=$((CAP[$s] * ${GPU_CHECK_DRY_CAP_SCALE:-3})); done
 fi
 
+# A stage's files start empty when it is chosen: what is there after a run is that run's.
+: > "$OUT/summary.txt"
+want() { [[ $STEPS == *" $1 "* ]]; }
+want accuracy && : > "$OUT/accuracy-bench.log"
+want bench && rm -f "$OUT/bench-$DEV.jsonl"
 say() { echo "$*" | tee -a "$OUT/summary.txt"; }
 [ "$DRY" = 1 ] && say "  dry run: on the CPU, every stage cap x${GPU_CHECK_DRY_CAP_SCALE:-3}"
-want() { [[ $STEPS == *" $1 "* ]]; }
 dry_note() { say "  dry run: $*"; }
 
 # result NAME RC START [FILE]: one summary line per stage (TIMEOUT when `timeout` killed it).
