@@ -26,7 +26,8 @@ cd "$(dirname "$0")/.." || exit 99
 DRY=${GPU_CHECK_DRY_RUN:-0}
 OUT=${OUT:-benchmarks/results/gpu}
 PY=${PYTHON:-python3}
-STEPS=" ${STEPS:-env kit tests memcheck racecheck accuracy bench} "
+# env and kit always run: every later stage needs fastvae importable (the kit copied or built).
+STEPS=" env kit ${STEPS:-tests memcheck racecheck accuracy bench} "
 declare -A CAP=([env]=15 [kit]=150 [tests]=65 [memcheck]=70 [racecheck]=70 [accuracy]=30 [bench]=80)
 if [ "${1:-}" = "--caps" ]; then  # the stage caps, for tests/test_gpu_check.py
   for s in env kit tests memcheck racecheck accuracy bench; do echo "$s ${CAP[$s]}"; done
@@ -111,7 +112,9 @@ if "$PY" -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_OPT=(--timeout); e
 if "$PY" -c "import xdist" 2>/dev/null; then XDIST_OPT=(-n "$((NCPU > 8 ? 4 : 2))"); else say "  probe: no pytest-xdist, the CUDA tests run in one process"; fi
 SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" 2>/dev/null || true)
 SAN_OPTS=()
-if [ -n "$SANITIZER" ] && help=$(timeout 20 "$SANITIZER" --help 2>&1); then
+help=""
+[ -n "$SANITIZER" ] && help=$(timeout 20 "$SANITIZER" --help 2>&1 || true)
+if [[ $help == *memcheck* ]]; then
   for opt in "--error-exitcode 1" "--print-limit 20" "--target-processes all"; do
     [[ $help == *"${opt%% *}"* ]] && read -r -a words <<< "$opt" && SAN_OPTS+=("${words[@]}")
   done
@@ -156,7 +159,9 @@ kit() {
   local cuda=1
   [ "$DRY" = 1 ] && cuda=""  # the dry run: the flags of the local build, so that ninja finds it current
   echo "kit: building in place with $NCPU jobs: FASTVAE_CUDA=$cuda setup.py build_ext --inplace ($(left) s left)"
-  FASTVAE_CUDA=$cuda FASTVAE_EMU=0 MAX_JOBS=$NCPU timeout -k 5 $(($(left) - 25)) "$PY" setup.py -q build_ext --inplace 2>&1 \
+  local t=$(($(left) - 25))
+  [ "$t" -gt 0 ] || t=1  # `timeout 0` would mean no limit
+  FASTVAE_CUDA=$cuda FASTVAE_EMU=0 MAX_JOBS=$NCPU timeout -k 5 "$t" "$PY" setup.py -q build_ext --inplace 2>&1 \
     | tail -40
   local rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || echo "kit: the build failed (rc=$rc)"

@@ -1,6 +1,7 @@
 """pytest plugin of benchmarks/gpu_check.sh: ``GPU_SHARD=k/n`` keeps the k-th of n shards of the
-selected tests (after -m / -k), interleaved by file so that the first tests of every shard cover
-every test file (every op family) before a time cap can cut it.
+selected tests (after -m / -k), interleaved by test function (one parametrisation of each before
+the second of any), so that the first tests of every shard cover every test function of every op
+family before a time cap can cut it.
 
     GPU_SHARD=0/3 PYTHONPATH=benchmarks python -m pytest -p gpu_shard -m needs_cuda tests
 """
@@ -13,13 +14,13 @@ import pytest
 
 
 def shard(nodeids: List[str], k: int, n: int) -> List[int]:
-    """Indices into ``nodeids`` of shard k of n: round-robin over files, then every n-th."""
-    by_file: Dict[str, List[int]] = {}
+    """Indices into ``nodeids`` of shard k of n: round-robin over test functions, then every n-th."""
+    by_function: Dict[str, List[int]] = {}
     for i, nodeid in enumerate(nodeids):
-        by_file.setdefault(nodeid.split("::")[0], []).append(i)
+        by_function.setdefault(nodeid.split("[")[0], []).append(i)
     order = []
-    for depth in range(max((len(v) for v in by_file.values()), default=0)):
-        order += [v[depth] for v in by_file.values() if depth < len(v)]
+    for depth in range(max((len(v) for v in by_function.values()), default=0)):
+        order += [v[depth] for v in by_function.values() if depth < len(v)]
     return order[k::n]
 
 

@@ -91,16 +91,17 @@ def test_gpu_results_refuses_a_folder_without_results(tmp_path):
     assert proc.returncode == 2 and "holds no gpu_check.sh results" in proc.stderr
 
 
-def test_sanitizer_shards_split_the_tests_and_each_starts_with_every_file():
+def test_sanitizer_shards_split_the_tests_and_each_starts_with_every_test_function():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
         from gpu_shard import shard
     finally:
         sys.path.pop(0)
-    ids = [f"tests/test_{f}.py::t{i}" for f, n in (("a", 7), ("b", 2), ("c", 5)) for i in range(n)]
+    ids = [f"tests/test_{f}.py::t[{i}]" for f, n in (("a", 7), ("b", 2), ("c", 5)) for i in range(n)]
+    ids.insert(3, "tests/test_a.py::plain")
     shards = [shard(ids, k, 3) for k in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(len(ids)))  # a partition
-    order = shard(ids, 0, 1)
-    files = [ids[i].split("::")[0] for i in order]
-    assert set(files[:3]) == {"tests/test_a.py", "tests/test_b.py", "tests/test_c.py"}  # every file first
-    assert [i for i in order if files[order.index(i)] == "tests/test_a.py"] == list(range(7))  # file order kept
+    order = [ids[i] for i in shard(ids, 0, 1)]
+    assert order[:4] == ["tests/test_a.py::t[0]", "tests/test_a.py::plain", "tests/test_b.py::t[0]",
+                         "tests/test_c.py::t[0]"]  # one of each function first
+    assert [i for i in order if i.startswith("tests/test_a.py::t")] == [f"tests/test_a.py::t[{i}]" for i in range(7)]
