@@ -246,7 +246,8 @@ if want memcheck || want racecheck; then
         start=$(date +%s)
         sanitize "$s" "${CAP[$s]}" > "$OUT/$s.log" 2>&1
         rc=$?
-        grep -h -E '(ERROR SUMMARY|RACECHECK SUMMARY|passed|failed|collected|error)' "$OUT/$s.log" | grep -v '::' | tail -3 \
+        grep -h -E '(ERROR SUMMARY|RACECHECK SUMMARY|[0-9]+ (passed|failed)|tests collected|^shard [0-9]+: rc=[1-9])' \
+          "$OUT/$s.log" | grep -v '::' | tail -6 \
           | sed "s/^/  $s: /" | tee -a "$OUT/summary.txt"
         result "$s" "$rc" "$start" "$OUT/$s.log"
         exit $((rc != 0))
