@@ -26,7 +26,7 @@ unexport FASTVAE_EMU
 TORCH_PREFIX = $(shell $(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 NVIDIA_LIB = $(shell $(PY) -c 'import os, torch; print(os.path.abspath(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")))')
 
-.PHONY: setup build build-emu demo test test-emu-asan test-other-isa bench bench-tables cmake-check clean
+.PHONY: setup build build-emu demo test test-emu-asan test-other-isa gpu-kit bench bench-tables cmake-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -76,6 +76,44 @@ test-other-isa: setup
 	cd build/other-isa && FASTVAE_CUDA=0 FASTVAE_EMU=0 FASTVAE_CPU_ISA=$(OTHER_ISA) $(abspath $(PY)) setup.py -q build_ext --inplace
 	cd build/other-isa && PYTHONPATH=. $(abspath $(PY)) -c "import fastvae._extension as e; assert e.CPU_ISA == '$(OTHER_ISA)', e.CPU_ISA; print('CPU kernels:', e.CPU_ISA)"
 	cd build/other-isa && PYTHONPATH=. $(abspath $(PY)) -m pytest tests/test_sampling.py tests/test_kl.py tests/test_likelihood.py tests/test_density.py tests/test_elbo.py tests/test_cpu_kernels.py -q -p no:cacheprovider
+
+# The extension prebuilt here for the GPU machine (benchmarks/README.md, "On a GPU machine"): its
+# Python 3.12 and torch 2.11.0 (cu130), CUDA kernels for sm_90 (H200) only, CPU kernels for AVX2
+# (its CPU is unknown), host debug info stripped. Built out of place in a copy of the tracked
+# sources (build/gpu-kit-src, incremental: timestamps kept), so the in-place build stays as it is; build/gpu-kit is the tree
+# `PYTHONPATH=build/gpu-kit` imports, carried to the device by benchmarks/gpu_check.sh's `run`.
+# torch is installed without its ~3 GB of CUDA wheels: their headers (and, for the import test,
+# libraries) are this .venv's cu13 wheels, linked in.
+KIT_PYTHON ?= /root/.pyenv/versions/3.12.1/bin/python3
+KIT_TORCH  ?= 2.11.0
+KIT_VENV   := build/gpu-kit-venv
+KIT_PY     := $(KIT_VENV)/bin/python
+KIT_SRC    := build/gpu-kit-src
+KIT_MAX_MIB ?= 40
+$(KIT_VENV)/.installed: | setup
+	rm -rf $(KIT_VENV)
+	$(KIT_PYTHON) -m venv $(KIT_VENV)
+	$(KIT_PY) -m pip install $(Q) --no-deps torch==$(KIT_TORCH)
+	$(KIT_PY) -m pip install $(Q) "setuptools>=77,<82" wheel ninja numpy typing-extensions sympy filelock jinja2 networkx fsspec pytest
+	ln -sfn "$$($(PY) -c 'import os, torch; print(os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia")))')" \
+	  "$$($(KIT_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia"
+	touch $@
+
+gpu-kit: $(KIT_VENV)/.installed
+	@start=$$(date +%s); \
+	mkdir -p $(KIT_SRC) && find $(KIT_SRC) -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} + && \
+	git ls-files -z | xargs -0 cp -p --parents -t $(KIT_SRC) && \
+	(cd $(KIT_SRC) && FASTVAE_CUDA=1 FASTVAE_EMU=0 FASTVAE_CPU_ISA=avx2 TORCH_CUDA_ARCH_LIST=9.0 \
+	  $(abspath $(KIT_PY)) setup.py $(Q) build_ext --inplace) && \
+	rm -rf build/gpu-kit && mkdir -p build/gpu-kit && \
+	cp -r $(KIT_SRC)/fastvae build/gpu-kit/ && rm -rf build/gpu-kit/fastvae/__pycache__ && \
+	strip --strip-debug build/gpu-kit/fastvae/_C*.so && \
+	(git rev-parse HEAD; git status --porcelain --untracked-files=no | sed 's/^/dirty: /') > build/gpu-kit/COMMIT && \
+	bash $(KIT_SRC)/tools/source_hash.sh > build/gpu-kit/SOURCES && \
+	(cd build && PYTHONPATH=gpu-kit $(abspath $(KIT_PY)) -c "import fastvae._extension as e; assert e.CUDA_BUILT and e.CPU_ISA == 'avx2', (e.CUDA_BUILT, e.CPU_ISA)") && \
+	size=$$(du -sm build/gpu-kit | cut -f1) && \
+	echo "gpu-kit: build/gpu-kit, $$size MiB, built in $$(( $$(date +%s) - start )) s (limit $(KIT_MAX_MIB) MiB)" && \
+	test $$size -le $(KIT_MAX_MIB)
 
 bench: build
 	$(VENV)/bin/fastvae bench

@@ -10,7 +10,9 @@ Long rows (``long_rows`` in the JSON): float32 row sums over 196 608 (3x256x256 
 1e7 columns against float64, next to the error of torch's own float32 evaluation of the same
 reference (its sums are cascaded) on the same inputs.
 
-    python benchmarks/accuracy.py [--device cpu|cuda] [--out benchmarks/results/accuracy-cpu.json]
+    python benchmarks/accuracy.py [--device cpu|cuda] [--out benchmarks/results/accuracy-cpu.json] [--quick]
+
+--quick (benchmarks/gpu_check.sh's dry run): float32, columns 1, 7 and 1025 only, no long rows.
 """
 from __future__ import annotations
 
@@ -131,13 +133,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--out", default=None, help="JSON file to write (default: print only)")
+    parser.add_argument("--quick", action="store_true", help="float32, columns 1, 7, 1025 only, no long rows")
     args = parser.parse_args(argv)
+    cols_list = COLS[:3] if args.quick else COLS
     if args.device == "cuda" and not fastvae.cuda_available():
         parser.error("--device cuda needs a GPU and fastvae built with CUDA")
     torch.manual_seed(0)
     table: Dict[str, Dict[str, Dict[str, float]]] = {}
     for dname, dtype in DTYPES.items():
-        for cols in COLS:
+        if args.quick and dname != "float32":
+            continue
+        for cols in cols_list:
             rows = 3 if cols > 5000 else 5
             for name, fused, ref, inputs in _ops(rows, cols, dtype, args.device):
                 for key, err in _case(fused, ref, inputs).items():
@@ -146,13 +152,13 @@ def main(argv=None) -> int:
         table.setdefault("reparameterize (backward)", {})[dname] = _sampler_errors(dtype, args.device)
         table.setdefault("reparameterize_with_kl (KL, backward)", {})[dname] = _sampler_errors(
             dtype, args.device, with_kl=True)
-    long_rows = _long_rows(args.device)
+    long_rows = {} if args.quick else _long_rows(args.device)
     result = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
         "device_type": args.device,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "sizes_cols": list(COLS),
+        "sizes_cols": list(cols_list),
         "metric": "max over sizes of ||out - ref|| / ||ref|| against float64 fastvae.reference",
         "errors": table,
         "long_rows": long_rows,
@@ -161,10 +167,11 @@ def main(argv=None) -> int:
     }
     if args.device == "cuda":
         result["eps_cuda_vs_cpu"] = _eps_agreement()
-    print(f"| op | {' | '.join(DTYPES)} |")
-    print(f"| --- | {' | '.join('---' for _ in DTYPES)} |")
+    dtypes = [d for d in DTYPES if not args.quick or d == "float32"]
+    print(f"| op | {' | '.join(dtypes)} |")
+    print(f"| --- | {' | '.join('---' for _ in dtypes)} |")
     for name, row in table.items():
-        cells = [f"{max(row[d].values()):.1e}" for d in DTYPES]
+        cells = [f"{max(row[d].values()):.1e}" for d in dtypes]
         print(f"| {name} | {' | '.join(cells)} |")
     print("\nfloat32 long rows, relative error vs float64 (fastvae / torch's own float32):\n")
     print(f"| op | {' | '.join(f'{c:,} cols' for c in LONG_COLS)} |")
