@@ -157,6 +157,41 @@ def test_a_bench_report_with_host_rows_shows_them(results):
     assert "eager: the lean loss." in text
 
 
+def gpu_check_report(time: str, tiny: bool = False) -> Dict[str, Any]:
+    """As benchmarks/gpu_results.py writes it: meta, stage lines and gpu_bench.py's rows."""
+    rows = []
+    for op, shape in (("elbo", {"B": 128, "D": 784, "Z": 20}), ("kl", {"B": 131072, "D": 784})):
+        for impl in ("fused", "eager", "compile"):
+            rows.append({"kind": "row", "group": "elbo", "op": op, "impl": impl, "shape": shape, "dtype": "float32",
+                         "median_ms": random.uniform(0.01, 5), "peak_mib": random.uniform(1, 500)})
+    rows.append({"kind": "row", "group": "elbo", "op": "elbo", "impl": "eager_lean", "shape": rows[0]["shape"],
+                 "skipped": "time budget"})
+    return {"kind": "gpu_check", "device": "NVIDIA H200", "torch": "2.11.0+cu130", "stages": ["stage tests PASS 40 s"],
+            "meta": {"device": "cuda", "gpu": "NVIDIA H200", "time": time, "tiny": tiny, "cuda": "13.0"},
+            "bench": rows, "accuracy": None}
+
+
+def test_a_gpu_check_report_is_tabled_and_lifts_the_no_gpu_note(results):
+    write(results, "cpu.json", bench_report("2026-01-01T00:00:00Z"))
+    assert "No GPU run" in tables.headline(tables.load_reports(results))
+    report = gpu_check_report("2026-01-02T00:00:00Z")
+    write(results, "gpu-2026-01-02-h200.json", report)
+    reports = tables.load_reports(results)
+    assert "No GPU run" not in tables.headline(reports)
+    text = tables.full_tables(reports)
+    assert "- stage tests PASS 40 s" in text and "NVIDIA H200" in text
+    (rows,) = [t for t in parse_tables(text) if t and "eager_lean ms" in t[0]]
+    by_case = {(r["op"], r["shape"]): r for r in rows}
+    for src in report["bench"][:6]:
+        row = by_case[(src["op"], " ".join(f"{k}={v}" for k, v in src["shape"].items()))]
+        assert float(row[f"{src['impl']} ms"]) == pytest.approx(src["median_ms"], abs=6e-4)
+    fused, eager = report["bench"][0]["median_ms"], report["bench"][1]["median_ms"]
+    assert x_of(by_case[("elbo", "B=128 D=784 Z=20")]["eager / fused"]) == pytest.approx(eager / fused, abs=6e-3)
+    assert by_case[("elbo", "B=128 D=784 Z=20")]["eager_lean ms"] == "skipped"
+    (index_rows,) = parse_tables(tables.index(results, reports))
+    assert any("gpu_check.sh" in r["what"] and r["cited"] == "yes" for r in index_rows)
+
+
 def test_headline_is_the_float32_elbo_rows_of_the_newest_report(results):
     write(results, "old.json", bench_report("2026-01-01T00:00:00Z", cap="AVX2"))
     newest = bench_report("2026-01-02T00:00:00Z")
