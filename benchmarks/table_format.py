@@ -61,7 +61,7 @@ def where(report: Any) -> str:
     if env.get("device_type") == "cpu":
         rows = report.data.get("rows") or report.data.get("results") or [{}]
         threads = ((report.data.get("settings") or {}).get("threads") or rows[0].get("threads")
-                   or env.get("cpu_threads"))
+                   or env.get("cpu_threads") or env.get("threads"))
         parts.append(plural(threads, "thread") if threads else "threads not recorded")
         if env.get("fastvae_cpu_isa"):
             parts.append(f"fastvae kernels {env['fastvae_cpu_isa']}")
