@@ -77,12 +77,12 @@ def test_gpu_results_turns_the_dry_run_into_a_report_and_a_table(dry_run, tmp_pa
 
 
 def test_a_failing_stage_does_not_stop_the_others(tmp_path):
-    proc = _run(str(tmp_path), PYTHON="false", STEPS="env tests accuracy bench")
+    proc = _run(str(tmp_path), PYTHON="false", STEPS="tests accuracy bench")  # env and kit always run
     summary = (tmp_path / "summary.txt").read_text()
-    for stage in ("tests", "accuracy", "bench"):
+    for stage in ("kit", "tests", "accuracy", "bench"):
         assert f"stage {stage}: FAIL" in summary, summary
-    assert proc.returncode == 3, summary
-    assert "gpu_check: 3 stage(s) failed" in summary
+    assert proc.returncode == 4, summary
+    assert "gpu_check: 4 stage(s) failed" in summary
 
 
 def test_gpu_results_refuses_a_folder_without_results(tmp_path):
