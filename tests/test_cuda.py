@@ -62,7 +62,8 @@ def test_cuda_matches_cpu_forward_and_backward(dtype, shape):
     for fn, args in cases:
         outs, grads = [], []
         for device in ("cpu", "cuda"):
-            leaves = [a.to(device).requires_grad_(a.is_floating_point()) for a in args]
+            # detach: a.to('cpu') is `a` itself, and a CPU leaf that requires grad would make its CUDA copy a non-leaf
+            leaves = [a.detach().to(device).requires_grad_(a.is_floating_point()) for a in args]
             out = fn(*leaves)
             out.backward(torch.linspace(-1, 1, out.numel(), device=device).view_as(out))
             outs.append(out.cpu())
@@ -98,7 +99,7 @@ def test_packed_and_unaligned_launch_paths_match_cpu(dtype, shape):
     for fn, args in cases:
         results = []
         for device, layout in (("cpu", lambda t: t), ("cuda", lambda t: t), ("cuda", _unaligned)):
-            leaves = [layout(a.to(device)).requires_grad_(a.is_floating_point()) for a in args]
+            leaves = [layout(a.detach().to(device)).requires_grad_(a.is_floating_point()) for a in args]
             out = fn(*leaves)
             out.backward(torch.linspace(-1, 1, out.numel(), device=device).view_as(out))
             results.append([out.detach().cpu()] + [a.grad.cpu() for a in leaves if a.requires_grad])
