@@ -18,6 +18,10 @@
 namespace fastvae {
 
 constexpr double kLog2Pi = 1.8378770664093453;  // log(2*pi)
+// The sampler's backward pass sums the gradients of K samples per element: blocks of this many
+// samples in the accumulation type, the block sums in double. Float32 sums of 10^6 samples one
+// after another are off by ~1e-5 relative; this keeps them near float32's own rounding.
+constexpr int kSampleBlock = 16;
 
 FV_HD float fv_exp(float v) { return ::expf(v); }
 FV_HD double fv_exp(double v) { return ::exp(v); }
@@ -41,33 +45,46 @@ FV_HD double fv_select_nonneg(double c, double a, double b) { return c >= 0.0 ? 
 // x*log(sigmoid(l)) + (1-x)*log(1-sigmoid(l)) == x*l - softplus(l), and its derivative
 // x - sigmoid(l), from one exp: with e = exp(-|l|) in (0, 1] and r = 1/(1+e) = sigmoid(|l|),
 // softplus(l) = max(l, 0) + log1p(e) and sigmoid(l) = r (l >= 0) or e*r (l < 0). Nothing
-// overflows for any finite l.
+// overflows for any finite l. x*l - max(l, 0) is taken as (x - 1)*l (l >= 0) or x*l (l < 0),
+// so that l = +inf gives -inf (x < 1) rather than inf - inf; l = -inf gives -inf (x > 0). Only
+// 0 * inf stays NaN (x exactly 1 at l = +inf, exactly 0 at l = -inf), as in torch.
 template <typename T>
 FV_HD T bernoulli_ll_with_grad(T l, T x, T* grad) {
   const T e = fv_exp(T(0) - fv_abs(l));
   const T r = fv_div(T(1), T(1) + e);
   *grad = x - fv_select_nonneg(l, r, e * r);
-  return x * l - fv_max(l, T(0)) - fv_log1p_unit(e);
+  return fv_select_nonneg(l, x - T(1), x) * l - fv_log1p_unit(e);
 }
 
-// log N(x | m, e^lv) for one element, given inv_var = e^-lv.
+// The Gaussian and KL terms below take e^(-lv/2) (the inverse standard deviation) or e^(lv/2)
+// instead of e^(-lv) or e^lv, and multiply in an order that keeps every intermediate within a
+// factor of the result: e^-lv alone overflows float32 at lv < -88.7 and (x - m)^2 e^-lv before
+// its half does, while s = (x - m) e^(-lv/2), the residual in standard deviations, stays finite
+// wherever the result is. An incoming gradient g is multiplied in before the large factors.
 template <typename T>
-FV_HD T gaussian_ll(T x, T m, T lv, T inv_var) {
-  T d = x - m;
-  return T(-0.5) * (T(kLog2Pi) + lv + d * d * inv_var);
+FV_HD T inv_std(T lv) { return fv_exp(T(-0.5) * lv); }
+template <typename T>
+FV_HD T std_dev(T lv) { return fv_exp(T(0.5) * lv); }
+
+// log N(x | m, e^lv) for one element, given h = inv_std(lv).
+template <typename T>
+FV_HD T gaussian_ll(T x, T m, T lv, T h) {
+  const T s = (x - m) * h;
+  return T(-0.5) * (T(kLog2Pi) + lv) - (T(0.5) * s) * s;
 }
 
-// d/dm of gaussian_ll = (x - m) / var.
+// g * d/dm of gaussian_ll = g (x - m) / var, given h = inv_std(lv).
 template <typename T>
-FV_HD T gaussian_ll_grad_mean(T x, T m, T inv_var) {
-  return (x - m) * inv_var;
+FV_HD T gaussian_ll_grad_mean(T x, T m, T h, T g) {
+  return (g * ((x - m) * h)) * h;
 }
 
-// d/dlv of gaussian_ll = 0.5 * ((x - m)^2 / var - 1).
+// g * d/dlv of gaussian_ll = g ((x - m)^2 / var - 1) / 2, given h = inv_std(lv).
 template <typename T>
-FV_HD T gaussian_ll_grad_logvar(T x, T m, T inv_var) {
-  T d = x - m;
-  return T(0.5) * (d * d * inv_var - T(1));
+FV_HD T gaussian_ll_grad_logvar(T x, T m, T h, T g) {
+  const T s = (x - m) * h;
+  const T half_g = T(0.5) * g;
+  return (half_g * s) * s - half_g;
 }
 
 // log N(z | 0, 1).
@@ -76,16 +93,19 @@ FV_HD T standard_normal_ll(T z) {
   return T(-0.5) * (T(kLog2Pi) + z * z);
 }
 
-// KL(N(mu, e^lv) || N(0, 1)) for one latent dimension.
+// KL(N(mu, e^lv) || N(0, 1)) for one latent dimension: (e^lv + mu^2 - 1 - lv) / 2.
 template <typename T>
 FV_HD T kl_normal(T mu, T lv) {
-  return T(0.5) * (fv_exp(lv) + mu * mu - T(1) - lv);
+  const T sd = std_dev(lv);
+  return (T(0.5) * sd) * sd + T(0.5) * ((mu * mu - T(1)) - lv);
 }
 
-// d/dlv of kl_normal = (e^lv - 1) / 2 (d/dmu is mu itself).
+// g * d/dlv of kl_normal = g (e^lv - 1) / 2 (d/dmu is mu itself).
 template <typename T>
-FV_HD T kl_normal_grad_logvar(T lv) {
-  return T(0.5) * (fv_exp(lv) - T(1));
+FV_HD T kl_normal_grad_logvar(T lv, T g) {
+  const T sd = std_dev(lv);
+  const T half_g = T(0.5) * g;
+  return (half_g * sd) * sd - half_g;
 }
 
 }  // namespace fastvae

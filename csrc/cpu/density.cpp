@@ -26,14 +26,12 @@ at::Tensor gaussian_log_density(const at::Tensor& z, const at::Tensor& mu, const
         [&](int64_t r, int64_t j) {
           const int64_t p = (r % mu_rows) * cols + j;
           const auto lvv = load_widened<acc_t>(lv + p);
-          return gaussian_ll(load_widened<acc_t>(zp + r * cols + j), load_widened<acc_t>(m + p), lvv,
-                             fv_exp(Vec<acc_t>(0) - lvv));
+          return gaussian_ll(load_widened<acc_t>(zp + r * cols + j), load_widened<acc_t>(m + p), lvv, inv_std(lvv));
         },
         [&](int64_t r, int64_t j) {
           const int64_t p = (r % mu_rows) * cols + j;
           const acc_t lvv = static_cast<acc_t>(lv[p]);
-          return gaussian_ll(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]), lvv,
-                             fv_exp(-lvv));
+          return gaussian_ll(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]), lvv, inv_std(lvv));
         });
   });
   return out;
@@ -56,8 +54,8 @@ TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Ten
     // d/dz = -(z - mu) / var; d/dmu is its negative, summed over the sample rows.
     auto dz = [&](int64_t r, int64_t j) {
       const int64_t p = (r % mu_rows) * cols + j;
-      return -g[r] * gaussian_ll_grad_mean(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]),
-                                           fv_exp(-static_cast<acc_t>(lv[p])));
+      return gaussian_ll_grad_mean(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]),
+                                   inv_std(static_cast<acc_t>(lv[p])), -g[r]);
     };
     if (mu_rows == rows) {
       // No sample dim: all three gradients in one vectorised pass, nothing to sum.
@@ -71,20 +69,20 @@ TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Ten
             const int64_t i = r * cols + j;
             const Vec<acc_t> gr(g[r]);
             const auto zv = load_widened<acc_t>(zp + i), mv = load_widened<acc_t>(m + i);
-            const auto inv_var = fv_exp(Vec<acc_t>(0) - load_widened<acc_t>(lv + i));
-            const auto d = gr * gaussian_ll_grad_mean(zv, mv, inv_var);
+            const auto h = inv_std(load_widened<acc_t>(lv + i));
+            const auto d = gaussian_ll_grad_mean(zv, mv, h, gr);
             store_narrowed<acc_t>(gz + i, Vec<acc_t>(0) - d);
             store_narrowed<acc_t>(gm + i, d);
-            store_narrowed<acc_t>(glv + i, gr * gaussian_ll_grad_logvar(zv, mv, inv_var));
+            store_narrowed<acc_t>(glv + i, gaussian_ll_grad_logvar(zv, mv, h, gr));
           },
           [&](int64_t r, int64_t j) {
             const int64_t i = r * cols + j;
             const acc_t zv = static_cast<acc_t>(zp[i]), mv = static_cast<acc_t>(m[i]);
-            const acc_t inv_var = fv_exp(-static_cast<acc_t>(lv[i]));
-            const acc_t d = g[r] * gaussian_ll_grad_mean(zv, mv, inv_var);
+            const acc_t h = inv_std(static_cast<acc_t>(lv[i]));
+            const acc_t d = gaussian_ll_grad_mean(zv, mv, h, g[r]);
             gz[i] = static_cast<scalar_t>(-d);
             gm[i] = static_cast<scalar_t>(d);
-            glv[i] = static_cast<scalar_t>(g[r] * gaussian_ll_grad_logvar(zv, mv, inv_var));
+            glv[i] = static_cast<scalar_t>(gaussian_ll_grad_logvar(zv, mv, h, g[r]));
           });
       return;
     }
@@ -92,9 +90,9 @@ TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Ten
         rows, cols,
         [&](int64_t r, int64_t j) {
           const int64_t p = (r % mu_rows) * cols + j;
-          const auto d = gaussian_ll_grad_mean(load_widened<acc_t>(zp + r * cols + j), load_widened<acc_t>(m + p),
-                                               fv_exp(Vec<acc_t>(0) - load_widened<acc_t>(lv + p)));
-          store_narrowed<acc_t>(gz + r * cols + j, Vec<acc_t>(-g[r]) * d);
+          store_narrowed<acc_t>(gz + r * cols + j,
+                                gaussian_ll_grad_mean(load_widened<acc_t>(zp + r * cols + j), load_widened<acc_t>(m + p),
+                                                      inv_std(load_widened<acc_t>(lv + p)), Vec<acc_t>(-g[r])));
         },
         [&](int64_t r, int64_t j) { gz[r * cols + j] = static_cast<scalar_t>(dz(r, j)); });
     auto acc_opts = mu.options().dtype(acc_dtype(mu.scalar_type()));
@@ -104,8 +102,8 @@ TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Ten
                        [&](int64_t r, int64_t j) { return -dz(r, j); });
     repeat_sums<acc_t>(rows, mu_rows, cols, glv.mutable_data_ptr<acc_t>(), [&](int64_t r, int64_t j) {
       const int64_t p = (r % mu_rows) * cols + j;
-      return g[r] * gaussian_ll_grad_logvar(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]),
-                                            fv_exp(-static_cast<acc_t>(lv[p])));
+      return gaussian_ll_grad_logvar(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]),
+                                     inv_std(static_cast<acc_t>(lv[p])), g[r]);
     });
     grad_mu = gmu.to(mu.scalar_type());
     grad_logvar = glv.to(logvar.scalar_type());

@@ -57,33 +57,33 @@ void gaussian_rows(const ElboArgs& a, const at::Tensor& mean, const at::Tensor& 
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const acc_t scale = static_cast<acc_t>(-a.row_scale);
   const acc_t lv_const = static_cast<acc_t>(a.lv_value);
-  const acc_t inv_const = fv_exp(-lv_const);
-  const Vec<acc_t> vscale(scale), vlv_const(lv_const), vinv_const(inv_const);
+  const acc_t h_const = inv_std(lv_const);
+  const Vec<acc_t> vscale(scale), vlv_const(lv_const), vh_const(h_const);
   row_sums<acc_t>(
       a.rows, cols, ll,
       [&](int64_t r, int64_t j) {
-        Vec<acc_t> lv = vlv_const, inv_var = vinv_const;
+        Vec<acc_t> lv = vlv_const, h = vh_const;
         if constexpr (kLvTensor) {
           lv = load_widened<acc_t>(lvp + (r % lv_rows) * cols + j);
-          inv_var = fv_exp(Vec<acc_t>(0) - lv);
+          h = inv_std(lv);
         }
         const auto xv = load_widened<acc_t>(xp + (r % x_rows) * cols + j);
         const auto mv = load_widened<acc_t>(m + r * cols + j);
-        if (gm) store_narrowed<acc_t>(gm + r * cols + j, vscale * gaussian_ll_grad_mean(xv, mv, inv_var));
-        if (glv) store_narrowed<acc_t>(glv + r * cols + j, vscale * gaussian_ll_grad_logvar(xv, mv, inv_var));
-        return gaussian_ll(xv, mv, lv, inv_var);
+        if (gm) store_narrowed<acc_t>(gm + r * cols + j, gaussian_ll_grad_mean(xv, mv, h, vscale));
+        if (glv) store_narrowed<acc_t>(glv + r * cols + j, gaussian_ll_grad_logvar(xv, mv, h, vscale));
+        return gaussian_ll(xv, mv, lv, h);
       },
       [&](int64_t r, int64_t j) {
-        acc_t lv = lv_const, inv_var = inv_const;
+        acc_t lv = lv_const, h = h_const;
         if constexpr (kLvTensor) {
           lv = static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]);
-          inv_var = fv_exp(-lv);
+          h = inv_std(lv);
         }
         const acc_t xv = static_cast<acc_t>(xp[(r % x_rows) * cols + j]);
         const acc_t mv = static_cast<acc_t>(m[r * cols + j]);
-        if (gm) gm[r * cols + j] = static_cast<scalar_t>(scale * gaussian_ll_grad_mean(xv, mv, inv_var));
-        if (glv) glv[r * cols + j] = static_cast<scalar_t>(scale * gaussian_ll_grad_logvar(xv, mv, inv_var));
-        return gaussian_ll(xv, mv, lv, inv_var);
+        if (gm) gm[r * cols + j] = static_cast<scalar_t>(gaussian_ll_grad_mean(xv, mv, h, scale));
+        if (glv) glv[r * cols + j] = static_cast<scalar_t>(gaussian_ll_grad_logvar(xv, mv, h, scale));
+        return gaussian_ll(xv, mv, lv, h);
       });
 }
 
@@ -100,9 +100,9 @@ void gaussian_shared_lv_grad(const ElboArgs& a, const at::Tensor& mean, const at
   const acc_t scale = static_cast<acc_t>(-a.row_scale);
   at::Tensor acc = std::is_same_v<scalar_t, acc_t> ? grad_lv : at::empty(lv.sizes(), lv.options().dtype(acc_dtype(lv.scalar_type())));
   repeat_sums<acc_t>(a.rows, lv_rows, cols, acc.mutable_data_ptr<acc_t>(), [&](int64_t r, int64_t j) {
-    const acc_t inv_var = fv_exp(-static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
-    return scale * gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
-                                           static_cast<acc_t>(m[r * cols + j]), inv_var);
+    const acc_t h = inv_std(static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
+    return gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
+                                   static_cast<acc_t>(m[r * cols + j]), h, scale);
   });
   if (!std::is_same_v<scalar_t, acc_t>) grad_lv.copy_(acc);
 }
@@ -125,7 +125,7 @@ void kl_rows(const ElboArgs& a, const at::Tensor& mu, const at::Tensor& logvar, 
         const auto lvv = load_widened<acc_t>(lv + i);
         if (gm) {
           store_narrowed<acc_t>(gm + i, vscale * mv);
-          store_narrowed<acc_t>(glv + i, vscale * kl_normal_grad_logvar(lvv));
+          store_narrowed<acc_t>(glv + i, kl_normal_grad_logvar(lvv, vscale));
         }
         return kl_normal(mv, lvv);
       },
@@ -135,7 +135,7 @@ void kl_rows(const ElboArgs& a, const at::Tensor& mu, const at::Tensor& logvar, 
         const acc_t lvv = static_cast<acc_t>(lv[i]);
         if (gm) {
           gm[i] = static_cast<scalar_t>(scale * mv);
-          glv[i] = static_cast<scalar_t>(scale * kl_normal_grad_logvar(lvv));
+          glv[i] = static_cast<scalar_t>(kl_normal_grad_logvar(lvv, scale));
         }
         return kl_normal(mv, lvv);
       });

@@ -56,12 +56,12 @@ TensorPair kl_standard_normal_backward(const at::Tensor& grad, const at::Tensor&
           const Vec<acc_t> gr(g[r]);
           const int64_t i = r * cols + j;
           store_narrowed<acc_t>(gm + i, gr * load_widened<acc_t>(m + i));
-          store_narrowed<acc_t>(glv + i, gr * kl_normal_grad_logvar(load_widened<acc_t>(lv + i)));
+          store_narrowed<acc_t>(glv + i, kl_normal_grad_logvar(load_widened<acc_t>(lv + i), gr));
         },
         [&](int64_t r, int64_t j) {
           const int64_t i = r * cols + j;
           gm[i] = static_cast<scalar_t>(g[r] * static_cast<acc_t>(m[i]));
-          glv[i] = static_cast<scalar_t>(g[r] * kl_normal_grad_logvar(static_cast<acc_t>(lv[i])));
+          glv[i] = static_cast<scalar_t>(kl_normal_grad_logvar(static_cast<acc_t>(lv[i]), g[r]));
         });
   });
   return {grad_mu, grad_logvar};

@@ -95,19 +95,19 @@ TensorTriple gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x
           const auto lv = load_widened<acc_t>(lvp + (r % lv_rows) * cols + j);
           const auto xv = load_widened<acc_t>(xp + (r % x_rows) * cols + j);
           const auto mv = load_widened<acc_t>(m + r * cols + j);
-          const auto inv_var = fv_exp(Vec<acc_t>(0) - lv);
-          if (gm) store_narrowed<acc_t>(gm + r * cols + j, vscale * gaussian_ll_grad_mean(xv, mv, inv_var));
-          if (glv) store_narrowed<acc_t>(glv + r * cols + j, vscale * gaussian_ll_grad_logvar(xv, mv, inv_var));
-          return gaussian_ll(xv, mv, lv, inv_var);
+          const auto h = inv_std(lv);
+          if (gm) store_narrowed<acc_t>(gm + r * cols + j, gaussian_ll_grad_mean(xv, mv, h, vscale));
+          if (glv) store_narrowed<acc_t>(glv + r * cols + j, gaussian_ll_grad_logvar(xv, mv, h, vscale));
+          return gaussian_ll(xv, mv, lv, h);
         },
         [&](int64_t r, int64_t j) {
           const acc_t lv = static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]);
           const acc_t xv = static_cast<acc_t>(xp[(r % x_rows) * cols + j]);
           const acc_t mv = static_cast<acc_t>(m[r * cols + j]);
-          const acc_t inv_var = fv_exp(-lv);
-          if (gm) gm[r * cols + j] = static_cast<scalar_t>(scale * gaussian_ll_grad_mean(xv, mv, inv_var));
-          if (glv) glv[r * cols + j] = static_cast<scalar_t>(scale * gaussian_ll_grad_logvar(xv, mv, inv_var));
-          return gaussian_ll(xv, mv, lv, inv_var);
+          const acc_t h = inv_std(lv);
+          if (gm) gm[r * cols + j] = static_cast<scalar_t>(gaussian_ll_grad_mean(xv, mv, h, scale));
+          if (glv) glv[r * cols + j] = static_cast<scalar_t>(gaussian_ll_grad_logvar(xv, mv, h, scale));
+          return gaussian_ll(xv, mv, lv, h);
         });
   });
   return {ll, grad_mean, grad_logvar};
@@ -140,24 +140,24 @@ TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Te
           const Vec<acc_t> g(gp[r]);
           const auto xv = load_widened<acc_t>(xp + (r % x_rows) * cols + j);
           const auto mv = load_widened<acc_t>(m + r * cols + j);
-          const auto inv_var = fv_exp(Vec<acc_t>(0) - load_widened<acc_t>(lvp + (r % lv_rows) * cols + j));
-          store_narrowed<acc_t>(gm + r * cols + j, g * gaussian_ll_grad_mean(xv, mv, inv_var));
-          if (glv) store_narrowed<acc_t>(glv + r * cols + j, g * gaussian_ll_grad_logvar(xv, mv, inv_var));
+          const auto h = inv_std(load_widened<acc_t>(lvp + (r % lv_rows) * cols + j));
+          store_narrowed<acc_t>(gm + r * cols + j, gaussian_ll_grad_mean(xv, mv, h, g));
+          if (glv) store_narrowed<acc_t>(glv + r * cols + j, gaussian_ll_grad_logvar(xv, mv, h, g));
         },
         [&](int64_t r, int64_t j) {
           const acc_t xv = static_cast<acc_t>(xp[(r % x_rows) * cols + j]);
           const acc_t mv = static_cast<acc_t>(m[r * cols + j]);
-          const acc_t inv_var = fv_exp(-static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
-          gm[r * cols + j] = static_cast<scalar_t>(gp[r] * gaussian_ll_grad_mean(xv, mv, inv_var));
-          if (glv) glv[r * cols + j] = static_cast<scalar_t>(gp[r] * gaussian_ll_grad_logvar(xv, mv, inv_var));
+          const acc_t h = inv_std(static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
+          gm[r * cols + j] = static_cast<scalar_t>(gaussian_ll_grad_mean(xv, mv, h, gp[r]));
+          if (glv) glv[r * cols + j] = static_cast<scalar_t>(gaussian_ll_grad_logvar(xv, mv, h, gp[r]));
         });
     if (logvar_grad && !fused_logvar) {
       // Summed over every row that read this logvar row (per-dim and scalar variances).
       auto acc = at::empty(logvar.sizes(), logvar.options().dtype(acc_dtype(logvar.scalar_type())));
       repeat_sums<acc_t>(rows, lv_rows, cols, acc.mutable_data_ptr<acc_t>(), [&](int64_t r, int64_t j) {
-        const acc_t inv_var = fv_exp(-static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
-        return gp[r] * gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
-                                               static_cast<acc_t>(m[r * cols + j]), inv_var);
+        const acc_t h = inv_std(static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
+        return gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
+                                       static_cast<acc_t>(m[r * cols + j]), h, gp[r]);
       });
       grad_logvar = acc.to(logvar.scalar_type());
     }

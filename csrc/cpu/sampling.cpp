@@ -258,14 +258,15 @@ void sample_run(scalar_t* z, const scalar_t* m, const scalar_t* lv, const acc_t*
   const Vec<acc_t> half(acc_t(0.5));
   int64_t j = 0;
   for (; j + V <= len; j += V) {
-    const auto sigma = fv_exp(half * load_widened<acc_t>(lv + j));
+    const auto sigma = std_dev(load_widened<acc_t>(lv + j));
     store_narrowed<acc_t>(z + j, at::vec::fmadd(sigma, Vec<acc_t>::loadu(eps + j), load_widened<acc_t>(m + j)));
   }
   for (; j < len; ++j)
-    z[j] = static_cast<scalar_t>(static_cast<acc_t>(m[j]) + fv_exp(acc_t(0.5) * static_cast<acc_t>(lv[j])) * eps[j]);
+    z[j] = static_cast<scalar_t>(static_cast<acc_t>(m[j]) + std_dev(static_cast<acc_t>(lv[j])) * eps[j]);
 }
 
-// sg (+)= g, sge (+)= g * eps over len elements (first: assign, for the first sample).
+// sg (+)= g, sge (+)= g * eps over len elements (first: assign, for the first sample of a block
+// of kSampleBlock samples; the caller adds each block's sums into double, see vae_math.h).
 template <typename acc_t, typename scalar_t>
 void accumulate_run(acc_t* sg, acc_t* sge, const scalar_t* g, const acc_t* eps, int64_t len, bool first) {
   constexpr int64_t V = Vec<acc_t>::size();
@@ -298,20 +299,20 @@ void finish_run(scalar_t* gm, scalar_t* glv, const scalar_t* m, const scalar_t* 
   for (; j + V <= len; j += V) {
     const auto lvv = load_widened<acc_t>(lv + j);
     auto dmu = Vec<acc_t>::loadu(sg + j);
-    auto dlv = Vec<acc_t>::loadu(sge + j) * half * fv_exp(half * lvv);
+    auto dlv = Vec<acc_t>::loadu(sge + j) * half * std_dev(lvv);
     if (has_kl) {
       dmu = at::vec::fmadd(gkv, load_widened<acc_t>(m + j), dmu);
-      dlv = at::vec::fmadd(gkv, kl_normal_grad_logvar(lvv), dlv);
+      dlv = dlv + kl_normal_grad_logvar(lvv, gkv);
     }
     store_narrowed<acc_t>(gm + j, dmu);
     store_narrowed<acc_t>(glv + j, dlv);
   }
   for (; j < len; ++j) {
     const acc_t lvj = static_cast<acc_t>(lv[j]);
-    acc_t dmu = sg[j], dlv = sge[j] * acc_t(0.5) * fv_exp(acc_t(0.5) * lvj);
+    acc_t dmu = sg[j], dlv = sge[j] * acc_t(0.5) * std_dev(lvj);
     if (has_kl) {
       dmu += gk * static_cast<acc_t>(m[j]);
-      dlv += gk * kl_normal_grad_logvar(lvj);
+      dlv += kl_normal_grad_logvar(lvj, gk);
     }
     gm[j] = static_cast<scalar_t>(dmu);
     glv[j] = static_cast<scalar_t>(dlv);
@@ -412,21 +413,30 @@ TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& m
     // The KL output's gradient, when reparameterize_with_kl's KL was used too.
     const acc_t* gkl = grad_kl.has_value() && grad_kl->defined() ? grad_kl->const_data_ptr<acc_t>() : nullptr;
     const int64_t cols = mu.dim() == 2 ? mu.size(1) : 1;
-    // Tiles of the element index; each sums its samples in sample order, so the result is the
-    // same for any thread count.
+    // Tiles of the element index; each sums its samples in sample order (blocks of
+    // kSampleBlock in acc_t, the blocks in double), so the result is the same for any thread count.
     const int64_t tiles = (n + kTile - 1) / kTile;
     const int64_t grain = std::max<int64_t>(1, kSampleGrainElems / (kTile * std::max<int64_t>(samples, 1)));
     at::parallel_for(0, tiles, grain, [&](int64_t tb, int64_t te) {
       alignas(64) acc_t eps[kTile], sg[kTile], sge[kTile];
+      alignas(64) double wide_sg[kTile], wide_sge[kTile];
       for (int64_t t = tb; t < te; ++t) {
         const int64_t p0 = t * kTile, len = std::min(kTile, n - p0);
-        if (samples == 0) {
-          std::fill(sg, sg + len, acc_t(0));
-          std::fill(sge, sge + len, acc_t(0));
-        }
+        std::fill(wide_sg, wide_sg + len, 0.0);
+        std::fill(wide_sge, wide_sge + len, 0.0);
         for (int64_t k = 0; k < samples; ++k) {
           fill_eps<acc_t>(st, k * n + p0, len, eps);
-          accumulate_run<acc_t>(sg, sge, g + k * n + p0, eps, len, k == 0);
+          accumulate_run<acc_t>(sg, sge, g + k * n + p0, eps, len, k % kSampleBlock == 0);
+          if ((k + 1) % kSampleBlock == 0 || k + 1 == samples) {
+            for (int64_t q = 0; q < len; ++q) {
+              wide_sg[q] += static_cast<double>(sg[q]);
+              wide_sge[q] += static_cast<double>(sge[q]);
+            }
+          }
+        }
+        for (int64_t q = 0; q < len; ++q) {
+          sg[q] = static_cast<acc_t>(wide_sg[q]);
+          sge[q] = static_cast<acc_t>(wide_sge[q]);
         }
         // Runs within one row of mu, which share the row's KL gradient.
         for (int64_t q = 0; q < len;) {

@@ -17,8 +17,10 @@ template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
 // exp_u20 (2 ulp) costs about half of the 1-ulp exp; the row sums cannot see the difference.
+// Its range reduction turns a NaN into +-inf or 0 (AVX2 and AVX-512 alike), so NaN lanes are
+// put back: a NaN log-variance must come out as NaN, as from std::exp and CUDA's expf.
 template <typename T>
-inline Vec<T> fv_exp(const Vec<T>& v) { return v.exp_u20(); }
+inline Vec<T> fv_exp(const Vec<T>& v) { return Vec<T>::blendv(v.exp_u20(), v, v.isnan()); }
 // log(1 + e) for e in [0, 1] as 2 atanh(s), s = e / (2 + e) in [0, 1/3], by the odd series of
 // atanh to s^13 (truncation < 5e-9 relative): a third of the cost of Sleef's log1p for float.
 inline Vec<float> fv_log1p_unit(const Vec<float>& e) {

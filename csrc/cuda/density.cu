@@ -91,8 +91,8 @@ TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Ten
     // d/dz = -(z - mu) / var; d/dmu is its negative, summed over the sample rows.
     auto dz = [=] __device__(int64_t r, int64_t j) {
       const int64_t p = (r % mu_rows) * cols + j;
-      return -g[r] * gaussian_ll_grad_mean(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]),
-                                           fv_exp(-static_cast<acc_t>(lv[p])));
+      return gaussian_ll_grad_mean(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]),
+                                   inv_std(static_cast<acc_t>(lv[p])), -g[r]);
     };
     const auto operands = gaussian_operands<scalar_t>(z, mu, logvar);
     if (mu_rows == rows) {
@@ -113,8 +113,8 @@ TensorTriple gaussian_log_density_backward(const at::Tensor& grad, const at::Ten
     repeat_sums<acc_t>(rows, mu_rows, cols, glv.mutable_data_ptr<acc_t>(), acc_opts,
                        [=] __device__(int64_t r, int64_t j) {
                          const int64_t p = (r % mu_rows) * cols + j;
-                         return g[r] * gaussian_ll_grad_logvar(static_cast<acc_t>(zp[r * cols + j]),
-                                                               static_cast<acc_t>(m[p]), fv_exp(-static_cast<acc_t>(lv[p])));
+                         return gaussian_ll_grad_logvar(static_cast<acc_t>(zp[r * cols + j]), static_cast<acc_t>(m[p]),
+                                                        inv_std(static_cast<acc_t>(lv[p])), g[r]);
                        });
     grad_mu = gmu.to(mu.scalar_type());
     grad_logvar = glv.to(logvar.scalar_type());

@@ -36,7 +36,7 @@ struct ElboRows {
   scalar_t* grad_recon;   // null: not asked for
   scalar_t* grad_lv;      // per-element variance only; null otherwise
   int64_t cols, x_rows, lv_rows;
-  acc_t scale, lv_const, inv_const;
+  acc_t scale, lv_const, h_const;  // h_const = e^(-lv_const/2)
 
   bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, recon, x, lv, grad_recon, grad_lv); }
 
@@ -57,14 +57,14 @@ struct ElboRows {
         s += bernoulli_ll_with_grad(mv, xa, &dl);
         g.v[v] = static_cast<scalar_t>(dl * scale);
       } else {
-        acc_t l = lv_const, inv_var = inv_const;
+        acc_t l = lv_const, h = h_const;
         if constexpr (kLvTensor) {
           l = static_cast<acc_t>(lvv.v[v]);
-          inv_var = fv_exp(-l);
+          h = inv_std(l);
         }
-        s += gaussian_ll(xa, mv, l, inv_var);
-        g.v[v] = static_cast<scalar_t>(scale * gaussian_ll_grad_mean(xa, mv, inv_var));
-        glv.v[v] = static_cast<scalar_t>(scale * gaussian_ll_grad_logvar(xa, mv, inv_var));
+        s += gaussian_ll(xa, mv, l, h);
+        g.v[v] = static_cast<scalar_t>(gaussian_ll_grad_mean(xa, mv, h, scale));
+        glv.v[v] = static_cast<scalar_t>(gaussian_ll_grad_logvar(xa, mv, h, scale));
       }
     }
     const int64_t i = r * cols + j;
@@ -85,7 +85,7 @@ void launch_rows(const ElboArgs& a, const at::Tensor& recon, const at::Tensor& x
       recon.const_data_ptr<scalar_t>(), x.const_data_ptr<x_t>(),
       kLvTensor ? lv.const_data_ptr<scalar_t>() : nullptr, grad_recon, grad_lv,
       a.cols, a.x_rows, kLvTensor ? a.lv_rows : 1,
-      static_cast<acc_t>(-a.row_scale), lv_const, static_cast<acc_t>(std::exp(-a.lv_value))};
+      static_cast<acc_t>(-a.row_scale), lv_const, inv_std(lv_const)};
   row_sums<acc_t>(a.rows, a.cols, ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
 }
 
@@ -126,7 +126,7 @@ __global__ void elbo_finish_kernel(FinishArgs<scalar_t> a) {
         k += kl_normal(m, l);
         if (a.grad_mu) {
           a.grad_mu[i] = static_cast<scalar_t>(a.kl_scale * m);
-          a.grad_logvar[i] = static_cast<scalar_t>(a.kl_scale * kl_normal_grad_logvar(l));
+          a.grad_logvar[i] = static_cast<scalar_t>(kl_normal_grad_logvar(l, a.kl_scale));
         }
       }
     }
@@ -198,9 +198,9 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
         at::Tensor acc = std::is_same_v<scalar_t, acc_t> ? grad_lv : at::empty(obs_logvar->sizes(), lv_acc_opts);
         repeat_sums<acc_t>(a.rows, lv_rows, cols, acc.mutable_data_ptr<acc_t>(), lv_acc_opts,
                            [=] __device__(int64_t r, int64_t j) {
-                             const acc_t inv_var = fv_exp(-static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
-                             return scale * gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
-                                                                    static_cast<acc_t>(m[r * cols + j]), inv_var);
+                             const acc_t h = inv_std(static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
+                             return gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
+                                                            static_cast<acc_t>(m[r * cols + j]), h, scale);
                            });
         if (!std::is_same_v<scalar_t, acc_t>) grad_lv.copy_(acc);
       }

@@ -22,7 +22,7 @@ struct GaussianOperands {
 
   bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, a, b, logvar); }
 
-  // Calls f(v, a, b, logvar, e^-logvar) for each element v of the pack at (r, j), in acc_t.
+  // Calls f(v, a, b, logvar, e^(-logvar/2)) for each element v of the pack at (r, j), in acc_t.
   template <int V, typename F>
   __device__ __forceinline__ void for_pack(int64_t r, int64_t j, F&& f) const {
     const auto av = load_pack<V>(a + r * cols + j);
@@ -31,7 +31,7 @@ struct GaussianOperands {
 #pragma unroll
     for (int v = 0; v < V; ++v) {
       const acc_t l = static_cast<acc_t>(lv.v[v]);
-      f(v, static_cast<acc_t>(av.v[v]), static_cast<acc_t>(bv.v[v]), l, fv_exp(-l));
+      f(v, static_cast<acc_t>(av.v[v]), static_cast<acc_t>(bv.v[v]), l, inv_std(l));
     }
   }
 };
@@ -56,11 +56,11 @@ struct GaussianRows : GaussianOperands<scalar_t> {
   __device__ acc_t sum(int64_t r, int64_t j) const {
     acc_t s = 0;
     Pack<scalar_t, V> ga, glv;
-    this->template for_pack<V>(r, j, [&](int v, acc_t a, acc_t b, acc_t lv, acc_t inv_var) {
-      s += gaussian_ll(b, a, lv, inv_var);
+    this->template for_pack<V>(r, j, [&](int v, acc_t a, acc_t b, acc_t lv, acc_t h) {
+      s += gaussian_ll(b, a, lv, h);
       if (grad_a) {  // the same for every thread: no divergence, no gradient math when not asked
-        ga.v[v] = static_cast<scalar_t>(scale * gaussian_ll_grad_mean(b, a, inv_var));
-        glv.v[v] = static_cast<scalar_t>(scale * gaussian_ll_grad_logvar(b, a, inv_var));
+        ga.v[v] = static_cast<scalar_t>(gaussian_ll_grad_mean(b, a, h, scale));
+        glv.v[v] = static_cast<scalar_t>(gaussian_ll_grad_logvar(b, a, h, scale));
       }
     });
     const int64_t i = r * this->cols + j;
@@ -90,11 +90,11 @@ struct GaussianGrads : GaussianOperands<scalar_t> {
   __device__ void map(int64_t r, int64_t j) const {
     Pack<scalar_t, V> ga, gb, glv;
     const acc_t g = grad[r];
-    this->template for_pack<V>(r, j, [&](int v, acc_t a, acc_t b, acc_t, acc_t inv_var) {
-      const acc_t d = g * gaussian_ll_grad_mean(b, a, inv_var);
+    this->template for_pack<V>(r, j, [&](int v, acc_t a, acc_t b, acc_t, acc_t h) {
+      const acc_t d = gaussian_ll_grad_mean(b, a, h, g);
       ga.v[v] = static_cast<scalar_t>(d);
       gb.v[v] = static_cast<scalar_t>(-d);
-      glv.v[v] = static_cast<scalar_t>(g * gaussian_ll_grad_logvar(b, a, inv_var));
+      glv.v[v] = static_cast<scalar_t>(gaussian_ll_grad_logvar(b, a, h, g));
     });
     const int64_t i = r * this->cols + j;
     store_pack<V>(grad_a + i, ga);

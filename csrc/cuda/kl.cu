@@ -60,7 +60,7 @@ struct KlGrads {
 #pragma unroll
     for (int v = 0; v < V; ++v) {
       gm.v[v] = static_cast<scalar_t>(g * static_cast<acc_t>(m.v[v]));
-      glv.v[v] = static_cast<scalar_t>(g * kl_normal_grad_logvar(static_cast<acc_t>(lv.v[v])));
+      glv.v[v] = static_cast<scalar_t>(kl_normal_grad_logvar(static_cast<acc_t>(lv.v[v]), g));
     }
     store_pack<V>(grad_mu + i, gm);
     store_pack<V>(grad_logvar + i, glv);

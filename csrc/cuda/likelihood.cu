@@ -132,9 +132,9 @@ TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Te
       auto acc = at::empty(logvar.sizes(), acc_opts);
       repeat_sums<acc_t>(rows, lv_rows, cols, acc.mutable_data_ptr<acc_t>(), acc_opts,
                          [=] __device__(int64_t r, int64_t j) {
-                           const acc_t inv_var = fv_exp(-static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
-                           return gp[r] * gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
-                                                                  static_cast<acc_t>(m[r * cols + j]), inv_var);
+                           const acc_t h = inv_std(static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
+                           return gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
+                                                          static_cast<acc_t>(m[r * cols + j]), h, gp[r]);
                          });
       grad_logvar = acc.to(logvar.scalar_type());
     }

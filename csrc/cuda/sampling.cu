@@ -59,7 +59,7 @@ __global__ void reparameterize_kernel(const scalar_t* mu, const scalar_t* logvar
       if (i < total) {
         const int64_t p = i % n;
         z[i] = static_cast<scalar_t>(static_cast<acc_t>(mu[p]) +
-                                     fv_exp(acc_t(0.5) * static_cast<acc_t>(logvar[p])) * eps[lane]);
+                                     std_dev(static_cast<acc_t>(logvar[p])) * eps[lane]);
       }
     }
   }
@@ -104,7 +104,7 @@ struct SampleAndKlRows {
     for (int v = 0; v < V; ++v) {
       const acc_t l = static_cast<acc_t>(lv.v[v]);
       mean[v] = static_cast<acc_t>(m.v[v]);
-      sd[v] = fv_exp(acc_t(0.5) * l);
+      sd[v] = std_dev(l);
       kl += kl_normal(mean[v], l);
     }
     const PhiloxState st = unpack_state(philox, state_out, p == 0);
@@ -122,8 +122,9 @@ struct SampleAndKlRows {
 
 // Gradients of mu and logvar, a pack of V elements of mu at a time (p = flat index): eps drawn
 // again for each sample (one Philox group serves 4 elements when packed) and summed in sample
-// order, then the KL term's gradient when reparameterize_with_kl's KL output was used (grad_kl,
-// one entry per row of kl_cols elements).
+// order (blocks of kSampleBlock samples in acc_t, the block sums in double), then the KL term's
+// gradient when reparameterize_with_kl's KL output was used (grad_kl, one entry per row of
+// kl_cols elements).
 template <typename scalar_t>
 struct SampleGrads {
   using acc_t = at::opmath_type<scalar_t>;
@@ -143,15 +144,22 @@ struct SampleGrads {
   __device__ void map(int64_t, int64_t p) const {
     const PhiloxState st = read_state(state);
     acc_t sum_g[V] = {}, sum_g_eps[V] = {};
+    double wide_g[V] = {}, wide_g_eps[V] = {};
     for (int64_t k = 0; k < samples; ++k) {
       acc_t eps[V];
       eps_pack<V>(st, k * n + p, eps);
       const auto g = load_pack<V>(grad_z + k * n + p);
+      const bool flush = (k + 1) % kSampleBlock == 0 || k + 1 == samples;  // the same for every thread
 #pragma unroll
       for (int v = 0; v < V; ++v) {
         const acc_t gv = static_cast<acc_t>(g.v[v]);
         sum_g[v] += gv;
         sum_g_eps[v] += gv * eps[v];
+        if (flush) {
+          wide_g[v] += static_cast<double>(sum_g[v]);
+          wide_g_eps[v] += static_cast<double>(sum_g_eps[v]);
+          sum_g[v] = sum_g_eps[v] = 0;
+        }
       }
     }
     const auto lv = load_pack<V>(logvar + p);
@@ -161,11 +169,11 @@ struct SampleGrads {
     for (int v = 0; v < V; ++v) {
       const acc_t l = static_cast<acc_t>(lv.v[v]);
       // dz/dlogvar = eps * e^(logvar/2) / 2.
-      acc_t dmu = sum_g[v], dlv = sum_g_eps[v] * acc_t(0.5) * fv_exp(acc_t(0.5) * l);
+      acc_t dmu = static_cast<acc_t>(wide_g[v]), dlv = static_cast<acc_t>(wide_g_eps[v]) * acc_t(0.5) * std_dev(l);
       if (grad_kl) {
         const acc_t gk = grad_kl[(p + v) / kl_cols];
         dmu += gk * static_cast<acc_t>(m.v[v]);
-        dlv += gk * kl_normal_grad_logvar(l);
+        dlv += kl_normal_grad_logvar(l, gk);
       }
       gm.v[v] = static_cast<scalar_t>(dmu);
       glv.v[v] = static_cast<scalar_t>(dlv);
