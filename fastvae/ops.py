@@ -25,6 +25,20 @@ def _rows_out(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty((t.shape[0],), dtype=_acc_dtype(t.dtype))
 
 
+def _same_device(**tensors: object) -> None:
+    """The kernels' device check (csrc/common/checks.h), with their message, for the fake (meta)
+    implementations: a call mixing meta and real tensors dispatches to them, and must be refused
+    as the kernels refuse it instead of returning uninitialised memory on one of the devices."""
+    first = None
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if first is None:
+            first = (name, t)
+        elif t.device != first[1].device:
+            raise RuntimeError(f"fastvae: {name} is on {t.device} but {first[0]} is on {first[1].device}")
+
+
 # ---------------------------------------------------------------- fake (meta) implementations
 def _rng_out(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty((2,), dtype=torch.int64)
@@ -32,37 +46,44 @@ def _rng_out(t: torch.Tensor) -> torch.Tensor:
 
 @torch.library.register_fake("fastvae::reparameterize")
 def _(mu, logvar, num_samples, generator=None, rng_state=None):
+    _same_device(mu=mu, logvar=logvar, rng_state=rng_state)
     return mu.new_empty((num_samples, *mu.shape)), _rng_out(mu)
 
 
 @torch.library.register_fake("fastvae::reparameterize_with_kl")
 def _(mu, logvar, num_samples, generator=None, rng_state=None):
+    _same_device(mu=mu, logvar=logvar, rng_state=rng_state)
     return mu.new_empty((num_samples, *mu.shape)), _rows_out(mu), _rng_out(mu)
 
 
 @torch.library.register_fake("fastvae::reparameterize_backward")
 def _(grad_z, mu, logvar, rng_state, grad_kl=None):
+    _same_device(mu=mu, logvar=logvar, grad_z=grad_z, rng_state=rng_state, grad_kl=grad_kl)
     return torch.empty_like(mu), torch.empty_like(logvar)
 
 
 @torch.library.register_fake("fastvae::kl_standard_normal")
 def _(mu, logvar):
+    _same_device(mu=mu, logvar=logvar)
     return _rows_out(mu)
 
 
 @torch.library.register_fake("fastvae::kl_standard_normal_backward")
 def _(grad, mu, logvar):
+    _same_device(mu=mu, logvar=logvar, grad=grad)
     return torch.empty_like(mu), torch.empty_like(logvar)
 
 
 @torch.library.register_fake("fastvae::bernoulli_log_likelihood")
 def _(logits, x, compute_grad, grad_scale=1.0):
+    _same_device(logits=logits, x=x)
     grad = torch.empty_like(logits) if compute_grad else logits.new_empty((0,))
     return _rows_out(logits), grad
 
 
 @torch.library.register_fake("fastvae::gaussian_log_likelihood")
 def _(mean, x, logvar, compute_grad=False, grad_scale=1.0):
+    _same_device(mean=mean, x=x, logvar=logvar)
     grad_mean = torch.empty_like(mean) if compute_grad else mean.new_empty((0,))
     per_element = compute_grad and logvar.shape[0] == mean.shape[0]
     grad_logvar = torch.empty_like(logvar) if per_element else logvar.new_empty((0,))
@@ -71,16 +92,19 @@ def _(mean, x, logvar, compute_grad=False, grad_scale=1.0):
 
 @torch.library.register_fake("fastvae::gaussian_log_likelihood_backward")
 def _(grad, mean, x, logvar, logvar_grad):
+    _same_device(mean=mean, x=x, logvar=logvar, grad=grad)
     return torch.empty_like(mean), (torch.empty_like(logvar) if logvar_grad else logvar.new_empty((0,)))
 
 
 @torch.library.register_fake("fastvae::gaussian_log_density")
 def _(z, mu, logvar):
+    _same_device(z=z, mu=mu, logvar=logvar)
     return _rows_out(z)
 
 
 @torch.library.register_fake("fastvae::gaussian_log_density_backward")
 def _(grad, z, mu, logvar):
+    _same_device(z=z, mu=mu, logvar=logvar, grad=grad)
     return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
 
 
@@ -91,12 +115,14 @@ def _(z):
 
 @torch.library.register_fake("fastvae::standard_normal_log_density_backward")
 def _(grad, z):
+    _same_device(z=z, grad=grad)
     return torch.empty_like(z)
 
 
 @torch.library.register_fake("fastvae::elbo_loss")
 def _(recon, x, kl, mu, logvar, obs_logvar, obs_logvar_value, likelihood, beta, reduction, grad_mask):
-    # Mirrors csrc/common/elbo_args.h: which gradients the forward pass writes.
+    # Mirrors csrc/common/elbo_args.h: the devices, and which gradients the forward pass writes.
+    _same_device(recon=recon, x=x, kl=kl, mu=mu, logvar=logvar, obs_logvar=obs_logvar)
     rows = recon.shape[0]
     loss = recon.new_empty((rows,) if reduction == "none" else (), dtype=_acc_dtype(recon.dtype))
 
@@ -115,9 +141,11 @@ def _(recon, x, kl, mu, logvar, obs_logvar, obs_logvar_value, likelihood, beta, 
 
 @torch.library.register_fake("fastvae::elbo_rescale_")
 def _(grad, grads):
+    _same_device(grad=grad, **{f"grads[{i}]": t for i, t in enumerate(grads)})
     return None
 
 
 @torch.library.register_fake("fastvae::elbo_rescale")
 def _(grad, grads):
+    _same_device(grad=grad, **{f"grads[{i}]": t for i, t in enumerate(grads)})
     return [torch.empty_like(t) for t in grads]

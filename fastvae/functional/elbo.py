@@ -61,6 +61,10 @@ def elbo(
     ``kl``: the KL term per example when it is already computed (by
     :func:`reparameterize_with_kl`); mu and logvar are then not read (and may be None).
 
+    ``x`` broadcasts to ``recon``'s shape. Its dtype, whatever its layout: any floating dtype,
+    cast to recon's (as every fastvae op casts its data); for the Bernoulli likelihood also bool
+    or uint8 (0/1 targets, read as one byte per element). Other dtypes raise ``ValueError``.
+
     One op (``fastvae::elbo_loss``) computes the whole loss, reduces it over the batch in a
     fixed order and writes every input gradient in the same pass; backward hands them on.
     """
@@ -70,7 +74,7 @@ def elbo(
     # strings, beta) and raises ValueError naming the argument: no other Python work per call.
     if (type(recon) is _Tensor and type(x) is _Tensor and type(beta) is float and recon.dim() == 2
             and x.shape == recon.shape and recon.is_contiguous() and x.is_contiguous()):
-        if likelihood == "bernoulli":
+        if likelihood == "bernoulli" and (x.dtype is recon.dtype or x.dtype is torch.uint8 or x.dtype is torch.bool):
             obs_value = 0.0
         elif type(obs_logvar) is float and x.dtype == recon.dtype:
             obs_value = obs_logvar
@@ -127,7 +131,11 @@ def _elbo(
     rows = recon2.shape[0]
     batch = shape[:1] if len(shape) > 1 else shape[:0]  # the shape of the per-example terms
 
-    if x.shape == shape and x.is_contiguous() and (x.dtype == recon.dtype or likelihood == "bernoulli"):
+    # x's dtype rule, as in bernoulli_log_likelihood: a float x of another dtype is cast to recon's
+    # (whatever its layout); bool / uint8 Bernoulli targets are read as they are.
+    if x.shape == shape and x.is_contiguous() and (
+        x.dtype == recon.dtype or (likelihood == "bernoulli" and x.dtype in (torch.bool, torch.uint8))
+    ):
         x2 = x if len(shape) == 2 else x.view(recon2.shape)
     else:
         check_devices(recon=recon, x=x)
@@ -149,7 +157,10 @@ def _elbo(
                 f"recon gives per-example terms of shape {tuple(batch)} but kl has shape {tuple(kl.shape)}: "
                 f"the batch dims must agree"
             )
-        kl2 = kl if kl.dtype == acc and kl.dim() == 1 and kl.is_contiguous() else cast(kl, acc).reshape(rows).contiguous()
+        if kl.dtype == acc and kl.dim() == 1 and kl.is_contiguous():
+            kl2 = kl
+        else:
+            kl2 = cast(check_float("kl", kl), acc).reshape(rows).contiguous()
         mu2 = lv2 = None
         kl_grad = grad and kl.requires_grad
     else:
