@@ -24,8 +24,9 @@
 #define FASTVAE_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
 
 // Bumped whenever a schema or the module's attributes change, so that fastvae/_extension.py can
-// refuse a stale build (7: cpu_isa, parallel_threads).
-#define FASTVAE_OPS_VERSION 7
+// refuse a stale build (7: cpu_isa, parallel_threads; 8: the sampling ops' Philox counter in
+// curand's layout, a new eps for a given seed).
+#define FASTVAE_OPS_VERSION 8
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a

@@ -10,8 +10,8 @@ from typing import List, Set
 import torch
 
 # Must equal FASTVAE_OPS_VERSION in csrc/register.cpp; bumped whenever an op schema or the
-# module's attributes change.
-OPS_VERSION = 7
+# module's attributes change (or the sampling stream: 8 put the Philox counter in curand's layout).
+OPS_VERSION = 8
 
 _BUILD_HINT = (
     "Build it from the repository root with:\n"

@@ -5,7 +5,6 @@ against the reference, float64 gradcheck, bad input and oversized draws; the CPU
 stream against an independent Philox4x32-10 reference."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,10 +12,10 @@ from fastvae import functional as F
 from fastvae import reference as R
 
 from .conftest import TOL, cpu_and_cuda, rel_err
+from .philox_ref import fastvae_eps
 from .reference_checks import DTYPES
 
 ops = torch.ops.fastvae
-MASK32 = np.uint64(0xFFFFFFFF)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -170,47 +169,16 @@ def test_huge_num_samples_refused_before_any_allocation(sampler):
 
 
 # ---------------------------------------------------------------- the CPU kernels' eps stream
-def _philox_bits(seed: int, offset: int, groups: np.ndarray) -> np.ndarray:
-    """Philox4x32-10 of counters {group lo, group hi, offset lo, offset hi} under key {seed lo,
-    seed hi}, written from the algorithm's definition (numpy, uint64 lanes): shape (4, groups)."""
-    c = [groups & MASK32, groups >> np.uint64(32),
-         np.full_like(groups, offset & 0xFFFFFFFF), np.full_like(groups, offset >> 32)]
-    k0, k1 = seed & 0xFFFFFFFF, seed >> 32
-    for _ in range(10):
-        p0 = np.uint64(0xD2511F53) * c[0]
-        p1 = np.uint64(0xCD9E8D57) * c[2]
-        c = [(p1 >> np.uint64(32)) ^ c[1] ^ np.uint64(k0), p1 & MASK32,
-             (p0 >> np.uint64(32)) ^ c[3] ^ np.uint64(k1), p0 & MASK32]
-        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
-    return np.stack(c)
-
-
-def _reference_eps(seed: int, offset: int, count: int, dtype: torch.dtype) -> torch.Tensor:
-    """The stream's eps 0 .. count-1: Box-Muller inputs rounded as the kernels round them (for
-    float32: u1, u2 and the angle 2*pi*u2 in float32), the transcendental functions in float64."""
-    groups = np.arange((count + 3) // 4, dtype=np.uint64)
-    bits = _philox_bits(seed, offset, groups)
-    fdt = np.float32 if dtype == torch.float32 else np.float64
-    scale = fdt(2.3283064365386963e-10)
-    eps = np.empty((len(groups), 4))
-    for pair in range(2):
-        u1 = (bits[2 * pair].astype(fdt) + fdt(1)) * scale
-        angle = fdt(6.2831853071795864) * (bits[2 * pair + 1].astype(fdt) * scale)
-        radius = np.sqrt(-2.0 * np.log(u1.astype(np.float64)))
-        eps[:, 2 * pair] = radius * np.cos(angle.astype(np.float64))
-        eps[:, 2 * pair + 1] = radius * np.sin(angle.astype(np.float64))
-    return torch.from_numpy(eps.reshape(-1)[:count])
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape,samples", [((3, 1003), 3), ((1, 5), 1), ((2, 4099), 2)])
 def test_eps_is_the_philox_stream(dtype, shape, samples):
-    # Sample boundaries inside a tile, partial blocks, an offset using its high word.
-    seed, offset = 0x1234_5678_9ABC_DEF1 & 0x7FFF_FFFF_FFFF_FFFF, (1 << 33) + 5
+    # Sample boundaries inside a tile, partial blocks, an offset whose counter step (offset / 4)
+    # uses its high word and whose offset % 4 moves the subsequences (tests/philox_ref.py).
+    seed, offset = 0x1234_5678_9ABC_DEF1 & 0x7FFF_FFFF_FFFF_FFFF, (1 << 35) + 5
     mu = torch.zeros(shape, dtype=dtype)
     state = torch.tensor([seed, offset], dtype=torch.int64)
     eps = ops.reparameterize(mu, torch.zeros_like(mu), samples, None, state)[0].flatten().double()
-    ref = _reference_eps(seed, offset, eps.numel(), dtype)
+    ref = fastvae_eps(seed, offset, eps.numel(), dtype)
     if dtype == torch.float64:
         assert (eps - ref).abs().max().item() < 1e-13
     else:

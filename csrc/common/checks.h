@@ -66,6 +66,14 @@ inline void check_row_grad(const at::Tensor& grad, const at::Tensor& like, const
   check_same_device(grad, "grad", like, like_name);
 }
 
+// The KL ops' operands: mu and logvar, contiguous (rows, cols) matrices of one shape and dtype.
+inline void check_kl_operands(const at::Tensor& mu, const at::Tensor& logvar) {
+  check_matrix(mu, "mu");
+  check_matrix(logvar, "logvar");
+  check_same_shape(mu, "mu", logvar, "logvar");
+  TORCH_CHECK(mu.scalar_type() == logvar.scalar_type(), "fastvae: mu and logvar must share a dtype");
+}
+
 // mean (rows, D); x and logvar broadcast over its rows; one dtype for all three.
 inline void check_gaussian(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar) {
   check_matrix(mean, "mean");

@@ -3,9 +3,17 @@
 // eps for element i of a sampling call is a pure function of (seed, offset, i), so the backward
 // pass regenerates it instead of storing it, and CPU and CUDA draw the same stream:
 //   group = i / 4, lane = i % 4
-//   r[0..3] = Philox4x32-10(counter = {group_lo, group_hi, offset_lo, offset_hi},
-//                          key = {seed_lo, seed_hi})
+//   r[0..3] = Philox4x32-10(counter = {step_lo, step_hi, sub_lo, sub_hi}, key = {seed_lo, seed_hi})
+//     step = offset / 4, sub = group | (offset % 4) << 62
 //   (r0, r1) -> Box-Muller -> eps of lanes 0, 1;  (r2, r3) -> lanes 2, 3.
+// This is curand's layout, which PyTorch's own CUDA random ops use: curand_init(seed, thread,
+// offset) starts thread `thread` at counter {offset / 4 (low 64 bits), thread (high 64 bits)}
+// and each curand4 call moves the low 64 bits on by one. A sampling call is group g's first
+// curand4 draw of curand_init(seed, g, offset); the CUDA generator reserves 4 offset units (one
+// counter step) per call, so no other op of that generator draws counter step offset / 4, and
+// the call's bits are its own. Generator offsets are multiples of 4 (torch refuses others); a
+// hand-written rng_state with offset % 4 != 0 gets subsequences at 2^62 and up, which no thread
+// index reaches, so every (seed, offset) still has its own stream.
 #pragma once
 
 #include <cstdint>
@@ -53,11 +61,17 @@ FV_HD void fv_sincos_2pi(double u, double* s, double* c) {
 }
 
 // The four raw 32-bit outputs of one Philox group.
+// The counter step of a call (low 64 bits of the counter) and the subsequence of one of its
+// groups (high 64 bits), as in the layout above.
+FV_HD uint64_t philox_step(PhiloxState st) { return st.offset >> 2; }
+FV_HD uint64_t philox_subsequence(PhiloxState st, uint64_t group) { return group | ((st.offset & 3) << 62); }
+
 FV_HD void philox_group_bits(PhiloxState st, uint64_t group, uint32_t c[4]) {
-  c[0] = static_cast<uint32_t>(group);
-  c[1] = static_cast<uint32_t>(group >> 32);
-  c[2] = static_cast<uint32_t>(st.offset);
-  c[3] = static_cast<uint32_t>(st.offset >> 32);
+  const uint64_t step = philox_step(st), sub = philox_subsequence(st, group);
+  c[0] = static_cast<uint32_t>(step);
+  c[1] = static_cast<uint32_t>(step >> 32);
+  c[2] = static_cast<uint32_t>(sub);
+  c[3] = static_cast<uint32_t>(sub >> 32);
   philox4x32_10(c, static_cast<uint32_t>(st.seed), static_cast<uint32_t>(st.seed >> 32));
 }
 

@@ -12,10 +12,7 @@ namespace fastvae {
 namespace cpu {
 
 at::Tensor kl_standard_normal(const at::Tensor& mu, const at::Tensor& logvar) {
-  check_matrix(mu, "mu");
-  check_matrix(logvar, "logvar");
-  check_same_shape(mu, "mu", logvar, "logvar");
-  TORCH_CHECK(mu.scalar_type() == logvar.scalar_type(), "fastvae: mu and logvar must share a dtype");
+  check_kl_operands(mu, logvar);
   auto kl = at::empty({mu.size(0)}, mu.options().dtype(acc_dtype(mu.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "kl", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -36,8 +33,7 @@ at::Tensor kl_standard_normal(const at::Tensor& mu, const at::Tensor& logvar) {
 
 TensorPair kl_standard_normal_backward(const at::Tensor& grad, const at::Tensor& mu,
                                        const at::Tensor& logvar) {
-  check_matrix(mu, "mu");
-  check_same_shape(mu, "mu", logvar, "logvar");
+  check_kl_operands(mu, logvar);  // the kernels index logvar as a contiguous matrix like mu
   check_row_grad(grad, mu, "mu");
   auto grad_mu = large_output(at::empty_like(mu));
   auto grad_logvar = large_output(at::empty_like(logvar));

@@ -54,16 +54,19 @@ template <int kSets>
 inline void philox8(PhiloxState st, uint64_t group0, __m256i c[kSets][4]) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  // Counter {step (the call's), subsequence (the group's)}: common/philox.h's layout.
+  const uint64_t step = philox_step(st);
   for (int s = 0; s < kSets; ++s) {
     alignas(32) uint32_t lo[8], hi[8];
     for (int l = 0; l < 8; ++l) {
-      lo[l] = static_cast<uint32_t>(group0 + 8 * s + l);
-      hi[l] = static_cast<uint32_t>((group0 + 8 * s + l) >> 32);
+      const uint64_t sub = philox_subsequence(st, group0 + 8 * s + l);
+      lo[l] = static_cast<uint32_t>(sub);
+      hi[l] = static_cast<uint32_t>(sub >> 32);
     }
-    c[s][0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
-    c[s][1] = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
-    c[s][2] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(st.offset)));
-    c[s][3] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(st.offset >> 32)));
+    c[s][0] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(step)));
+    c[s][1] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(step >> 32)));
+    c[s][2] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
+    c[s][3] = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
   }
   uint32_t k0 = static_cast<uint32_t>(st.seed), k1 = static_cast<uint32_t>(st.seed >> 32);
   for (int round = 0; round < 10; ++round) {

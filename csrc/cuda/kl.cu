@@ -70,10 +70,7 @@ struct KlGrads {
 }  // namespace
 
 at::Tensor kl_standard_normal(const at::Tensor& mu, const at::Tensor& logvar) {
-  check_matrix(mu, "mu");
-  check_matrix(logvar, "logvar");
-  check_same_shape(mu, "mu", logvar, "logvar");
-  TORCH_CHECK(mu.scalar_type() == logvar.scalar_type(), "fastvae: mu and logvar must share a dtype");
+  check_kl_operands(mu, logvar);
   const c10::cuda::CUDAGuard guard(mu.device());
   auto acc_opts = mu.options().dtype(acc_dtype(mu.scalar_type()));
   auto kl = at::empty({mu.size(0)}, acc_opts);
@@ -86,8 +83,7 @@ at::Tensor kl_standard_normal(const at::Tensor& mu, const at::Tensor& logvar) {
 }
 
 TensorPair kl_standard_normal_backward(const at::Tensor& grad, const at::Tensor& mu, const at::Tensor& logvar) {
-  check_matrix(mu, "mu");
-  check_same_shape(mu, "mu", logvar, "logvar");
+  check_kl_operands(mu, logvar);  // the kernels index logvar as a contiguous matrix like mu
   check_row_grad(grad, mu, "mu");
   const c10::cuda::CUDAGuard guard(mu.device());
   auto grad_mu = at::empty_like(mu);

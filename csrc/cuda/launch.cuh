@@ -83,8 +83,9 @@ __device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
 }
 
 // Stores of 16 and 8 bytes are written as one vector instruction by hand: in the block-per-row
-// kernels the compiler split even a uint4 store into four scalar ones (seen in the PTX). No
-// "memory" clobber: the kernels never read back what they store, and loads may move past it.
+// kernels the compiler split even a uint4 store into four scalar ones (seen in the PTX). The
+// "memory" clobber tells the compiler that the asm writes memory: no load or store of the
+// kernel moves across it, and nothing it cached in registers is reused after it.
 template <int N, typename T>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& value) {
   using Bits = typename PackBits<sizeof(Pack<T, N>)>::type;
@@ -92,9 +93,10 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& value) {
   memcpy(&bits, &value, sizeof(value));
 #if defined(__CUDA_ARCH__)
   if constexpr (sizeof(Bits) == 16) {
-    asm volatile("st.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(bits.x), "r"(bits.y), "r"(bits.z), "r"(bits.w));
+    asm volatile("st.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(bits.x), "r"(bits.y), "r"(bits.z), "r"(bits.w)
+                 : "memory");
   } else if constexpr (sizeof(Bits) == 8) {
-    asm volatile("st.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(bits.x), "r"(bits.y));
+    asm volatile("st.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(bits.x), "r"(bits.y) : "memory");
   } else {
     *reinterpret_cast<Bits*>(p) = bits;
   }
@@ -283,6 +285,10 @@ void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const
   if (out_elems == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t repeats = rows / out_rows;
+  if (repeats == 0) {  // no rows: empty sums (and no chunk count of 0 to divide by)
+    C10_CUDA_CHECK(cudaMemsetAsync(out, 0, out_elems * sizeof(acc_t), stream));
+    return;
+  }
   const int64_t want_threads = multiprocessors() * 2048;
   const int64_t chunks = std::clamp<int64_t>(want_threads / out_elems, 1, std::min<int64_t>(repeats, 1024));
   const int64_t per_chunk = (repeats + chunks - 1) / chunks;

@@ -186,8 +186,9 @@ struct SampleGrads {
 }  // namespace
 
 // The Philox state a forward sampling call draws from: a given rng_state (read by the kernel from
-// device memory, as a captured state is) or the next offset of the generator. Our counter puts
-// the offset in its high words, so each call needs only a fresh offset.
+// device memory, as a captured state is) or the next offset of the generator. 4 offset units are
+// one counter step of common/philox.h's (curand's) layout: the only step this call draws, which
+// the generator then hands to no other op.
 at::PhiloxCudaState sampling_philox(std::optional<at::Generator> generator, const std::optional<at::Tensor>& rng_state) {
   if (rng_state.has_value() && rng_state->defined()) {
     auto* s = const_cast<int64_t*>(rng_state->const_data_ptr<int64_t>());
