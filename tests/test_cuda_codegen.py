@@ -140,3 +140,17 @@ def test_fused_sampling_kernels_move_sixteen_bytes_at_a_time(kernels):
         if name in backward:
             allowed |= {"ld.global.f64" if "SampleGradsIdE" in name else "ld.global.f32"}
         assert loads <= allowed, (name, loads - allowed)
+
+
+def test_plain_sampling_kernel_writes_each_group_as_one_pack(kernels):
+    """reparameterize_kernel (both the packed-operand and the scalar-operand variant) writes a
+    Philox group's four z values with one vector store, not four scalar stores 16 bytes apart
+    from the next thread's (issue 22)."""
+    plain = {name: body for name, body in kernels if "reparameterize_kernel" in name}
+    assert len(plain) == 4 * 2, sorted(plain)
+    vector_store = {"f": "st.v4.b32", "N3c104HalfE": "st.v2.b32", "N3c108BFloat16E": "st.v2.b32"}
+    for name, body in plain.items():
+        scalar = re.search(r"reparameterize_kernelI(f|d|N3c104HalfE|N3c108BFloat16E)Lb", name)
+        assert scalar, name
+        if scalar.group(1) in vector_store:
+            assert vector_store[scalar.group(1)] in body, name

@@ -26,16 +26,16 @@ DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 K = 2  # samples in the sampling tests
 
 # name: ((rows, cols), emulated device settings). Which path each reaches, per launch.cuh's
-# heuristics with one SM (8 packs or fewer a row and >= 128 rows: groups of 8 lanes; up to 512
-# packs and >= 32 rows: groups of 32 lanes; else a block per row, over 8192 columns split into
-# chunks; rows in launches of at most max_grid_y).
+# heuristics, which look at the row length alone (8 packs or fewer a row: groups of 8 lanes; up
+# to 512 packs: groups of 32 lanes; else a block per row, over 8192 columns split into chunks;
+# rows in launches of at most max_grid_y).
 PATHS: Dict[str, Tuple[Tuple[int, int], dict]] = {
     "lanes8": ((130, 7), dict(sm_count=1)),              # 7 packs of 1
     "lanes8_packed": ((130, 16), dict(sm_count=1)),      # 2 to 8 packs of 16 bytes (32 lanes unaligned)
     "lanes32": ((40, 100), dict(sm_count=1)),
     "block": ((5, 1025), dict(sm_count=1)),
     "width1_lanes": ((300, 1), dict(sm_count=1)),
-    "width1_block": ((3, 1), dict(sm_count=1)),
+    "width1_few_rows": ((3, 1), dict(sm_count=1)),       # lanes too: the tree follows the row length alone
     "split": ((3, 2 * 8192 + 5), dict(sm_count=1)),      # three chunks, the last of 5 columns
     "split_packed": ((2, 8192 + 64), dict(sm_count=1)),  # two chunks of whole packs
     "grid_y": ((7, 1025), dict(sm_count=1, max_grid_y=3)),  # three launches of up to 3 rows
@@ -446,7 +446,7 @@ EXPECTED_PATHS = {
     "lanes32": ([("lanes", 4, 32)], [("lanes", 1, 32)]),
     "block": ([("block", 1, 1, 5)], [("block", 1, 1, 5)]),
     "width1_lanes": ([("lanes", 1, 8)], [("lanes", 1, 8)]),
-    "width1_block": ([("block", 1, 1, 3)], [("block", 1, 1, 3)]),
+    "width1_few_rows": ([("lanes", 1, 8)], [("lanes", 1, 8)]),
     "split": ([("block", 1, 3, 3), ("sum_chunks",)], [("block", 1, 3, 3), ("sum_chunks",)]),
     "split_packed": ([("block", 4, 2, 2), ("sum_chunks",)], [("block", 1, 2, 2), ("sum_chunks",)]),
     "grid_y": ([("block", 1, 1, 3)] * 2 + [("block", 1, 1, 1)],) * 2,

@@ -2,10 +2,13 @@
 //   1. row pass (launch.cuh's row_sums): each row's log-likelihood, and in the same pass the
 //      gradients of recon (and of a per-element variance) times -row_scale;
 //   2. a variance shared by rows: its gradient summed over rows by repeat_sums (fixed order);
-//   3. finish: per row the KL (given, or from mu and logvar with their gradients) and
-//      beta * kl - ll; the batch sum in double, each thread's rows then a fixed tree per block;
-//   4. with more than one finishing block, one block adds their partial sums in order.
-// No float atomics anywhere: the loss and every gradient are bit-for-bit reproducible.
+//   3. a KL from mu and logvar: its row sums and its gradients in one coalesced, packed pass of
+//      row_sums (cuda/kl_rows.cuh, the KL op's own row functor);
+//   4. finish: per row beta * kl - ll; the batch sum in double, each thread's rows then a fixed
+//      tree per block; with more than one finishing block, one block adds their partial sums in
+//      order.
+// No float atomics anywhere, and no summation order that depends on the device (launch.cuh): the
+// loss and every gradient are bit-for-bit reproducible.
 // elbo_rescale(_) is one grid-stride kernel over every gradient tensor at once.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -14,6 +17,7 @@
 
 #include "common/checks.h"
 #include "common/elbo_args.h"
+#include "cuda/kl_rows.cuh"
 #include "cuda/launch.cuh"
 #include "ops.h"
 
@@ -89,17 +93,12 @@ void launch_rows(const ElboArgs& a, const at::Tensor& recon, const at::Tensor& x
   row_sums<acc_t>(a.rows, a.cols, ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
 }
 
-template <typename scalar_t>
+template <typename acc_t>
 struct FinishArgs {
-  using acc_t = at::opmath_type<scalar_t>;
-  int64_t rows, latent;
+  int64_t rows;
   const acc_t* ll;
-  const acc_t* kl;  // null: computed from mu and logvar
-  const scalar_t* mu;
-  const scalar_t* logvar;
-  scalar_t* grad_mu;    // null: not asked for
-  scalar_t* grad_logvar;
-  acc_t* grad_kl;       // null: not asked for
+  const acc_t* kl;
+  acc_t* grad_kl;        // null: not asked for (or the KL came from mu and logvar)
   acc_t beta, kl_scale;  // kl_scale = beta * row_scale, d loss / d kl_r
   acc_t* per_row;        // reduction "none": the loss per row (may alias ll); else null
   double* partial;       // one sum per block when the grid has several
@@ -107,30 +106,14 @@ struct FinishArgs {
   double out_scale;      // row_scale for the mean, 1 for the sum
 };
 
-// Each thread takes rows r = tid, tid + threads, ... in order; per_row is the same for every
-// thread, so either all return before block_sum's barrier or none does.
-template <typename scalar_t>
-__global__ void elbo_finish_kernel(FinishArgs<scalar_t> a) {
-  using acc_t = at::opmath_type<scalar_t>;
+// Each thread takes rows r = tid, tid + threads, ... in order, reading two values a row (coalesced);
+// per_row is the same for every thread, so either all return before block_sum's barrier or none does.
+template <typename acc_t>
+__global__ void elbo_finish_kernel(FinishArgs<acc_t> a) {
   double s = 0;
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < a.rows; r += int64_t(gridDim.x) * blockDim.x) {
-    acc_t k = 0;
-    if (a.kl) {
-      k = a.kl[r];
-      if (a.grad_kl) a.grad_kl[r] = a.kl_scale;
-    } else {
-      for (int64_t z = 0; z < a.latent; ++z) {
-        const int64_t i = r * a.latent + z;
-        const acc_t m = static_cast<acc_t>(a.mu[i]);
-        const acc_t l = static_cast<acc_t>(a.logvar[i]);
-        k += kl_normal(m, l);
-        if (a.grad_mu) {
-          a.grad_mu[i] = static_cast<scalar_t>(a.kl_scale * m);
-          a.grad_logvar[i] = static_cast<scalar_t>(kl_normal_grad_logvar(l, a.kl_scale));
-        }
-      }
-    }
-    const acc_t loss_r = a.beta * k - a.ll[r];
+    if (a.grad_kl) a.grad_kl[r] = a.kl_scale;
+    const acc_t loss_r = a.beta * a.kl[r] - a.ll[r];
     if (a.per_row)
       a.per_row[r] = loss_r;
     else
@@ -208,17 +191,25 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
       launch_rows<scalar_t, scalar_t, true, false>(a, recon, x, no_lv, ll, gr, nullptr);
     }
 
+    // The KL from mu and logvar: row sums and gradients (times beta * row_scale) in one pass.
+    at::Tensor kl_rows;
+    if (!a.has_kl) {
+      kl_rows = at::empty({a.rows}, ll.options());
+      KlRows<scalar_t> k{mu->const_data_ptr<scalar_t>(), logvar->const_data_ptr<scalar_t>(), a.latent};
+      if (a.grad_kl) {
+        k.grad_mu = grad_mu.mutable_data_ptr<scalar_t>();
+        k.grad_logvar = grad_logvar.mutable_data_ptr<scalar_t>();
+        k.scale = static_cast<acc_t>(a.beta * a.row_scale);
+      }
+      row_sums<acc_t>(a.rows, a.latent, kl_rows.mutable_data_ptr<acc_t>(), ll.options(), k);
+    }
+
     const int64_t blocks = std::min<int64_t>((a.rows + kThreads - 1) / kThreads, kMaxFinishBlocks);
     at::Tensor partial = !none && blocks > 1 ? at::empty({blocks}, recon.options().dtype(at::kDouble)) : at::Tensor();
-    FinishArgs<scalar_t> f;
+    FinishArgs<acc_t> f;
     f.rows = a.rows;
-    f.latent = a.latent;
     f.ll = ll.const_data_ptr<acc_t>();
-    f.kl = a.has_kl ? kl->const_data_ptr<acc_t>() : nullptr;
-    f.mu = a.has_kl ? nullptr : mu->const_data_ptr<scalar_t>();
-    f.logvar = a.has_kl ? nullptr : logvar->const_data_ptr<scalar_t>();
-    f.grad_mu = a.grad_kl && !a.has_kl ? grad_mu.mutable_data_ptr<scalar_t>() : nullptr;
-    f.grad_logvar = a.grad_kl && !a.has_kl ? grad_logvar.mutable_data_ptr<scalar_t>() : nullptr;
+    f.kl = a.has_kl ? kl->const_data_ptr<acc_t>() : kl_rows.const_data_ptr<acc_t>();
     f.grad_kl = a.grad_kl && a.has_kl ? grad_kl.mutable_data_ptr<acc_t>() : nullptr;
     f.beta = static_cast<acc_t>(a.beta);
     f.kl_scale = static_cast<acc_t>(a.beta * a.row_scale);
@@ -226,7 +217,7 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
     f.partial = partial.defined() ? partial.mutable_data_ptr<double>() : nullptr;
     f.loss = none ? nullptr : loss.mutable_data_ptr<acc_t>();
     f.out_scale = a.row_scale;
-    FASTVAE_LAUNCH(blocks, kThreads, 0, stream, elbo_finish_kernel<scalar_t>)(f);
+    FASTVAE_LAUNCH(blocks, kThreads, 0, stream, elbo_finish_kernel<acc_t>)(f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (partial.defined()) {
       FASTVAE_LAUNCH(1, kThreads, 0, stream, elbo_sum_partials_kernel<acc_t>)(

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "common/checks.h"
+#include "cuda/kl_rows.cuh"
 #include "cuda/launch.cuh"
 #include "ops.h"
 
@@ -14,27 +15,6 @@ namespace cuda {
 using namespace cuda_detail;
 
 namespace {
-
-template <typename scalar_t>
-struct KlRows {
-  using acc_t = at::opmath_type<scalar_t>;
-  static constexpr int kPack = pack_width<scalar_t>();
-  const scalar_t* mu;
-  const scalar_t* logvar;
-  int64_t cols;
-
-  bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, mu, logvar); }
-
-  template <int V>
-  __device__ acc_t sum(int64_t r, int64_t j) const {
-    const auto m = load_pack<V>(mu + r * cols + j);
-    const auto lv = load_pack<V>(logvar + r * cols + j);
-    acc_t s = 0;
-#pragma unroll
-    for (int v = 0; v < V; ++v) s += kl_normal(static_cast<acc_t>(m.v[v]), static_cast<acc_t>(lv.v[v]));
-    return s;
-  }
-};
 
 // d/dmu = mu, d/dlogvar = (e^logvar - 1) / 2, both times the row's incoming gradient.
 template <typename scalar_t>

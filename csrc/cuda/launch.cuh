@@ -12,6 +12,10 @@
 //   row_map      every pack once, grid-stride.
 //   repeat_sums  out[b, j] = sum over r = b, b + out_rows, ... of f(r, j) (a plain element
 //                lambda): chunks of repeats summed into partials, then the partials in order.
+// The summation order of both sums is a function of the shapes (and of whether operands are
+// aligned for packs), never of the device: GPUs of one architecture give the same bits whatever
+// their SM count (other architectures run other machine code, whose fused multiply-adds may
+// differ). Only grid-stride loops, which add nothing up, size their grids by the SM count.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -181,13 +185,14 @@ void launch_row_sums_by_lanes(int64_t rows, int64_t cols, acc_t* out, const Fn& 
 template <int V, typename acc_t, typename Fn>
 void row_sums_packed(int64_t rows, int64_t cols, acc_t* out, const at::TensorOptions& acc_opts, const Fn& fn) {
   const int64_t packs = cols / V;
-  // Lane groups when each lane walks at most 16 packs and the rows alone give every SM at least
-  // 1024 threads; a block per row otherwise (few rows: more threads per row keep the SMs busy).
-  if (packs <= 8 && rows * 8 >= multiprocessors() * 1024) {
+  // The row length alone picks the tree: 8 lanes per row up to 8 packs, 32 lanes up to 16 packs
+  // a lane, a block per row beyond (not the SM count: a batch must not sum in another order on a
+  // GPU with fewer SMs). Few rows of up to 512 packs get 32 threads each rather than a block.
+  if (packs <= 8) {
     launch_row_sums_by_lanes<V, 8>(rows, cols, out, fn);
     return;
   }
-  if (packs <= 32 * 16 && rows * 32 >= multiprocessors() * 1024) {
+  if (packs <= 32 * 16) {
     launch_row_sums_by_lanes<V, 32>(rows, cols, out, fn);
     return;
   }
@@ -277,6 +282,10 @@ __global__ void sum_partials_kernel(int64_t out_elems, int64_t chunks, const acc
   out[idx] = s;
 }
 
+// Threads repeat_sums aims for: those of a GPU of ~128 SMs, a constant so that the chunks (and
+// so the summation order) do not depend on the device.
+constexpr int64_t kRepeatThreads = 128 * 2048;
+
 // out is (out_rows, cols) in acc_t. Few outputs with many repeats (a per-dim variance over a
 // large batch) split the repeats into up to 1024 chunks so that the GPU has enough threads.
 template <typename acc_t, typename Fn>
@@ -289,8 +298,7 @@ void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const
     C10_CUDA_CHECK(cudaMemsetAsync(out, 0, out_elems * sizeof(acc_t), stream));
     return;
   }
-  const int64_t want_threads = multiprocessors() * 2048;
-  const int64_t chunks = std::clamp<int64_t>(want_threads / out_elems, 1, std::min<int64_t>(repeats, 1024));
+  const int64_t chunks = std::clamp<int64_t>(kRepeatThreads / out_elems, 1, std::min<int64_t>(repeats, 1024));
   const int64_t per_chunk = (repeats + chunks - 1) / chunks;
   auto partial = at::empty({chunks * out_elems}, acc_opts);
   const dim3 grid((out_elems + kThreads - 1) / kThreads, chunks);

@@ -42,8 +42,16 @@ __device__ __forceinline__ PhiloxState unpack_state(const at::PhiloxCudaState& p
   return {std::get<0>(seeds), std::get<1>(seeds)};
 }
 
-// One thread per Philox group: four consecutive flat indices.
-template <typename scalar_t>
+// The state of a call that has no element to draw: recorded all the same, as the CPU op returns it.
+__global__ void record_state_kernel(at::PhiloxCudaState philox, int64_t* state_out) {
+  unpack_state(philox, state_out, true);
+}
+
+// One thread per Philox group: the four consecutive flat indices i0 .. i0 + 3 of z, written as
+// one pack (z is the op's own allocation: aligned, contiguous). mu and logvar are read at
+// p = i % n: one 64-bit division per group, then a step with wrap-around; as one pack each when
+// kPacked (n % 4 == 0 and both aligned: the four never wrap).
+template <typename scalar_t, bool kPacked>
 __global__ void reparameterize_kernel(const scalar_t* mu, const scalar_t* logvar, at::PhiloxCudaState philox,
                                       int64_t* state_out, int64_t n, int64_t total, scalar_t* z) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -53,14 +61,29 @@ __global__ void reparameterize_kernel(const scalar_t* mu, const scalar_t* logvar
        group += int64_t(gridDim.x) * blockDim.x) {
     acc_t eps[4];
     philox_normal4<acc_t>(st, static_cast<uint64_t>(group), eps);
+    const int64_t i0 = group * 4;
+    Pack<scalar_t, 4> out;
+    if constexpr (kPacked) {
+      const int64_t p = i0 % n;
+      const auto m = load_pack<4>(mu + p);
+      const auto lv = load_pack<4>(logvar + p);
 #pragma unroll
-    for (int lane = 0; lane < 4; ++lane) {
-      const int64_t i = group * 4 + lane;
-      if (i < total) {
-        const int64_t p = i % n;
-        z[i] = static_cast<scalar_t>(static_cast<acc_t>(mu[p]) +
-                                     std_dev(static_cast<acc_t>(logvar[p])) * eps[lane]);
+      for (int v = 0; v < 4; ++v)
+        out.v[v] = static_cast<scalar_t>(static_cast<acc_t>(m.v[v]) +
+                                         std_dev(static_cast<acc_t>(lv.v[v])) * eps[v]);
+    } else {
+      int64_t p = i0 % n;
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        out.v[v] = static_cast<scalar_t>(static_cast<acc_t>(mu[p]) +
+                                         std_dev(static_cast<acc_t>(logvar[p])) * eps[v]);
+        p = p + 1 == n ? 0 : p + 1;
       }
+    }
+    if (i0 + 4 <= total) {
+      store_pack<4>(z + i0, out);
+    } else {
+      for (int v = 0; v < total - i0; ++v) z[i0 + v] = out.v[v];
     }
   }
 }
@@ -189,12 +212,18 @@ struct SampleGrads {
 // device memory, as a captured state is) or the next offset of the generator. 4 offset units are
 // one counter step of common/philox.h's (curand's) layout: the only step this call draws, which
 // the generator then hands to no other op.
-at::PhiloxCudaState sampling_philox(std::optional<at::Generator> generator, const std::optional<at::Tensor>& rng_state) {
+at::PhiloxCudaState sampling_philox(const at::Tensor& mu, std::optional<at::Generator> generator,
+                                    const std::optional<at::Tensor>& rng_state) {
   if (rng_state.has_value() && rng_state->defined()) {
     auto* s = const_cast<int64_t*>(rng_state->const_data_ptr<int64_t>());
     return at::PhiloxCudaState(s, s + 1, 0);
   }
-  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(generator, at::cuda::detail::getDefaultCUDAGenerator());
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      generator, at::cuda::detail::getDefaultCUDAGenerator(mu.device().index()));
+  // A generator of another GPU: the kernel would read that device's seed and offset, and a CUDA
+  // graph captured on mu's device would not register it, so replays would not advance it.
+  TORCH_CHECK(gen->device() == mu.device(), "fastvae: the generator is on ", gen->device(), " but mu is on ",
+              mu.device(), "; pass a generator of mu's device");
   std::lock_guard<std::mutex> lock(gen->mutex_);
   return gen->philox_cuda_state(4);
 }
@@ -208,12 +237,24 @@ TensorPair reparameterize(const at::Tensor& mu, const at::Tensor& logvar, int64_
   auto z = at::empty(shape, mu.options());
   auto state = at::empty({2}, mu.options().dtype(at::kLong));
   const int64_t n = mu.numel(), total = n * num_samples;
-  const auto philox = sampling_philox(generator, rng_state);
-  if (total == 0) return {z, state.zero_()};  // no kernel to record the state (the Python layer refuses this)
+  const auto philox = sampling_philox(mu, generator, rng_state);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  if (total == 0) {
+    FASTVAE_LAUNCH(1, 1, 0, stream, record_state_kernel)(philox, state.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {z, state};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_cuda", [&] {
-    FASTVAE_LAUNCH(grid_for((total + 3) / 4), kThreads, 0, at::cuda::getCurrentCUDAStream(), reparameterize_kernel<scalar_t>)(
-        mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(), philox, state.mutable_data_ptr<int64_t>(),
-        n, total, z.mutable_data_ptr<scalar_t>());
+    const scalar_t* m = mu.const_data_ptr<scalar_t>();
+    const scalar_t* lv = logvar.const_data_ptr<scalar_t>();
+    scalar_t* zp = z.mutable_data_ptr<scalar_t>();
+    TORCH_INTERNAL_ASSERT(cuda_detail::packs_fit<4>(4, zp), "fastvae: z is not aligned for packs of 4");
+    const int64_t blocks = grid_for((total + 3) / 4);
+    int64_t* so = state.mutable_data_ptr<int64_t>();
+    if (cuda_detail::packs_fit<4>(n, m, lv))
+      FASTVAE_LAUNCH(blocks, kThreads, 0, stream, reparameterize_kernel<scalar_t, true>)(m, lv, philox, so, n, total, zp);
+    else
+      FASTVAE_LAUNCH(blocks, kThreads, 0, stream, reparameterize_kernel<scalar_t, false>)(m, lv, philox, so, n, total, zp);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {z, state};
@@ -229,7 +270,12 @@ TensorTriple reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logv
   auto state = at::empty({2}, mu.options().dtype(at::kLong));
   auto acc_opts = mu.options().dtype(acc_dtype(mu.scalar_type()));
   auto kl = at::empty({mu.size(0)}, acc_opts);
-  const auto philox = sampling_philox(generator, rng_state);
+  const auto philox = sampling_philox(mu, generator, rng_state);
+  if (mu.numel() == 0) {  // no element's thread records the state: one thread does
+    FASTVAE_LAUNCH(1, 1, 0, at::cuda::getCurrentCUDAStream(), record_state_kernel)(philox,
+                                                                                  state.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_with_kl_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const SampleAndKlRows<scalar_t> rows{mu.const_data_ptr<scalar_t>(), logvar.const_data_ptr<scalar_t>(),

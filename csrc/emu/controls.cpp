@@ -25,6 +25,14 @@ std::vector<int64_t> configure(int64_t sm_count, int64_t max_grid_y, int64_t rev
   return old;
 }
 
+// Makes every generator report cuda:<index> (-1: its own device again); returns the previous index.
+int64_t generator_device(int64_t index) {
+  TORCH_CHECK(index >= -1 && index < 64, "fastvae emu: generator device index must be in [-1, 64), got ", index);
+  const int64_t old = options().generator_device;
+  options().generator_device = static_cast<int>(index);
+  return old;
+}
+
 // out[k * n + t] = result k of thread t: __shfl, __shfl_up, __shfl_down, __shfl_xor of each
 // thread's value, with the given width; then how many lanes of its warp have a positive value.
 __global__ void shuffles_kernel(const float* in, int width, float* out) {
@@ -115,5 +123,6 @@ at::Tensor selftest(const std::string& name, const at::Tensor& input) {
 TORCH_LIBRARY_FRAGMENT(fastvae_emu, m) {
   m.def("_configure(int sm_count=-1, int max_grid_y=-1, int reverse=-1) -> int[]", &fastvae::emu::configure);
   m.def("_selftest(str name, Tensor input) -> Tensor", &fastvae::emu::selftest);
+  m.def("_generator_device(int index) -> int", &fastvae::emu::generator_device);
   m.def("_launch_log() -> str[]", [] { return fastvae::emu::take_launch_log(); });
 }

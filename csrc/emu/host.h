@@ -83,6 +83,12 @@ struct Generator {
   at::CPUGeneratorImpl* cpu;
   std::mutex& mutex_;
   PhiloxState philox_cuda_state(uint64_t /*increment*/) { return {cpu->random64(), 0}; }
+  // The CPU generator's device, which is the emulated tensors' (cpu), unless a test makes it
+  // stand for a generator of another GPU (torch.ops.fastvae_emu._generator_device).
+  c10::Device device() const {
+    const int index = options().generator_device;
+    return index < 0 ? cpu->device() : c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
 };
 
 inline const at::Generator& default_generator() { return at::detail::getDefaultCPUGenerator(); }

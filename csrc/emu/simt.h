@@ -105,6 +105,7 @@ struct Options {
   int sm_count = 1;          // multiProcessorCount: launch heuristics scale with it
   int max_grid_y = 65535;    // maxGridSize[1] (and [2]); small values make grid-y loops cheap
   bool reverse = false;      // run threads (and blocks) in reverse order
+  int generator_device = -1; // >= 0: generators report cuda:<index> (one of another GPU); -1: their own
 };
 Options& options();
 
