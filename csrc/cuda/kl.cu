@@ -33,17 +33,7 @@ struct KlGrads {
   template <int V>
   __device__ void map(int64_t r, int64_t j) const {
     const int64_t i = r * cols + j;
-    const auto m = load_pack<V>(mu + i);
-    const auto lv = load_pack<V>(logvar + i);
-    const acc_t g = grad[r];
-    Pack<scalar_t, V> gm, glv;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      gm.v[v] = static_cast<scalar_t>(g * static_cast<acc_t>(m.v[v]));
-      glv.v[v] = static_cast<scalar_t>(kl_normal_grad_logvar(static_cast<acc_t>(lv.v[v]), g));
-    }
-    store_pack<V>(grad_mu + i, gm);
-    store_pack<V>(grad_logvar + i, glv);
+    store_kl_grads<V>(load_pack<V>(mu + i), load_pack<V>(logvar + i), grad[r], grad_mu, grad_logvar, i);
   }
 };
 

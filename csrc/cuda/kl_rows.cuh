@@ -11,6 +11,21 @@
 namespace fastvae {
 namespace cuda_detail {
 
+// The KL's gradients times g for the pack (m, lv) at flat index i: g * mu to grad_mu,
+// g * (e^logvar - 1) / 2 to grad_logvar, one vector store each.
+template <int V, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void store_kl_grads(const Pack<scalar_t, V>& m, const Pack<scalar_t, V>& lv, acc_t g,
+                                               scalar_t* grad_mu, scalar_t* grad_logvar, int64_t i) {
+  Pack<scalar_t, V> gm, glv;
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    gm.v[v] = static_cast<scalar_t>(g * static_cast<acc_t>(m.v[v]));
+    glv.v[v] = static_cast<scalar_t>(kl_normal_grad_logvar(static_cast<acc_t>(lv.v[v]), g));
+  }
+  store_pack<V>(grad_mu + i, gm);
+  store_pack<V>(grad_logvar + i, glv);
+}
+
 template <typename scalar_t>
 struct KlRows {
   using acc_t = at::opmath_type<scalar_t>;
@@ -30,20 +45,9 @@ struct KlRows {
     const auto m = load_pack<V>(mu + i);
     const auto lv = load_pack<V>(logvar + i);
     acc_t s = 0;
-    Pack<scalar_t, V> gm, glv;
 #pragma unroll
-    for (int v = 0; v < V; ++v) {
-      const acc_t mv = static_cast<acc_t>(m.v[v]), l = static_cast<acc_t>(lv.v[v]);
-      s += kl_normal(mv, l);
-      if (grad_mu) {  // the same for every thread: no divergence
-        gm.v[v] = static_cast<scalar_t>(scale * mv);
-        glv.v[v] = static_cast<scalar_t>(kl_normal_grad_logvar(l, scale));
-      }
-    }
-    if (grad_mu) {
-      store_pack<V>(grad_mu + i, gm);
-      store_pack<V>(grad_logvar + i, glv);
-    }
+    for (int v = 0; v < V; ++v) s += kl_normal(static_cast<acc_t>(m.v[v]), static_cast<acc_t>(lv.v[v]));
+    if (grad_mu) store_kl_grads<V>(m, lv, scale, grad_mu, grad_logvar, i);  // the same for every thread
     return s;
   }
 };

@@ -298,7 +298,9 @@ void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const
     C10_CUDA_CHECK(cudaMemsetAsync(out, 0, out_elems * sizeof(acc_t), stream));
     return;
   }
-  const int64_t chunks = std::clamp<int64_t>(kRepeatThreads / out_elems, 1, std::min<int64_t>(repeats, 1024));
+  // At most 1024 chunks, under every GPU's grid-y limit of 65535 (the emulator may set less).
+  const int64_t max_chunks = std::min<int64_t>({repeats, 1024, at::cuda::getCurrentDeviceProperties()->maxGridSize[1]});
+  const int64_t chunks = std::clamp<int64_t>(kRepeatThreads / out_elems, 1, max_chunks);
   const int64_t per_chunk = (repeats + chunks - 1) / chunks;
   auto partial = at::empty({chunks * out_elems}, acc_opts);
   const dim3 grid((out_elems + kThreads - 1) / kThreads, chunks);
