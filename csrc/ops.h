@@ -39,10 +39,9 @@ using ElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, a
                                          const at::Tensor& logvar);                              \
   /* likelihood */                                                                               \
   TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x,             \
-                                      bool compute_grad, double grad_scale);                     \
-  TensorTriple gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x,              \
-                                       const at::Tensor& logvar, bool compute_grad,              \
-                                       double grad_scale);                                       \
+                                      bool compute_grad);                                        \
+  at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x,                \
+                                     const at::Tensor& logvar);                                  \
   TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Tensor& mean,    \
                                               const at::Tensor& x, const at::Tensor& logvar,     \
                                               bool logvar_grad);                                 \

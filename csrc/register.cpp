@@ -25,8 +25,9 @@
 
 // Bumped whenever a schema or the module's attributes change, so that fastvae/_extension.py can
 // refuse a stale build (7: cpu_isa, parallel_threads; 8: the sampling ops' Philox counter in
-// curand's layout, a new eps for a given seed).
-#define FASTVAE_OPS_VERSION 8
+// curand's layout, a new eps for a given seed; 9: the likelihoods without grad_scale, and the
+// Gaussian one without compute_grad and its gradient outputs).
+#define FASTVAE_OPS_VERSION 9
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a
@@ -40,8 +41,9 @@ FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   m.def("reparameterize_backward(Tensor grad_z, Tensor mu, Tensor logvar, Tensor rng_state, Tensor? grad_kl=None) -> (Tensor, Tensor)");
   m.def("kl_standard_normal(Tensor mu, Tensor logvar) -> Tensor");
   m.def("kl_standard_normal_backward(Tensor grad, Tensor mu, Tensor logvar) -> (Tensor, Tensor)");
-  m.def("bernoulli_log_likelihood(Tensor logits, Tensor x, bool compute_grad, float grad_scale=1.0) -> (Tensor, Tensor)");
-  m.def("gaussian_log_likelihood(Tensor mean, Tensor x, Tensor logvar, bool compute_grad=False, float grad_scale=1.0) -> (Tensor, Tensor, Tensor)");
+  // With compute_grad the Bernoulli likelihood also returns d ll / d logits, written in the same pass.
+  m.def("bernoulli_log_likelihood(Tensor logits, Tensor x, bool compute_grad) -> (Tensor, Tensor)");
+  m.def("gaussian_log_likelihood(Tensor mean, Tensor x, Tensor logvar) -> Tensor");
   m.def("gaussian_log_likelihood_backward(Tensor grad, Tensor mean, Tensor x, Tensor logvar, bool logvar_grad) -> (Tensor, Tensor)");
   m.def("gaussian_log_density(Tensor z, Tensor mu, Tensor logvar) -> Tensor");
   m.def("gaussian_log_density_backward(Tensor grad, Tensor z, Tensor mu, Tensor logvar) -> (Tensor, Tensor, Tensor)");

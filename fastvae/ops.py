@@ -75,19 +75,16 @@ def _(grad, mu, logvar):
 
 
 @torch.library.register_fake("fastvae::bernoulli_log_likelihood")
-def _(logits, x, compute_grad, grad_scale=1.0):
+def _(logits, x, compute_grad):
     _same_device(logits=logits, x=x)
     grad = torch.empty_like(logits) if compute_grad else logits.new_empty((0,))
     return _rows_out(logits), grad
 
 
 @torch.library.register_fake("fastvae::gaussian_log_likelihood")
-def _(mean, x, logvar, compute_grad=False, grad_scale=1.0):
+def _(mean, x, logvar):
     _same_device(mean=mean, x=x, logvar=logvar)
-    grad_mean = torch.empty_like(mean) if compute_grad else mean.new_empty((0,))
-    per_element = compute_grad and logvar.shape[0] == mean.shape[0]
-    grad_logvar = torch.empty_like(logvar) if per_element else logvar.new_empty((0,))
-    return _rows_out(mean), grad_mean, grad_logvar
+    return _rows_out(mean)
 
 
 @torch.library.register_fake("fastvae::gaussian_log_likelihood_backward")

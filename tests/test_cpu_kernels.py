@@ -68,10 +68,11 @@ def _thread_count_cases():
         *ops.kl_standard_normal_backward(g4, mu, lv),
         ops.reparameterize(mu, lv, 3, None, state)[0],
         *ops.reparameterize_backward(g, mu, lv, state, None),
-        *ops.bernoulli_log_likelihood(logits, x, True, 0.5),
-        *ops.gaussian_log_likelihood(logits, x, obs_lv, True, 1.0),
+        *ops.bernoulli_log_likelihood(logits, x, True),
+        ops.gaussian_log_likelihood(logits, x, obs_lv),
         *ops.gaussian_log_likelihood_backward(grad_rows, logits, x, obs_lv, True),
-        *ops.gaussian_log_likelihood(*bf, True, 1.0),
+        ops.gaussian_log_likelihood(*bf),
+        *ops.gaussian_log_likelihood_backward(grad_rows, *bf, True),
         ops.gaussian_log_density(zq, mu, lv), *ops.gaussian_log_density_backward(torch.ones(4), zq, mu, lv),
         *ops.elbo_loss(logits, x, None, mu_e, lv_e, obs_lv, 0.0, "gaussian", 0.7, "mean", [True, True, True]),
         *ops.elbo_loss(logits, x_bin, None, mu_e, lv_e, None, 0.0, "bernoulli", 1.0, "sum", [True, True, False]),
@@ -144,6 +145,6 @@ def test_large_outputs_ask_for_huge_pages():
         if "[never]" in f.read():
             pytest.skip("transparent huge pages are disabled on this machine")
     logits = torch.randn(40, 262_144)  # 40 MiB
-    _, grad = ops.bernoulli_log_likelihood(logits, torch.rand_like(logits), True, 1.0)
+    _, grad = ops.bernoulli_log_likelihood(logits, torch.rand_like(logits), True)
     start = grad.data_ptr()
     assert _huge_page_kib(start, start + grad.numel() * grad.element_size()) >= 2048

@@ -330,8 +330,8 @@ def _run_cell(op: Op, arg: str, edge: Edge, dtype: torch.dtype, shape: str, devi
         return
     out = op.fused(**leaves)
     cpu_inputs = {n: v.cpu() if isinstance(v, torch.Tensor) else v for n, v in inputs.items()}
-    refs = [(_leaves(cpu_inputs, True), None)] + ([(_leaves(cpu_inputs, False), None)] if edge.torch_range else [])
-    refs = [(lv, op.ref(out[0], **lv)) for lv, _ in refs]  # float64, then torch's own dtypes
+    ins = [_leaves(cpu_inputs, True)] + ([_leaves(cpu_inputs, False)] if edge.torch_range else [])
+    refs = [(i, op.ref(out[0], **i)) for i in ins]  # float64, then torch's own dtypes
     assert all(len(r) == len(out) for _, r in refs)
     # The tolerance of the least precise dtype in the cell (an input cast down computes in it).
     tol = max(TOL.get(t.dtype, 0.0) for t in [*out, *leaves.values()] if isinstance(t, torch.Tensor))
@@ -341,7 +341,7 @@ def _run_cell(op: Op, arg: str, edge: Edge, dtype: torch.dtype, shape: str, devi
     # A random incoming gradient per output (finite, never exactly zero).
     ws = [torch.rand(o.shape, dtype=torch.float64) + 0.5 for o in out]
     torch.autograd.backward(list(out), [w.to(o.dtype).to(o.device) for o, w in zip(out, ws)])
-    for lv, r in refs:
+    for _, r in refs:
         torch.autograd.backward(list(r), [w.to(t.dtype) for t, w in zip(r, ws)])
     for name, leaf in leaves.items():
         if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
@@ -356,11 +356,8 @@ def test_edge(op: Op, arg: str, edge: Edge, dtype: torch.dtype, shape: str, devi
     _run_cell(op, arg, edge, dtype, shape, device)
 
 
-def test_table_size():
-    """The table covers every op with IEEE, overflow, dtype and kind edges (a lower bound that
-    fails if the table shrinks by accident)."""
-    assert len({c.values[0].name for c in CELLS}) == len(OPS)
-    assert len(CELLS) >= 500
+def test_every_op_is_in_the_table():
+    assert {c.values[0].name for c in CELLS} == {op.name for op in OPS}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -411,7 +408,7 @@ def _raw_cases() -> Dict[str, Tuple[Callable[[str], Sequence[torch.Tensor]], Any
         "bernoulli_log_likelihood": (
             lambda d: ops.bernoulli_log_likelihood(t(0, 5, device=d), t(1, 5, device=d), True), [(0,), (0, 5)]),
         "gaussian_log_likelihood": (
-            lambda d: ops.gaussian_log_likelihood(t(0, 5, device=d), t(1, 5, device=d), t(1, 5, device=d))[:1], [(0,)]),
+            lambda d: [ops.gaussian_log_likelihood(t(0, 5, device=d), t(1, 5, device=d), t(1, 5, device=d))], [(0,)]),
         "gaussian_log_likelihood_backward": (
             lambda d: ops.gaussian_log_likelihood_backward(t(0, device=d), t(0, 5, device=d), t(1, 5, device=d),
                                                            t(1, 5, device=d), True),

@@ -113,8 +113,8 @@ def _bernoulli_make(shape, dtype):
 def _bernoulli_run(ops, a):
     out = []
     for x in ("x_soft", "x_u8", "x_bool"):
-        ll, grad = ops.bernoulli_log_likelihood(a["logits"], a[x], True, -0.25)
-        alone, empty = ops.bernoulli_log_likelihood(a["logits"], a[x], False, 1.0)
+        ll, grad = ops.bernoulli_log_likelihood(a["logits"], a[x], True)
+        alone, empty = ops.bernoulli_log_likelihood(a["logits"], a[x], False)
         assert empty.numel() == 0 and torch.equal(alone, ll)  # the gradient's pass leaves the sum alone
         out += [ll, grad]
     return out
@@ -125,7 +125,7 @@ def _bernoulli_ref(a):
     for x in ("x_soft", "x_u8", "x_bool"):
         xr = a[x].repeat(logits.shape[0] // a[x].shape[0], 1)
         y = R.bernoulli_log_likelihood(logits, xr)
-        out += [y.detach(), *_grads(y, [logits], torch.full_like(y, -0.25))]
+        out += [y.detach(), *_grads(y, [logits], torch.ones_like(y))]
     return out
 
 
@@ -138,9 +138,8 @@ def _gaussian_make(shape, dtype):
 
 def _gaussian_run(ops, a):
     out = []
-    for lv in ("lv", "lv_dim"):  # a per-element variance (fused gradient) and a per-dim one (summed)
-        ll, gmean, glv = ops.gaussian_log_likelihood(a["mean"], a["x"], a[lv], True, 0.5)
-        out += [ll, gmean] + ([glv] if lv == "lv" else [])
+    for lv in ("lv", "lv_dim"):  # a per-element variance (one pass) and a per-dim one (summed)
+        out += [ops.gaussian_log_likelihood(a["mean"], a["x"], a[lv])]
         out += list(ops.gaussian_log_likelihood_backward(a["g"], a["mean"], a["x"], a[lv], True))
     return out
 
@@ -151,9 +150,7 @@ def _gaussian_ref(a):
     for lv_name in ("lv", "lv_dim"):
         lv = a[lv_name].requires_grad_()
         y = R.gaussian_log_likelihood(mean, x, lv)
-        scaled = _grads(y, [mean, lv], torch.full_like(y, 0.5))
-        out += [y.detach(), scaled[0]] + ([scaled[1]] if lv_name == "lv" else [])
-        out += _grads(y, [mean, lv], a["g"])
+        out += [y.detach(), *_grads(y, [mean, lv], a["g"])]
     return out
 
 

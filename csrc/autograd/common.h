@@ -103,24 +103,23 @@ inline bool traced(const at::Tensor& t) {
          ks.has(c10::DispatchKey::Meta);
 }
 
-// Gradients a forward pass wrote for an incoming gradient of grad_scale (per row), handed on as
-// the true ones: times grad / grad_scale, by fastvae::elbo_rescale(_). With in_place_ok (the
+// Gradients a forward pass wrote for an incoming gradient of 1 (per row), handed on as the true
+// ones: times grad, by fastvae::elbo_rescale(_). With in_place_ok (the
 // saved tensors are the op's own buffers, which its callers do not read after backward), the
 // last backward through a graph (no retain_graph, not traced) scales them in place, and where the
 // factor is 1 the kernel moves no bytes; otherwise the results are new tensors. No test of the
 // factor here: on a GPU it would need a device-to-host sync.
 inline std::vector<at::Tensor> hand_on_precomputed(const at::Tensor& grad, std::vector<at::Tensor> pre,
-                                                   bool in_place_ok, double grad_scale = 1.0) {
+                                                   bool in_place_ok) {
   if (pre.empty()) return pre;
-  const at::Tensor factor = grad_scale == 1.0 ? grad : grad.div(grad_scale);
-  if (in_place_ok && !torch::autograd::get_current_graph_task_keep_graph() && !traced(factor) && !traced(pre[0])) {
+  if (in_place_ok && !torch::autograd::get_current_graph_task_keep_graph() && !traced(grad) && !traced(pre[0])) {
     static const auto rescale_ = find_op<void(const at::Tensor&, at::TensorList)>("fastvae::elbo_rescale_");
-    call_below_autograd(rescale_, factor, pre);
+    call_below_autograd(rescale_, grad, pre);
     return pre;
   }
   static const auto rescale =
       find_op<std::vector<at::Tensor>(const at::Tensor&, at::TensorList)>("fastvae::elbo_rescale");
-  return call_below_autograd(rescale, factor, pre);
+  return call_below_autograd(rescale, grad, pre);
 }
 
 }  // namespace autograd

@@ -118,12 +118,36 @@ inline void check_sampling_call(const at::Tensor& mu, const at::Tensor& logvar, 
   if (rng_state.has_value() && rng_state->defined()) check_rng_state(*rng_state, mu);
 }
 
+// Bernoulli logits (rows, D) and targets x: of the logits' dtype, uint8 or bool (0/1 read as one
+// byte per element), 2-D contiguous, broadcast over the logits' rows.
+inline void check_bernoulli(const at::Tensor& logits, const at::Tensor& x) {
+  check_matrix(logits, "logits");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "fastvae: x must be a contiguous 2-D tensor");
+  TORCH_CHECK(x.scalar_type() == logits.scalar_type() || x.scalar_type() == at::kByte ||
+                  x.scalar_type() == at::kBool,
+              "fastvae: x must have the dtype of logits (", logits.scalar_type(), "), uint8 or bool, got ",
+              x.scalar_type());
+  check_row_broadcast(logits, "logits", x, "x");
+}
+
 // The optional incoming gradient of the KL output of reparameterize_with_kl: mu is then 2-D and
 // grad_kl holds one accumulation-dtype entry per row.
 inline void check_kl_grad(const std::optional<at::Tensor>& grad_kl, const at::Tensor& mu) {
   if (!grad_kl.has_value() || !grad_kl->defined()) return;
   TORCH_CHECK(mu.dim() == 2, "fastvae: grad_kl needs a 2-D (rows, cols) mu, got ", mu.dim(), "-D");
   check_row_grad(*grad_kl, mu, "mu");
+}
+
+// reparameterize_backward: the sampling inputs, the KL output's gradient if any, and grad_z, the
+// incoming gradient of z: contiguous (num_samples, *mu.shape), of mu's dtype and device.
+inline void check_sampling_backward(const at::Tensor& grad_z, const at::Tensor& mu, const at::Tensor& logvar,
+                                    const at::Tensor& rng_state, const std::optional<at::Tensor>& grad_kl) {
+  check_sampling_inputs(mu, logvar, rng_state);
+  check_kl_grad(grad_kl, mu);
+  TORCH_CHECK(grad_z.dim() == mu.dim() + 1 && grad_z.numel() == grad_z.size(0) * mu.numel() &&
+                  grad_z.scalar_type() == mu.scalar_type() && grad_z.is_contiguous(),
+              "fastvae: grad_z must be a contiguous (num_samples, *mu.shape) tensor of mu's dtype");
+  check_same_device(grad_z, "grad_z", mu, "mu");
 }
 
 }  // namespace fastvae

@@ -15,102 +15,72 @@ namespace cpu {
 namespace {
 
 template <typename scalar_t, typename x_t>
-void bernoulli_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll,
-                       at::Tensor& grad, at::opmath_type<scalar_t> scale) {
+void bernoulli_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = logits.size(0), cols = logits.size(1), x_rows = x.size(0);
   const scalar_t* l = logits.const_data_ptr<scalar_t>();
   const x_t* xp = x.const_data_ptr<x_t>();
   scalar_t* g = grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr;
   auto x_at = [&](int64_t r, int64_t j) { return xp + (r % x_rows) * cols + j; };
-  // The gradient (x - sigmoid(l)) * scale is written in the same pass: with scale set to what
-  // the loss will send back (-1/B for a mean), backward can hand it on untouched.
-  const Vec<acc_t> vscale(scale);
+  // The gradient x - sigmoid(l) is written in the same pass: backward scales it by the incoming
+  // gradient, or hands it on untouched where that is 1.
   row_sums<acc_t>(
       rows, cols, ll.mutable_data_ptr<acc_t>(),
       [&](int64_t r, int64_t j) {
         Vec<acc_t> dl;
         const auto ll = bernoulli_ll_with_grad(load_widened<acc_t>(l + r * cols + j),
                                                load_widened<acc_t>(x_at(r, j)), &dl);
-        if (g) store_narrowed<acc_t>(g + r * cols + j, dl * vscale);
+        if (g) store_narrowed<acc_t>(g + r * cols + j, dl);
         return ll;
       },
       [&](int64_t r, int64_t j) {
         acc_t dl;
         const acc_t ll = bernoulli_ll_with_grad(static_cast<acc_t>(l[r * cols + j]),
                                                 static_cast<acc_t>(*x_at(r, j)), &dl);
-        if (g) g[r * cols + j] = static_cast<scalar_t>(dl * scale);
+        if (g) g[r * cols + j] = static_cast<scalar_t>(dl);
         return ll;
       });
 }
 
 }  // namespace
 
-TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x,
-                                    bool compute_grad, double grad_scale) {
-  check_matrix(logits, "logits");
-  TORCH_CHECK(grad_scale != 0.0, "fastvae: grad_scale must be non-zero");
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "fastvae: x must be a contiguous 2-D tensor");
-  TORCH_CHECK(x.scalar_type() == logits.scalar_type() || x.scalar_type() == at::kByte ||
-                  x.scalar_type() == at::kBool,
-              "fastvae: x must have the dtype of logits (", logits.scalar_type(),
-              "), uint8 or bool, got ", x.scalar_type());
-  check_row_broadcast(logits, "logits", x, "x");
+TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
+  check_bernoulli(logits, x);
   auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
   at::Tensor grad = compute_grad ? large_output(at::empty_like(logits)) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "bernoulli_ll", [&] {
     switch (x.scalar_type()) {
-      case at::kByte: bernoulli_forward<scalar_t, uint8_t>(logits, x, ll, grad, grad_scale); break;
-      case at::kBool: bernoulli_forward<scalar_t, bool>(logits, x, ll, grad, grad_scale); break;
-      default: bernoulli_forward<scalar_t, scalar_t>(logits, x, ll, grad, grad_scale);
+      case at::kByte: bernoulli_forward<scalar_t, uint8_t>(logits, x, ll, grad); break;
+      case at::kBool: bernoulli_forward<scalar_t, bool>(logits, x, ll, grad); break;
+      default: bernoulli_forward<scalar_t, scalar_t>(logits, x, ll, grad);
     }
   });
   return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
 }
 
-TensorTriple gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar,
-                                     bool compute_grad, double grad_scale) {
+at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar) {
   check_gaussian(mean, x, logvar);
-  TORCH_CHECK(grad_scale != 0.0, "fastvae: grad_scale must be non-zero");
   auto ll = at::empty({mean.size(0)}, mean.options().dtype(acc_dtype(mean.scalar_type())));
-  // With compute_grad the gradients times grad_scale are written in the same pass (as for the
-  // Bernoulli likelihood): the mean's, and a per-element variance's; a broadcast variance's needs
-  // a sum over rows, left to the backward op.
-  const bool logvar_grad = compute_grad && logvar.size(0) == mean.size(0);
-  at::Tensor grad_mean = compute_grad ? large_output(at::empty_like(mean)) : at::empty({0}, mean.options());
-  at::Tensor grad_logvar = logvar_grad ? large_output(at::empty_like(logvar)) : at::empty({0}, logvar.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "gaussian_ll", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t cols = mean.size(1), x_rows = x.size(0), lv_rows = logvar.size(0);
     const scalar_t* m = mean.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* lvp = logvar.const_data_ptr<scalar_t>();
-    scalar_t* gm = compute_grad ? grad_mean.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* glv = logvar_grad ? grad_logvar.mutable_data_ptr<scalar_t>() : nullptr;
-    const acc_t scale = static_cast<acc_t>(grad_scale);
-    const Vec<acc_t> vscale(scale);
     row_sums<acc_t>(
         mean.size(0), cols, ll.mutable_data_ptr<acc_t>(),
         [&](int64_t r, int64_t j) {
           const auto lv = load_widened<acc_t>(lvp + (r % lv_rows) * cols + j);
-          const auto xv = load_widened<acc_t>(xp + (r % x_rows) * cols + j);
-          const auto mv = load_widened<acc_t>(m + r * cols + j);
-          const auto h = inv_std(lv);
-          if (gm) store_narrowed<acc_t>(gm + r * cols + j, gaussian_ll_grad_mean(xv, mv, h, vscale));
-          if (glv) store_narrowed<acc_t>(glv + r * cols + j, gaussian_ll_grad_logvar(xv, mv, h, vscale));
-          return gaussian_ll(xv, mv, lv, h);
+          return gaussian_ll(load_widened<acc_t>(xp + (r % x_rows) * cols + j), load_widened<acc_t>(m + r * cols + j),
+                             lv, inv_std(lv));
         },
         [&](int64_t r, int64_t j) {
           const acc_t lv = static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]);
-          const acc_t xv = static_cast<acc_t>(xp[(r % x_rows) * cols + j]);
-          const acc_t mv = static_cast<acc_t>(m[r * cols + j]);
-          const acc_t h = inv_std(lv);
-          if (gm) gm[r * cols + j] = static_cast<scalar_t>(gaussian_ll_grad_mean(xv, mv, h, scale));
-          if (glv) glv[r * cols + j] = static_cast<scalar_t>(gaussian_ll_grad_logvar(xv, mv, h, scale));
-          return gaussian_ll(xv, mv, lv, h);
+          return gaussian_ll(static_cast<acc_t>(xp[(r % x_rows) * cols + j]), static_cast<acc_t>(m[r * cols + j]),
+                             lv, inv_std(lv));
         });
   });
-  return {ll, grad_mean, grad_logvar};
+  return ll;
 }
 
 TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Tensor& mean,

@@ -37,35 +37,15 @@ struct GaussianOperands {
 };
 
 // log N(a | b, e^logvar) per row, which is also log N(b | a, e^logvar): the likelihood of x
-// given the decoder mean and the posterior density of z given mu are both this sum. Where
-// grad_a (and grad_logvar, logvar then having a's rows) are given, the gradients times scale
-// are written in the same pass.
+// given the decoder mean and the posterior density of z given mu are both this sum.
 template <typename scalar_t>
 struct GaussianRows : GaussianOperands<scalar_t> {
   using acc_t = at::opmath_type<scalar_t>;
-  scalar_t* grad_a = nullptr;
-  scalar_t* grad_logvar = nullptr;
-  acc_t scale = 1;
-
-  bool packs_fit() const {
-    return GaussianOperands<scalar_t>::packs_fit() &&
-           cuda_detail::packs_fit<GaussianOperands<scalar_t>::kPack>(this->cols, grad_a, grad_logvar);
-  }
 
   template <int V>
   __device__ acc_t sum(int64_t r, int64_t j) const {
     acc_t s = 0;
-    Pack<scalar_t, V> ga, glv;
-    this->template for_pack<V>(r, j, [&](int v, acc_t a, acc_t b, acc_t lv, acc_t h) {
-      s += gaussian_ll(b, a, lv, h);
-      if (grad_a) {  // the same for every thread: no divergence, no gradient math when not asked
-        ga.v[v] = static_cast<scalar_t>(gaussian_ll_grad_mean(b, a, h, scale));
-        glv.v[v] = static_cast<scalar_t>(gaussian_ll_grad_logvar(b, a, h, scale));
-      }
-    });
-    const int64_t i = r * this->cols + j;
-    if (grad_a) store_pack<V>(grad_a + i, ga);
-    if (grad_logvar) store_pack<V>(grad_logvar + i, glv);
+    this->template for_pack<V>(r, j, [&](int, acc_t a, acc_t b, acc_t lv, acc_t h) { s += gaussian_ll(b, a, lv, h); });
     return s;
   }
 };

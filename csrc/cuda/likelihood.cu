@@ -17,8 +17,8 @@ using namespace cuda_detail;
 
 namespace {
 
-// Terms of rows of logits against x (row r reads x row r % x_rows); (x - sigmoid(l)) * scale is
-// written in the same pass, ready for backward.
+// Terms of rows of logits against x (row r reads x row r % x_rows); x - sigmoid(l) is written in
+// the same pass, ready for backward.
 template <typename scalar_t, typename x_t>
 struct BernoulliRows {
   using acc_t = at::opmath_type<scalar_t>;
@@ -27,7 +27,6 @@ struct BernoulliRows {
   const x_t* x;
   scalar_t* grad;  // null: no gradient asked for
   int64_t cols, x_rows;
-  acc_t scale;
 
   bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, logits, x, grad); }
 
@@ -41,7 +40,7 @@ struct BernoulliRows {
     for (int v = 0; v < V; ++v) {
       acc_t dl;
       s += bernoulli_ll_with_grad(static_cast<acc_t>(l.v[v]), static_cast<acc_t>(xv.v[v]), &dl);
-      g.v[v] = static_cast<scalar_t>(dl * scale);
+      g.v[v] = static_cast<scalar_t>(dl);
     }
     if (grad) store_pack<V>(grad + r * cols + j, g);
     return s;
@@ -49,60 +48,42 @@ struct BernoulliRows {
 };
 
 template <typename scalar_t, typename x_t>
-void bernoulli_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad,
-                       at::opmath_type<scalar_t> scale) {
+void bernoulli_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const BernoulliRows<scalar_t, x_t> rows{logits.const_data_ptr<scalar_t>(), x.const_data_ptr<x_t>(),
                                           grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
-                                          logits.size(1), x.size(0), scale};
+                                          logits.size(1), x.size(0)};
   row_sums<acc_t>(logits.size(0), logits.size(1), ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
 }
 
 }  // namespace
 
-TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad,
-                                    double grad_scale) {
-  check_matrix(logits, "logits");
-  TORCH_CHECK(grad_scale != 0.0, "fastvae: grad_scale must be non-zero");
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "fastvae: x must be a contiguous 2-D tensor");
-  TORCH_CHECK(x.scalar_type() == logits.scalar_type() || x.scalar_type() == at::kByte ||
-                  x.scalar_type() == at::kBool,
-              "fastvae: x must have the dtype of logits (", logits.scalar_type(), "), uint8 or bool, got ",
-              x.scalar_type());
-  check_row_broadcast(logits, "logits", x, "x");
+TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
+  check_bernoulli(logits, x);
   const c10::cuda::CUDAGuard guard(logits.device());
   auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
   at::Tensor grad = compute_grad ? at::empty_like(logits) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "bernoulli_ll_cuda", [&] {
     switch (x.scalar_type()) {
-      case at::kByte: bernoulli_forward<scalar_t, uint8_t>(logits, x, ll, grad, grad_scale); break;
-      case at::kBool: bernoulli_forward<scalar_t, bool>(logits, x, ll, grad, grad_scale); break;
-      default: bernoulli_forward<scalar_t, scalar_t>(logits, x, ll, grad, grad_scale);
+      case at::kByte: bernoulli_forward<scalar_t, uint8_t>(logits, x, ll, grad); break;
+      case at::kBool: bernoulli_forward<scalar_t, bool>(logits, x, ll, grad); break;
+      default: bernoulli_forward<scalar_t, scalar_t>(logits, x, ll, grad);
     }
   });
   return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
 }
 
-TensorTriple gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar,
-                                     bool compute_grad, double grad_scale) {
+at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar) {
   check_gaussian(mean, x, logvar);
-  TORCH_CHECK(grad_scale != 0.0, "fastvae: grad_scale must be non-zero");
   const c10::cuda::CUDAGuard guard(mean.device());
   auto acc_opts = mean.options().dtype(acc_dtype(mean.scalar_type()));
   auto ll = at::empty({mean.size(0)}, acc_opts);
-  // As on the CPU: the mean's gradient, and a per-element variance's, times grad_scale.
-  const bool logvar_grad = compute_grad && logvar.size(0) == mean.size(0);
-  at::Tensor grad_mean = compute_grad ? at::empty_like(mean) : at::empty({0}, mean.options());
-  at::Tensor grad_logvar = logvar_grad ? at::empty_like(logvar) : at::empty({0}, logvar.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "gaussian_ll_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const GaussianRows<scalar_t> rows{gaussian_operands<scalar_t>(mean, x, logvar),
-                                      compute_grad ? grad_mean.mutable_data_ptr<scalar_t>() : nullptr,
-                                      logvar_grad ? grad_logvar.mutable_data_ptr<scalar_t>() : nullptr,
-                                      static_cast<acc_t>(grad_scale)};
+    const GaussianRows<scalar_t> rows{gaussian_operands<scalar_t>(mean, x, logvar)};
     row_sums<acc_t>(mean.size(0), mean.size(1), ll.mutable_data_ptr<acc_t>(), acc_opts, rows);
   });
-  return {ll, grad_mean, grad_logvar};
+  return ll;
 }
 
 TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Tensor& mean, const at::Tensor& x,

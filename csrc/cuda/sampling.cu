@@ -288,13 +288,8 @@ TensorTriple reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logv
 
 TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& mu, const at::Tensor& logvar,
                                    const at::Tensor& rng_state, const std::optional<at::Tensor>& grad_kl) {
-  check_sampling_inputs(mu, logvar, rng_state);
-  check_kl_grad(grad_kl, mu);
+  check_sampling_backward(grad_z, mu, logvar, rng_state, grad_kl);
   const int64_t n = mu.numel();
-  TORCH_CHECK(grad_z.dim() == mu.dim() + 1 && grad_z.numel() == grad_z.size(0) * n &&
-                  grad_z.scalar_type() == mu.scalar_type() && grad_z.is_contiguous(),
-              "fastvae: grad_z must be a contiguous (num_samples, *mu.shape) tensor of mu's dtype");
-  check_same_device(grad_z, "grad_z", mu, "mu");
   const c10::cuda::CUDAGuard guard(mu.device());
   auto grad_mu = at::empty_like(mu);
   auto grad_logvar = at::empty_like(logvar);

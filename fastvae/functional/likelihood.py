@@ -41,7 +41,7 @@ def bernoulli_log_likelihood(
     if x.dtype in FLOATS:
         x = cast(x, logits.dtype)
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    ll, _ = ops.bernoulli_log_likelihood(as_rows(logits, shape, e, full=True), as_rows(x, shape, e), compute_grad, 1.0)
+    ll, _ = ops.bernoulli_log_likelihood(as_rows(logits, shape, e, full=True), as_rows(x, shape, e), compute_grad)
     return ll.view(split_event(shape, e))
 
 
@@ -69,8 +69,8 @@ def gaussian_log_likelihood(
         raise ValueError("mean must be at least 1-D")
     e = check_event_dims(event_dims, len(shape), "mean")
     check_nonempty(shape, "mean")
-    ll, _, _ = ops.gaussian_log_likelihood(
+    ll = ops.gaussian_log_likelihood(
         as_rows(mean, shape, e, full=True), as_rows(cast(x, mean.dtype), shape, e),
-        as_rows(cast(logvar_t, mean.dtype), shape, e), False, 1.0,
+        as_rows(cast(logvar_t, mean.dtype), shape, e),
     )
     return ll.view(split_event(shape, e))
