@@ -182,3 +182,30 @@ def test_elbo_kl_from_mu_and_logvar_runs_on_the_row_machinery(latent):
     assert rel_err(loss, ref.detach()) < 1e-6
     for got, want in zip((g_recon, g_mu, g_lv), torch.autograd.grad(ref, leaves)):
         assert rel_err(got, want) < 1e-6
+
+
+# ---------------------------------------------------------------- found on the H200: broadcast sums
+@pytest.mark.parametrize("shape", [(65536, 20), (4099, 7)])
+def test_broadcast_variance_gradient_sums_as_closely_as_the_cpu(shape):
+    # A per-dim log-variance's gradient sums one term per row; with the upstream gradient of both
+    # signs the float32 chunks of repeat_sums lost 3e-4 of it at 65536 rows (test_cuda on a GPU).
+    import fastvae.functional as F
+
+    mean, x = torch.randn(shape), torch.randn(shape)
+    per_dim = torch.randn(shape[1])
+    grads = []
+    for routed in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (mean, x, per_dim)]
+        with emu.routed() if routed else torch.enable_grad():
+            out = F.gaussian_log_likelihood(*leaves)
+            out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        grads.append(leaves[2].grad)
+    # the float64 reference of the same gradient
+    m64, x64, v64 = (t.double().requires_grad_() for t in (mean, x, per_dim))
+    from fastvae import reference as R
+
+    out64 = R.gaussian_log_likelihood(m64, x64, v64)
+    out64.backward(torch.linspace(-1, 1, out64.numel(), dtype=torch.float64).view_as(out64))
+    exact = v64.grad
+    assert rel_err(grads[0], exact) < 1e-6
+    assert rel_err(grads[1], exact) < 1e-6, "emulated CUDA kernels"

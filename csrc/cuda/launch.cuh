@@ -262,24 +262,27 @@ void row_map(int64_t rows, int64_t cols, const Fn& fn) {
 // ---------------------------------------------------------------- broadcast-operand gradients
 template <typename acc_t, typename Fn>
 __global__ void repeat_partials_kernel(int64_t out_elems, int64_t out_rows, int64_t cols, int64_t repeats,
-                                       int64_t per_chunk, acc_t* partial, Fn fn) {
+                                       int64_t per_chunk, double* partial, Fn fn) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= out_elems) return;
   const int64_t b = idx / cols, j = idx % cols;
   const int64_t k0 = blockIdx.y * per_chunk;
   const int64_t k1 = repeats < k0 + per_chunk ? repeats : k0 + per_chunk;
-  acc_t s = 0;
-  for (int64_t k = k0; k < k1; ++k) s += fn(k * out_rows + b, j);
+  double s = 0;
+  for (int64_t k = k0; k < k1; ++k) s += static_cast<double>(fn(k * out_rows + b, j));
   partial[blockIdx.y * out_elems + idx] = s;
 }
 
+// Partials and their sum in double: a broadcast gradient sums many terms of both signs (the
+// upstream gradient of a mean-reduced loss), and float32 chunks lost 3e-4 of it at 65536 rows
+// (seen on an H200), where the CPU kernels, which sum in double, agree with float64.
 template <typename acc_t>
-__global__ void sum_partials_kernel(int64_t out_elems, int64_t chunks, const acc_t* partial, acc_t* out) {
+__global__ void sum_partials_kernel(int64_t out_elems, int64_t chunks, const double* partial, acc_t* out) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= out_elems) return;
-  acc_t s = 0;
+  double s = 0;
   for (int64_t c = 0; c < chunks; ++c) s += partial[c * out_elems + idx];
-  out[idx] = s;
+  out[idx] = static_cast<acc_t>(s);
 }
 
 // Threads repeat_sums aims for: those of a GPU of ~128 SMs, a constant so that the chunks (and
@@ -302,13 +305,13 @@ void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const
   const int64_t max_chunks = std::min<int64_t>({repeats, 1024, at::cuda::getCurrentDeviceProperties()->maxGridSize[1]});
   const int64_t chunks = std::clamp<int64_t>(kRepeatThreads / out_elems, 1, max_chunks);
   const int64_t per_chunk = (repeats + chunks - 1) / chunks;
-  auto partial = at::empty({chunks * out_elems}, acc_opts);
+  auto partial = at::empty({chunks * out_elems}, acc_opts.dtype(at::kDouble));
   const dim3 grid((out_elems + kThreads - 1) / kThreads, chunks);
   FASTVAE_LAUNCH(grid, kThreads, 0, stream, repeat_partials_kernel<acc_t>)(out_elems, out_rows, cols, repeats, per_chunk,
-                                                                          partial.mutable_data_ptr<acc_t>(), fn);
+                                                                          partial.mutable_data_ptr<double>(), fn);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   FASTVAE_LAUNCH((out_elems + kThreads - 1) / kThreads, kThreads, 0, stream, sum_partials_kernel<acc_t>)(
-      out_elems, chunks, partial.const_data_ptr<acc_t>(), out);
+      out_elems, chunks, partial.const_data_ptr<double>(), out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -222,8 +222,12 @@ at::PhiloxCudaState sampling_philox(const at::Tensor& mu, std::optional<at::Gene
       generator, at::cuda::detail::getDefaultCUDAGenerator(mu.device().index()));
   // A generator of another GPU: the kernel would read that device's seed and offset, and a CUDA
   // graph captured on mu's device would not register it, so replays would not advance it.
-  TORCH_CHECK(gen->device() == mu.device(), "fastvae: the generator is on ", gen->device(), " but mu is on ",
-              mu.device(), "; pass a generator of mu's device");
+  // torch.Generator(device="cuda") has no device index (it serves the current device): only an
+  // index that names another GPU is refused.
+  const auto gen_device = gen->device();
+  TORCH_CHECK(gen_device.is_cuda() && (!gen_device.has_index() || gen_device.index() == mu.device().index()),
+              "fastvae: the generator is on ", gen_device, " but mu is on ", mu.device(),
+              "; pass a generator of mu's device");
   std::lock_guard<std::mutex> lock(gen->mutex_);
   return gen->philox_cuda_state(4);
 }
