@@ -62,6 +62,11 @@ def build_report(folder: str) -> Dict[str, Any]:
             accuracy = {"error": f"unreadable {os.path.basename(path)}"}
     if not (meta or rows or summary or accuracy):
         raise ValueError(f"folder {folder!r} holds no gpu_check.sh results")
+    env = _read(os.path.join(folder, "env.txt")) or ""
+    # The kit's COMMIT file heads env.txt's kit section: the commit the measured kernels came from.
+    kit = re.search(r"^== kit\n([0-9a-f]{40})$", env, re.M)
+    if kit and "fastvae_commit" not in meta:
+        meta = {**meta, "fastvae_commit": kit.group(1)[:7]}
     return {
         "kind": "gpu_check",
         "device": meta.get("gpu") or meta.get("device") or (accuracy or {}).get("device"),
@@ -69,7 +74,7 @@ def build_report(folder: str) -> Dict[str, Any]:
         "meta": meta,
         "stages": [line for line in summary if line.startswith("stage ")],
         "summary": summary,
-        "env": (_read(os.path.join(folder, "env.txt")) or "")[:20000],
+        "env": env[:20000],
         "accuracy": accuracy,
         "bench": rows,
     }
