@@ -186,26 +186,25 @@ def test_elbo_kl_from_mu_and_logvar_runs_on_the_row_machinery(latent):
 
 # ---------------------------------------------------------------- found on the H200: broadcast sums
 @pytest.mark.parametrize("shape", [(65536, 20), (4099, 7)])
-def test_broadcast_variance_gradient_sums_as_closely_as_the_cpu(shape):
-    # A per-dim log-variance's gradient sums one term per row; with the upstream gradient of both
-    # signs the float32 chunks of repeat_sums lost 3e-4 of it at 65536 rows (test_cuda on a GPU).
+def test_broadcast_variance_gradient_sums_within_rounding_of_its_terms(shape):
+    # A per-dim log-variance's gradient sums one term per row, of both signs when the upstream
+    # gradient has both: the sum can be far smaller than its terms, so its error is measured
+    # against the sum of the terms' magnitudes (what a summation can promise), in float64.
     import fastvae.functional as F
+    from fastvae import reference as R
 
-    mean, x = torch.randn(shape), torch.randn(shape)
-    per_dim = torch.randn(shape[1])
+    mean, x, per_dim = torch.randn(shape), torch.randn(shape), torch.randn(shape[1])
+    upstream = torch.linspace(-1, 1, shape[0])
     grads = []
     for routed in (False, True):
         leaves = [t.clone().requires_grad_() for t in (mean, x, per_dim)]
         with emu.routed() if routed else torch.enable_grad():
-            out = F.gaussian_log_likelihood(*leaves)
-            out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
-        grads.append(leaves[2].grad)
-    # the float64 reference of the same gradient
+            F.gaussian_log_likelihood(*leaves).backward(upstream)
+        grads.append(leaves[2].grad.double())
     m64, x64, v64 = (t.double().requires_grad_() for t in (mean, x, per_dim))
-    from fastvae import reference as R
-
-    out64 = R.gaussian_log_likelihood(m64, x64, v64)
-    out64.backward(torch.linspace(-1, 1, out64.numel(), dtype=torch.float64).view_as(out64))
-    exact = v64.grad
-    assert rel_err(grads[0], exact) < 1e-6
-    assert rel_err(grads[1], exact) < 1e-6, "emulated CUDA kernels"
+    R.gaussian_log_likelihood(m64, x64, v64).backward(upstream.double())
+    terms = 0.5 * upstream.double()[:, None] * ((x64 - m64) ** 2 * torch.exp(-v64) - 1)
+    scale = terms.detach().abs().sum(0)
+    for got, where in zip(grads, ("cpu", "emulated CUDA")):
+        # each term is rounded to float32 a few times (~1e-6 of the magnitudes at most)
+        assert ((got - v64.grad).abs() / scale).max() < 2e-5, where

@@ -225,7 +225,8 @@ at::PhiloxCudaState sampling_philox(const at::Tensor& mu, std::optional<at::Gene
   // torch.Generator(device="cuda") has no device index (it serves the current device): only an
   // index that names another GPU is refused.
   const auto gen_device = gen->device();
-  TORCH_CHECK(gen_device.is_cuda() && (!gen_device.has_index() || gen_device.index() == mu.device().index()),
+  TORCH_CHECK(gen_device.type() == mu.device().type() &&
+                  (!gen_device.has_index() || !mu.device().has_index() || gen_device.index() == mu.device().index()),
               "fastvae: the generator is on ", gen_device, " but mu is on ", mu.device(),
               "; pass a generator of mu's device");
   std::lock_guard<std::mutex> lock(gen->mutex_);
