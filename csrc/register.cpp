@@ -26,16 +26,19 @@
 // Bumped whenever a schema or the module's attributes change, so that fastvae/_extension.py can
 // refuse a stale build (7: cpu_isa, parallel_threads; 8: the sampling ops' Philox counter in
 // curand's layout, a new eps for a given seed; 9: the likelihoods without grad_scale, and the
-// Gaussian one without compute_grad and its gradient outputs).
-#define FASTVAE_OPS_VERSION 9
+// Gaussian one without compute_grad and its gradient outputs; 10: num_samples optional in the
+// samplers).
+#define FASTVAE_OPS_VERSION 10
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a
   // given rng_state) and return it as their last output, for the backward op to draw eps again.
-  m.def("reparameterize(Tensor mu, Tensor logvar, int num_samples, Generator? generator=None, "
+  // z is (num_samples, *mu.shape); num_samples None draws one sample shaped like mu (no sample
+  // dim, so the caller needs no squeeze: no view node in the graph of a training step).
+  m.def("reparameterize(Tensor mu, Tensor logvar, int? num_samples, Generator? generator=None, "
         "Tensor? rng_state=None) -> (Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});
-  m.def("reparameterize_with_kl(Tensor mu, Tensor logvar, int num_samples, Generator? generator=None, "
+  m.def("reparameterize_with_kl(Tensor mu, Tensor logvar, int? num_samples, Generator? generator=None, "
         "Tensor? rng_state=None) -> (Tensor, Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});
   m.def("reparameterize_backward(Tensor grad_z, Tensor mu, Tensor logvar, Tensor rng_state, Tensor? grad_kl=None) -> (Tensor, Tensor)");
@@ -60,9 +63,26 @@ FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   m.def("elbo_rescale(Tensor grad, Tensor[] grads) -> Tensor[]");
 }
 
+namespace fastvae {
+namespace {
+
+// A backend's sampling kernel (num_samples >= 1 draws, z of shape (K, *mu.shape)) behind the
+// schema's optional num_samples: None is one draw with z shaped like mu.
+template <typename Ret, Ret (*kernel)(const at::Tensor&, const at::Tensor&, int64_t, std::optional<at::Generator>,
+                                      const std::optional<at::Tensor>&)>
+Ret sampler(const at::Tensor& mu, const at::Tensor& logvar, std::optional<int64_t> num_samples,
+            std::optional<at::Generator> generator, const std::optional<at::Tensor>& rng_state) {
+  Ret out = kernel(mu, logvar, num_samples.value_or(1), std::move(generator), rng_state);
+  if (!num_samples.has_value()) std::get<0>(out) = std::get<0>(out).view(mu.sizes());
+  return out;
+}
+
+}  // namespace
+}  // namespace fastvae
+
 #define FASTVAE_IMPL_ALL(ns)                                                                   \
-  m.impl("reparameterize", &fastvae::ns::reparameterize);                                      \
-  m.impl("reparameterize_with_kl", &fastvae::ns::reparameterize_with_kl);                      \
+  m.impl("reparameterize", &fastvae::sampler<fastvae::TensorPair, &fastvae::ns::reparameterize>);       \
+  m.impl("reparameterize_with_kl", &fastvae::sampler<fastvae::TensorTriple, &fastvae::ns::reparameterize_with_kl>); \
   m.impl("reparameterize_backward", &fastvae::ns::reparameterize_backward);                    \
   m.impl("kl_standard_normal", &fastvae::ns::kl_standard_normal);                              \
   m.impl("kl_standard_normal_backward", &fastvae::ns::kl_standard_normal_backward);            \

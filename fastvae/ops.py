@@ -44,16 +44,21 @@ def _rng_out(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty((2,), dtype=torch.int64)
 
 
+def _sample_out(mu: torch.Tensor, num_samples) -> torch.Tensor:
+    """z: (num_samples, *mu.shape), or mu's shape for num_samples None."""
+    return mu.new_empty(mu.shape if num_samples is None else (num_samples, *mu.shape))
+
+
 @torch.library.register_fake("fastvae::reparameterize")
 def _(mu, logvar, num_samples, generator=None, rng_state=None):
     _same_device(mu=mu, logvar=logvar, rng_state=rng_state)
-    return mu.new_empty((num_samples, *mu.shape)), _rng_out(mu)
+    return _sample_out(mu, num_samples), _rng_out(mu)
 
 
 @torch.library.register_fake("fastvae::reparameterize_with_kl")
 def _(mu, logvar, num_samples, generator=None, rng_state=None):
     _same_device(mu=mu, logvar=logvar, rng_state=rng_state)
-    return mu.new_empty((num_samples, *mu.shape)), _rows_out(mu), _rng_out(mu)
+    return _sample_out(mu, num_samples), _rows_out(mu), _rng_out(mu)
 
 
 @torch.library.register_fake("fastvae::reparameterize_backward")

@@ -26,6 +26,9 @@ def _samples(device):
     yield ops.reparameterize, (mu, lv, 3, None, rng)
     yield ops.reparameterize_backward, (t(3, 4, 6, grad=False), mu.detach(), lv.detach(), rng)
     yield ops.reparameterize_with_kl, (mu, lv, 2, None, rng)
+    # num_samples None: one draw shaped like mu, its backward through the same op.
+    yield ops.reparameterize, (mu, lv, None, None, rng)
+    yield ops.reparameterize_with_kl, (mu, lv, None, None, rng)
     yield ops.reparameterize_backward, (t(2, 4, 6, grad=False), mu.detach(), lv.detach(), rng, t(4, grad=False))
     yield ops.kl_standard_normal, (mu, lv)
     yield ops.kl_standard_normal, (t(4, 6, dtype=torch.bfloat16), t(4, 6, dtype=torch.bfloat16))

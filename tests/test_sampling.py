@@ -67,6 +67,28 @@ def test_sampling_ops_return_the_state_they_drew_from(device):
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("op", ["reparameterize", "reparameterize_with_kl"])
+def test_no_sample_dim_is_one_sample_shaped_like_mu(device, op):
+    """num_samples None: the draw of num_samples=1 from the same state, without its sample dim,
+    and the same gradients (the backward op sees one sample)."""
+    sampler = getattr(torch.ops.fastvae, op)
+    mu = torch.randn(4, 9, device=device, requires_grad=True)
+    lv = torch.randn(4, 9, device=device, requires_grad=True)
+    state = torch.tensor([int(torch.randint(0, 2**62, ())), 7], device=device)
+    flat = sampler(mu, lv, None, None, state)
+    one = sampler(mu, lv, 1, None, state)
+    assert flat[0].shape == mu.shape and one[0].shape == (1, *mu.shape)
+    assert torch.equal(flat[0], one[0][0]) and torch.equal(flat[-1], one[-1])
+    w = torch.randn_like(mu)
+    got = torch.autograd.grad(flat[0], (mu, lv), w)
+    want = torch.autograd.grad(one[0], (mu, lv), w.unsqueeze(0))
+    for g, r in zip(got, want):
+        assert torch.equal(g, r)
+    z = F.reparameterize(mu, lv)
+    assert z.shape == mu.shape and z.grad_fn.name().startswith("torch::autograd::CppNode")  # no view node
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_reparameterize_backward_regenerates_eps(device, dtype):
     mu = torch.randn(5, 1025, device=device).to(dtype).requires_grad_()

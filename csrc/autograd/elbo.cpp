@@ -26,12 +26,25 @@ at::Tensor value(const std::optional<at::Tensor>& t) {
 enum Input { kRecon = 0, kX, kKl, kMu, kLogvar, kObs, kNumTensorInputs };
 constexpr size_t kNumInputs = 11;  // every argument of elbo_loss, tensors first
 
+// What the forward pass tells its backward, in the bits of one int64: the likelihood and
+// reduction, which gradients it wrote, and each tensor input's index among the node's edges
+// (needs_input_grad's numbering: absent optional tensors have none), 4 bits each, biased by 1.
+struct Flags {
+  enum Bit { kGaussian = 0, kNone, kMean, kWritten, kEdges = kWritten + 5 };
+  int64_t bits = 0;
+
+  void set(int bit, bool on) { bits |= static_cast<int64_t>(on) << bit; }
+  bool get(int bit) const { return (bits >> bit) & 1; }
+  void set_edge(int64_t input, int64_t edge) { bits |= (edge + 1) << (kEdges + 4 * input); }
+  int64_t edge(int64_t input) const { return ((bits >> (kEdges + 4 * input)) & 0xF) - 1; }
+};
+
 }  // namespace
 
 class ElboLoss : public torch::autograd::Function<ElboLoss> {
  public:
   // Absent optional tensors are passed as std::nullopt: autograd gives them no edge, so
-  // needs_input_grad's index of each present tensor is kept in saved_data["edges"].
+  // needs_input_grad's index of each present tensor is kept in the saved flags.
   static variable_list forward(AutogradContext* ctx, const at::Tensor& recon, const at::Tensor& x,
                                const std::optional<at::Tensor>& kl_opt, const std::optional<at::Tensor>& mu_opt,
                                const std::optional<at::Tensor>& logvar_opt,
@@ -43,10 +56,11 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
         call_below_autograd(op, recon, x, kl_opt, mu_opt, logvar_opt, obs_opt, obs_logvar_value, likelihood, beta,
                             reduction, grad_mask);
     const at::Tensor kl = value(kl_opt), mu = value(mu_opt), logvar = value(logvar_opt), obs_logvar = value(obs_opt);
-    std::vector<int64_t> edges;
-    int64_t next = 0;
-    for (const at::Tensor* t : {&recon, &x, &kl, &mu, &logvar, &obs_logvar}) edges.push_back(t->defined() ? next++ : -1);
-    ctx->saved_data["edges"] = edges;
+    // Everything backward needs but tensors and sizes, packed into one integer (one saved_data
+    // entry instead of seven: this runs on every training step).
+    Flags flags;
+    int64_t next = 0, k = 0;
+    for (const at::Tensor* t : {&recon, &x, &kl, &mu, &logvar, &obs_logvar}) flags.set_edge(k++, t->defined() ? next++ : -1);
     const bool gaussian = likelihood == "gaussian";
     const bool none = reduction == "none";
     const bool x_grad = x.requires_grad();
@@ -62,15 +76,16 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
     at::Tensor keep_recon = (x_grad && !gaussian) || obs_later ? recon : at::Tensor();
     ctx->save_for_backward({g_recon, g_kl, g_mu, g_logvar, g_obs, keep_recon, obs_later ? x : at::Tensor(),
                             obs_later ? obs_logvar : at::Tensor()});
-    ctx->saved_data["gaussian"] = gaussian;
-    ctx->saved_data["none"] = none;
-    ctx->saved_data["mean"] = reduction == "mean";
+    flags.set(Flags::kGaussian, gaussian);
+    flags.set(Flags::kNone, none);
+    flags.set(Flags::kMean, reduction == "mean");
+    // Which of the five gradient outputs the forward pass wrote (recon, kl, mu, logvar, obs_logvar).
+    const bool written[5] = {grad_mask[0], grad_mask[1] && kl.defined(), grad_mask[1] && !kl.defined(),
+                             grad_mask[1] && !kl.defined(), obs_written};
+    for (int w = 0; w < 5; ++w) flags.set(Flags::kWritten + w, written[w]);
+    ctx->saved_data["flags"] = flags.bits;
     ctx->saved_data["x_rows"] = x.sym_size(0);
     ctx->saved_data["rows"] = recon.sym_size(0);
-    // Which of the five gradient outputs the forward pass wrote (recon, kl, mu, logvar, obs_logvar).
-    ctx->saved_data["written"] = c10::List<bool>({grad_mask[0], grad_mask[1] && kl.defined(),
-                                                   grad_mask[1] && !kl.defined(), grad_mask[1] && !kl.defined(),
-                                                   obs_written});
     ctx->mark_non_differentiable({g_recon, g_kl, g_mu, g_logvar, g_obs});
     // Unused outputs send no gradient: no zero tensors are made for the five gradient outputs.
     ctx->set_materialize_grads(false);
@@ -82,22 +97,21 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
     const at::Tensor& grad = grads[0];
     if (!grad.defined()) return out;  // nothing flowed into the loss
     const auto saved = ctx->get_saved_variables();
-    const bool gaussian = ctx->saved_data["gaussian"].toBool();
-    const auto edges = ctx->saved_data["edges"].toIntVector();
+    const Flags flags{ctx->saved_data["flags"].toInt()};
+    const bool gaussian = flags.get(Flags::kGaussian);
     bool need[kNumTensorInputs];
-    for (int i = 0; i < kNumTensorInputs; ++i) need[i] = edges[i] >= 0 && ctx->needs_input_grad(edges[i]);
+    for (int i = 0; i < kNumTensorInputs; ++i) need[i] = flags.edge(i) >= 0 && ctx->needs_input_grad(flags.edge(i));
 
     // The forward pass's gradients to hand on: saved[0..4] answer recon, kl, mu, logvar, obs_logvar.
     static const char* names[] = {"recon", "kl", "mu", "logvar", "obs_logvar"};
     static const Input inputs[] = {kRecon, kKl, kMu, kLogvar, kObs};
     std::vector<at::Tensor> pre;
     std::vector<int> slot;
-    const auto written = ctx->saved_data["written"].toBoolList();
     for (int k = 0; k < 5; ++k) {
       // The Gaussian d loss / d x is -(d loss / d mean): recon's gradient serves x too.
       const bool wanted = need[inputs[k]] || (k == 0 && gaussian && need[kX]);
       if (!wanted) continue;
-      if (!written.get(k)) {
+      if (!flags.get(Flags::kWritten + k)) {
         // A shared variance under reduction "none" is computed below; anything else is missing.
         TORCH_CHECK(k == 4 && saved[7].defined(), "fastvae::elbo_loss was called with its grad_mask entry for ",
                     names[k], " False, so it has no gradient for ", names[k]);
@@ -116,7 +130,7 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
       if (need[inputs[slot[i]]]) out[inputs[slot[i]]] = scaled[i];
     }
 
-    const bool none = ctx->saved_data["none"].toBool();
+    const bool none = flags.get(Flags::kNone);
     if (need[kX]) {
       at::NoGradGuard no_grad;
       const c10::SymInt x_rows = ctx->saved_data["x_rows"].toSymInt();
@@ -126,7 +140,7 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
         // d loss / d x = -w_r * logits with w_r the row's weight: row_scale times its gradient.
         const at::Tensor& logits = saved[5];
         const at::Tensor w = none ? grad.unsqueeze(1).neg()
-                             : ctx->saved_data["mean"].toBool() ? grad.div(c10::Scalar(ctx->saved_data["rows"].toSymInt())).neg()
+                             : flags.get(Flags::kMean) ? grad.div(c10::Scalar(ctx->saved_data["rows"].toSymInt())).neg()
                                                                  : grad.neg();
         out[kX] = sum_repeats(logits.to(w.scalar_type()).mul(w), x_rows);
       }

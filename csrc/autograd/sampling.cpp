@@ -15,24 +15,26 @@ using BackwardSig = TensorPair(const at::Tensor&, const at::Tensor&, const at::T
                                const std::optional<at::Tensor>&);
 
 // d/dmu and d/dlogvar from the sample's gradient, plus the KL's when grad_kl is given: one pass.
+// A sample drawn without the sample dim (num_samples None) is one sample to the backward op.
 TensorPair sampling_backward(const at::Tensor& grad_z, const variable_list& saved,
                              const std::optional<at::Tensor>& grad_kl) {
   static const auto op = find_op<BackwardSig>("fastvae::reparameterize_backward");
-  return call_below_autograd(op, grad_z.contiguous(), saved[0], saved[1], saved[2], grad_kl);
+  const at::Tensor g = grad_z.dim() == saved[0].dim() ? grad_z.unsqueeze(0) : grad_z;
+  return call_below_autograd(op, g.contiguous(), saved[0], saved[1], saved[2], grad_kl);
 }
 
 }  // namespace
 
-using SampleSig = TensorPair(const at::Tensor&, const at::Tensor&, int64_t, std::optional<at::Generator>,
-                             const std::optional<at::Tensor>&);
-using SampleKlSig = TensorTriple(const at::Tensor&, const at::Tensor&, int64_t, std::optional<at::Generator>,
-                                 const std::optional<at::Tensor>&);
+using SampleSig = TensorPair(const at::Tensor&, const at::Tensor&, std::optional<int64_t>,
+                             std::optional<at::Generator>, const std::optional<at::Tensor>&);
+using SampleKlSig = TensorTriple(const at::Tensor&, const at::Tensor&, std::optional<int64_t>,
+                                 std::optional<at::Generator>, const std::optional<at::Tensor>&);
 
 // Outputs (z, [kl,] rng_state): the state is saved for the backward pass and gets no gradient.
 class Reparameterize : public torch::autograd::Function<Reparameterize> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
-                               int64_t num_samples, std::optional<at::Generator> generator,
+                               std::optional<int64_t> num_samples, std::optional<at::Generator> generator,
                                const std::optional<at::Tensor>& rng_state) {
     static const auto op = find_op<SampleSig>("fastvae::reparameterize");
     auto [z, state] = call_below_autograd(op, mu, logvar, num_samples, std::move(generator), rng_state);
@@ -52,7 +54,7 @@ class Reparameterize : public torch::autograd::Function<Reparameterize> {
 class ReparameterizeWithKl : public torch::autograd::Function<ReparameterizeWithKl> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
-                               int64_t num_samples, std::optional<at::Generator> generator,
+                               std::optional<int64_t> num_samples, std::optional<at::Generator> generator,
                                const std::optional<at::Tensor>& rng_state) {
     static const auto op = find_op<SampleKlSig>("fastvae::reparameterize_with_kl");
     auto [z, kl, state] = call_below_autograd(op, mu, logvar, num_samples, std::move(generator), rng_state);
@@ -83,12 +85,13 @@ class ReparameterizeWithKl : public torch::autograd::Function<ReparameterizeWith
 };
 
 namespace {
-TensorPair reparameterize(const at::Tensor& mu, const at::Tensor& logvar, int64_t num_samples,
+TensorPair reparameterize(const at::Tensor& mu, const at::Tensor& logvar, std::optional<int64_t> num_samples,
                           std::optional<at::Generator> generator, const std::optional<at::Tensor>& rng_state) {
   auto out = Reparameterize::apply(mu, logvar, num_samples, std::move(generator), rng_state);
   return {out[0], out[1]};
 }
-TensorTriple reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar, int64_t num_samples,
+TensorTriple reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar,
+                                    std::optional<int64_t> num_samples,
                                     std::optional<at::Generator> generator,
                                     const std::optional<at::Tensor>& rng_state) {
   auto out = ReparameterizeWithKl::apply(mu, logvar, num_samples, std::move(generator), rng_state);

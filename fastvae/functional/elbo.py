@@ -21,6 +21,7 @@ _ACC = {torch.float32: torch.float32, torch.bfloat16: torch.float32, torch.float
         torch.float64: torch.float64}  # the dtype of the row sums (and of kl) per input dtype
 _Tensor = torch.Tensor
 _elbo_loss = ops.elbo_loss.default
+_grad_enabled = torch.is_grad_enabled
 
 def _elbo_obs_logvar(
     obs_logvar: Union[float, torch.Tensor], recon: torch.Tensor, recon2: torch.Tensor
@@ -81,7 +82,7 @@ def elbo(
         else:
             obs_value = None
         if obs_value is not None:
-            grad = torch.is_grad_enabled()
+            grad = _grad_enabled()
             if type(kl) is _Tensor:
                 if kl.dim() == 1 and kl.is_contiguous() and kl.dtype is _ACC.get(recon.dtype):
                     mask = [grad and (recon.requires_grad or x.requires_grad), grad and kl.requires_grad, False]

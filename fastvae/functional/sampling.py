@@ -18,6 +18,9 @@ __all__ = ["reparameterize", "reparameterize_with_kl"]
 
 _Tensor = torch.Tensor
 _FLOAT_SET = frozenset(FLOATS)
+# The ops' overloads, bound once (num_samples None: one draw shaped like mu, no squeeze needed).
+_reparameterize = ops.reparameterize.default
+_reparameterize_with_kl = ops.reparameterize_with_kl.default
 
 
 def _sampling_inputs(
@@ -26,8 +29,8 @@ def _sampling_inputs(
     num_samples: Optional[int],
     generator: Optional[torch.Generator],
     need_latent_dim: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """Checked mu and logvar of one dtype, broadcast and contiguous; K."""
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Checked mu and logvar of one dtype, broadcast and contiguous."""
     check_float("mu", mu)
     check_float("logvar", logvar)
     check_devices(mu=mu, logvar=logvar)
@@ -45,11 +48,8 @@ def _sampling_inputs(
         raise ValueError("mu and logvar need a latent dim (at least 1-D)")
     check_nonempty(shape, "mu")
     dtype = common_dtype(mu, logvar)
-    k = 1 if num_samples is None else num_samples
-    check_samples_fit(k, shape, dtype, mu.device)
-    mu_c = cast(mu, dtype).expand(shape).contiguous()
-    logvar_c = cast(logvar, dtype).expand(shape).contiguous()
-    return mu_c, logvar_c, k
+    check_samples_fit(1 if num_samples is None else num_samples, shape, dtype, mu.device)
+    return cast(mu, dtype).expand(shape).contiguous(), cast(logvar, dtype).expand(shape).contiguous()
 
 
 def _plain_pair(mu: object, logvar: object, num_samples: Optional[int], generator: object) -> bool:
@@ -80,10 +80,9 @@ def reparameterize(
         generator: a ``torch.Generator`` on mu's device.
     """
     if _plain_pair(mu, logvar, num_samples, generator):
-        return ops.reparameterize(mu, logvar, 1, None)[0].squeeze(0)
-    mu_c, logvar_c, k = _sampling_inputs(mu, logvar, num_samples, generator)
-    z, _ = ops.reparameterize(mu_c, logvar_c, k, generator)
-    return z.squeeze(0) if num_samples is None else z
+        return _reparameterize(mu, logvar, None, None)[0]
+    mu_c, logvar_c = _sampling_inputs(mu, logvar, num_samples, generator)
+    return _reparameterize(mu_c, logvar_c, num_samples, generator)[0]
 
 
 def reparameterize_with_kl(
@@ -100,10 +99,12 @@ def reparameterize_with_kl(
     shape ``shape[:-1]`` (summed over the last, latent dim). Pass it to :func:`elbo` as ``kl=``.
     """
     if _plain_pair(mu, logvar, num_samples, generator):
-        z, kl, _ = ops.reparameterize_with_kl(mu, logvar, 1, None)
-        return z.squeeze(0), kl
-    mu_c, logvar_c, k = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
+        z, kl, _ = _reparameterize_with_kl(mu, logvar, None, None)
+        return z, kl
+    mu_c, logvar_c = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
     shape = mu_c.shape
-    z, kl, _ = ops.reparameterize_with_kl(mu_c.view(-1, shape[-1]), logvar_c.view(-1, shape[-1]), k, generator)
-    z = z.view(k, *shape)
-    return (z.squeeze(0) if num_samples is None else z), kl.view(shape[:-1])
+    if mu_c.dim() == 2:
+        z, kl, _ = _reparameterize_with_kl(mu_c, logvar_c, num_samples, generator)
+        return z, kl
+    z, kl, _ = _reparameterize_with_kl(mu_c.view(-1, shape[-1]), logvar_c.view(-1, shape[-1]), num_samples, generator)
+    return z.view(shape if num_samples is None else (num_samples, *shape)), kl.view(shape[:-1])
