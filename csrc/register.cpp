@@ -1,6 +1,7 @@
 // The one place that declares every fastvae op to the PyTorch dispatcher and binds the CPU (and,
 // when built, CUDA) kernels to it. Autograd kernels are registered by csrc/autograd/*.cpp; fake
 // tensors from Python (fastvae/ops.py), next to the Python wrappers.
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 #ifndef FASTVAE_NO_PYTHON
 #include <ATen/Parallel.h>
@@ -27,7 +28,7 @@
 // refuse a stale build (7: cpu_isa, parallel_threads; 8: the sampling ops' Philox counter in
 // curand's layout, a new eps for a given seed; 9: the likelihoods without grad_scale, and the
 // Gaussian one without compute_grad and its gradient outputs; 10: num_samples optional in the
-// samplers).
+// samplers, and fastvae::elbo).
 #define FASTVAE_OPS_VERSION 10
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
@@ -59,6 +60,12 @@ FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Gradients pre-computed for an incoming gradient of 1, times the one that came (a scalar or
   // one per row): in place (rows whose factor is 1 untouched), or into new tensors.
+#ifndef FASTVAE_EMU
+  // The loss of elbo_loss alone, for fastvae.functional.elbo: its autograd kernel decides which
+  // gradients the forward pass writes; without autograd (inference mode) it writes none.
+  m.def("elbo(Tensor recon, Tensor x, Tensor? kl, Tensor? mu, Tensor? logvar, Tensor? obs_logvar, "
+        "float obs_logvar_value, str likelihood, float beta, str reduction) -> Tensor");
+#endif
   m.def("elbo_rescale_(Tensor grad, Tensor(a!)[] grads) -> ()");
   m.def("elbo_rescale(Tensor grad, Tensor[] grads) -> Tensor[]");
 }
@@ -76,6 +83,22 @@ Ret sampler(const at::Tensor& mu, const at::Tensor& logvar, std::optional<int64_
   if (!num_samples.has_value()) std::get<0>(out) = std::get<0>(out).view(mu.sizes());
   return out;
 }
+
+#ifndef FASTVAE_EMU
+// fastvae::elbo below autograd (every backend): elbo_loss with no gradient written, its loss.
+at::Tensor elbo_loss_only(const at::Tensor& recon, const at::Tensor& x, const std::optional<at::Tensor>& kl,
+                          const std::optional<at::Tensor>& mu, const std::optional<at::Tensor>& logvar,
+                          const std::optional<at::Tensor>& obs_logvar, double obs_logvar_value,
+                          c10::string_view likelihood, double beta, c10::string_view reduction) {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fastvae::elbo_loss", "").typed<ElboOutputs(
+      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double, c10::string_view, double,
+      c10::string_view, std::array<bool, 3>)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // already below it: stay there
+  return std::get<0>(op.call(recon, x, kl, mu, logvar, obs_logvar, obs_logvar_value, likelihood, beta, reduction,
+                             std::array<bool, 3>{false, false, false}));
+}
+#endif
 
 }  // namespace
 }  // namespace fastvae
@@ -100,11 +123,17 @@ Ret sampler(const at::Tensor& mu, const at::Tensor& logvar, std::optional<int64_
 #ifdef FASTVAE_EMU
 FASTVAE_LIBRARY_IMPL(FASTVAE_NAMESPACE, CPU, m) { FASTVAE_IMPL_ALL(cuda) }
 #else
-TORCH_LIBRARY_IMPL(fastvae, CPU, m) { FASTVAE_IMPL_ALL(cpu) }
+TORCH_LIBRARY_IMPL(fastvae, CPU, m) {
+  FASTVAE_IMPL_ALL(cpu)
+  m.impl("elbo", &fastvae::elbo_loss_only);
+}
 #endif
 
 #if defined(FASTVAE_WITH_CUDA) && !defined(FASTVAE_EMU)
-TORCH_LIBRARY_IMPL(fastvae, CUDA, m) { FASTVAE_IMPL_ALL(cuda) }
+TORCH_LIBRARY_IMPL(fastvae, CUDA, m) {
+  FASTVAE_IMPL_ALL(cuda)
+  m.impl("elbo", &fastvae::elbo_loss_only);
+}
 #endif
 
 #ifndef FASTVAE_NO_PYTHON

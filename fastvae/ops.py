@@ -141,6 +141,13 @@ def _(recon, x, kl, mu, logvar, obs_logvar, obs_logvar_value, likelihood, beta, 
     return loss, grad_recon, grad_kl, grad_mu, grad_logvar, grad_lv
 
 
+@torch.library.register_fake("fastvae::elbo")
+def _(recon, x, kl, mu, logvar, obs_logvar, obs_logvar_value, likelihood, beta, reduction):
+    # The loss of elbo_loss alone (its gradients stay inside the autograd kernel).
+    _same_device(recon=recon, x=x, kl=kl, mu=mu, logvar=logvar, obs_logvar=obs_logvar)
+    return recon.new_empty((recon.shape[0],) if reduction == "none" else (), dtype=_acc_dtype(recon.dtype))
+
+
 @torch.library.register_fake("fastvae::elbo_rescale_")
 def _(grad, grads):
     _same_device(grad=grad, **{f"grads[{i}]": t for i, t in enumerate(grads)})

@@ -118,6 +118,11 @@ def _elbo_samples(device):
                           [True, True, True])
     yield ops.elbo_loss, (t(6, 9, dtype=torch.bfloat16), t(6, 9, dtype=torch.bfloat16), None, t(6, 2, dtype=torch.bfloat16, grad=False),
                           t(6, 2, dtype=torch.bfloat16, grad=False), None, -0.3, "gaussian", 1.0, "mean", [True, False, False])
+    # fastvae::elbo, the loss alone: its autograd kernel picks the gradients to write.
+    yield ops.elbo, (t(6, 9), x, None, t(6, 4), t(6, 4), None, 0.0, "bernoulli", 0.5, "mean")
+    yield ops.elbo, (t(6, 9), t(3, 9), t(6), None, None, t(1, 9), 0.0, "gaussian", 1.0, "none")
+    yield ops.elbo, (t(6, 9, grad=False), t(6, 9, grad=False), None, t(6, 2), t(6, 2, grad=False), None, -0.3,
+                     "gaussian", 2.0, "sum")
     yield ops.elbo_rescale, (t(grad=False), [t(6, 9, grad=False), t(6, grad=False)])
     yield ops.elbo_rescale, (t(6, grad=False), [t(6, 9, grad=False, dtype=torch.float16), t(6, 2, grad=False)])
 

@@ -41,7 +41,11 @@ struct Flags {
 
 }  // namespace
 
-class ElboLoss : public torch::autograd::Function<ElboLoss> {
+// The autograd of the ELBO ops. kGradOutputs: the op returns the loss and the five gradient
+// outputs (fastvae::elbo_loss), or the loss alone (fastvae::elbo, what fastvae.functional.elbo
+// calls: nothing but the loss crosses into Python). Either way the gradients stay saved here.
+template <typename Self, bool kGradOutputs>
+class ElboFunction : public torch::autograd::Function<Self> {
  public:
   // Absent optional tensors are passed as std::nullopt: autograd gives them no edge, so
   // needs_input_grad's index of each present tensor is kept in the saved flags.
@@ -86,10 +90,14 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
     ctx->saved_data["flags"] = flags.bits;
     ctx->saved_data["x_rows"] = x.sym_size(0);
     ctx->saved_data["rows"] = recon.sym_size(0);
-    ctx->mark_non_differentiable({g_recon, g_kl, g_mu, g_logvar, g_obs});
-    // Unused outputs send no gradient: no zero tensors are made for the five gradient outputs.
+    // Unused outputs send no gradient: no zero tensors are made for them.
     ctx->set_materialize_grads(false);
-    return {loss, g_recon, g_kl, g_mu, g_logvar, g_obs};
+    if constexpr (!kGradOutputs) {
+      return {loss};
+    } else {
+      ctx->mark_non_differentiable({g_recon, g_kl, g_mu, g_logvar, g_obs});
+      return {loss, g_recon, g_kl, g_mu, g_logvar, g_obs};
+    }
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -155,6 +163,10 @@ class ElboLoss : public torch::autograd::Function<ElboLoss> {
   }
 };
 
+// Node names: CppNode<fastvae::autograd::ElboLoss> in a training step's graph.
+class ElboLoss : public ElboFunction<ElboLoss, false> {};
+class ElboLossWithGrads : public ElboFunction<ElboLossWithGrads, true> {};
+
 namespace {
 
 ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::optional<at::Tensor>& kl,
@@ -162,15 +174,36 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
                       const std::optional<at::Tensor>& obs_logvar, double obs_logvar_value,
                       c10::string_view likelihood, double beta, c10::string_view reduction,
                       std::array<bool, 3> grad_mask) {
-  auto out = ElboLoss::apply(recon, x, kl, mu, logvar, obs_logvar, obs_logvar_value, likelihood, beta, reduction,
-                             grad_mask);
+  auto out = ElboLossWithGrads::apply(recon, x, kl, mu, logvar, obs_logvar, obs_logvar_value, likelihood, beta,
+                                      reduction, grad_mask);
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
+}
+
+bool requires_grad(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() && t->requires_grad();
+}
+
+// fastvae::elbo: the loss alone, the gradient mask read here (grad mode, requires_grad) instead
+// of being passed from Python on every call.
+at::Tensor elbo(const at::Tensor& recon, const at::Tensor& x, const std::optional<at::Tensor>& kl,
+                const std::optional<at::Tensor>& mu, const std::optional<at::Tensor>& logvar,
+                const std::optional<at::Tensor>& obs_logvar, double obs_logvar_value, c10::string_view likelihood,
+                double beta, c10::string_view reduction) {
+  const bool grad = at::GradMode::is_enabled();
+  const bool kl_given = kl.has_value() && kl->defined();
+  const std::array<bool, 3> mask = {
+      grad && (recon.requires_grad() || x.requires_grad()),
+      grad && (kl_given ? kl->requires_grad() : requires_grad(mu) || requires_grad(logvar)),
+      grad && likelihood == "gaussian" && requires_grad(obs_logvar)};
+  return ElboLoss::apply(recon, x, kl, mu, logvar, obs_logvar, obs_logvar_value, likelihood, beta, reduction,
+                         mask)[0];
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastvae, Autograd, m) {
   m.impl("elbo_loss", &elbo_loss);
+  m.impl("elbo", &elbo);
 }
 
 }  // namespace autograd

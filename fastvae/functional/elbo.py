@@ -1,7 +1,8 @@
 """The whole negative ELBO in one op: likelihood, KL, beta weighting and reduction.
 
-csrc: ``csrc/{cpu,cuda,autograd}/elbo.*`` and ``csrc/common/elbo_args.h``; ops
-``fastvae::elbo_loss``, ``fastvae::elbo_rescale`` and ``fastvae::elbo_rescale_``.
+csrc: ``csrc/{cpu,cuda,autograd}/elbo.*`` and ``csrc/common/elbo_args.h``; ops ``fastvae::elbo``
+(the loss), ``fastvae::elbo_loss`` (the loss and the gradients it writes), ``fastvae::elbo_rescale``
+and ``fastvae::elbo_rescale_``.
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ REDUCTIONS = ("mean", "sum", "none")
 _ACC = {torch.float32: torch.float32, torch.bfloat16: torch.float32, torch.float16: torch.float32,
         torch.float64: torch.float64}  # the dtype of the row sums (and of kl) per input dtype
 _Tensor = torch.Tensor
-_elbo_loss = ops.elbo_loss.default
-_grad_enabled = torch.is_grad_enabled
+# fastvae::elbo: the loss of fastvae::elbo_loss alone; its C++ autograd kernel picks the gradients
+# the forward pass writes (grad mode, requires_grad), so Python passes no mask.
+_elbo_op = ops.elbo.default
+
 
 def _elbo_obs_logvar(
     obs_logvar: Union[float, torch.Tensor], recon: torch.Tensor, recon2: torch.Tensor
@@ -66,8 +69,9 @@ def elbo(
     cast to recon's (as every fastvae op casts its data); for the Bernoulli likelihood also bool
     or uint8 (0/1 targets, read as one byte per element). Other dtypes raise ``ValueError``.
 
-    One op (``fastvae::elbo_loss``) computes the whole loss, reduces it over the batch in a
-    fixed order and writes every input gradient in the same pass; backward hands them on.
+    One op (``fastvae::elbo``, the loss of ``fastvae::elbo_loss``) computes the whole loss,
+    reduces it over the batch in a fixed order and writes every input gradient in the same pass;
+    backward hands them on.
     """
     # The training step's case: 2-D contiguous recon and x alike, the KL from
     # reparameterize_with_kl (or 2-D contiguous mu and logvar of recon's dtype), a Bernoulli
@@ -82,17 +86,13 @@ def elbo(
         else:
             obs_value = None
         if obs_value is not None:
-            grad = _grad_enabled()
             if type(kl) is _Tensor:
                 if kl.dim() == 1 and kl.is_contiguous() and kl.dtype is _ACC.get(recon.dtype):
-                    mask = [grad and (recon.requires_grad or x.requires_grad), grad and kl.requires_grad, False]
-                    return _elbo_loss(recon, x, kl, None, None, None, obs_value, likelihood, beta, reduction, mask)[0]
+                    return _elbo_op(recon, x, kl, None, None, None, obs_value, likelihood, beta, reduction)
             elif (kl is None and type(mu) is _Tensor and type(logvar) is _Tensor and mu.dim() == 2
                   and mu.dtype is recon.dtype and logvar.dtype is recon.dtype and mu.is_contiguous()
                   and logvar.is_contiguous()):
-                mask = [grad and (recon.requires_grad or x.requires_grad),
-                        grad and (mu.requires_grad or logvar.requires_grad), False]
-                return _elbo_loss(recon, x, None, mu, logvar, None, obs_value, likelihood, beta, reduction, mask)[0]
+                return _elbo_op(recon, x, None, mu, logvar, None, obs_value, likelihood, beta, reduction)
     return _elbo(recon, x, mu, logvar, likelihood, obs_logvar, beta, reduction, kl)
 
 
@@ -149,7 +149,6 @@ def _elbo(
         x2 = as_rows(x, shape, max(len(shape) - 1, 1))
 
     acc = torch.float64 if recon.dtype == torch.float64 else torch.float32
-    grad = torch.is_grad_enabled()
     if kl is not None:
         if not isinstance(kl, torch.Tensor):
             raise ValueError(f"kl must be a torch.Tensor, got {type(kl).__name__}")
@@ -163,7 +162,6 @@ def _elbo(
         else:
             kl2 = cast(check_float("kl", kl), acc).reshape(rows).contiguous()
         mu2 = lv2 = None
-        kl_grad = grad and kl.requires_grad
     else:
         kl2 = None
         if not isinstance(mu, torch.Tensor) or not isinstance(logvar, torch.Tensor):
@@ -187,9 +185,7 @@ def _elbo(
             )
         if mu2.dim() != 2:
             mu2, lv2 = mu2.reshape(rows, -1), lv2.reshape(rows, -1)
-        kl_grad = grad and (mu.requires_grad or logvar.requires_grad)
 
     obs, obs_value = (None, 0.0) if likelihood == "bernoulli" else _elbo_obs_logvar(obs_logvar, recon, recon2)
-    mask = [grad and (recon.requires_grad or x.requires_grad), kl_grad, grad and obs is not None and obs.requires_grad]
-    loss = _elbo_loss(recon2, x2, kl2, mu2, lv2, obs, obs_value, likelihood, beta, reduction, mask)[0]
+    loss = _elbo_op(recon2, x2, kl2, mu2, lv2, obs, obs_value, likelihood, beta, reduction)
     return loss if reduction != "none" or len(shape) > 1 else loss.view(())
