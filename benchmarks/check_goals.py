@@ -8,7 +8,8 @@ Goals (each applies only to the rows that exist in a report):
 - reparameterize forward + backward >= 1.5x eager at every size (float32);
 - the bf16 Gaussian ops (log-likelihood, KL, log q, log p) >= 1x eager and >= 1x torch.compile;
 - the large Bernoulli / Gaussian likelihood cases >= 70 % of the copy bandwidth (float32);
-- host cost: the fused ELBO step with its sample <= 0.5x the leanest eager loss at B=1.
+- host cost: the fused ELBO step with its sample <= 0.5x the leanest eager loss at B=1, in wall
+  clock and (reports that have it) in the calling thread's CPU time.
 
 ``--strict``: exit status 1 when a goal is not met. Reads JSON only (no torch, no fastvae).
 """
@@ -63,7 +64,12 @@ def goals(report: Dict[str, object]) -> Dict[str, Dict[str, object]]:
           if r.get("batch") == 1 and r.get("fused_over_eager") is not None]
     if b1:
         _goal(out, "host_fused_over_eager_b1", f"fused ELBO step host time <= {HOST_GOAL}x the leanest eager "
-              "loss at B=1, x", b1, HOST_GOAL, at_most=True)
+              "loss at B=1 (wall clock), x", b1, HOST_GOAL, at_most=True)
+    b1_cpu = [r["thread_cpu"]["fused_over_eager"] for r in (host or {}).get("rows", [])
+              if r.get("batch") == 1 and (r.get("thread_cpu") or {}).get("fused_over_eager") is not None]
+    if b1_cpu:
+        _goal(out, "host_fused_over_eager_b1_thread_cpu", f"fused ELBO step host time <= {HOST_GOAL}x the leanest "
+              "eager loss at B=1 (the thread's CPU time), x", b1_cpu, HOST_GOAL, at_most=True)
     return out
 
 

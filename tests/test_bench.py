@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import pytest
 import torch
@@ -95,6 +96,18 @@ def test_retries_while_other_processes_are_busy(monkeypatch):
     assert timing.time_interleaved({"f": lambda: None}, CPU, repeats=1).attempts == 1  # no retries by default
     with pytest.raises(ValueError, match="retries"):
         timing.time_interleaved({"f": lambda: None}, CPU, retries=-1)
+
+
+def test_thread_cpu_time_of_a_busy_and_of_a_sleeping_call():
+    """The calling thread's CPU time: at most a computation's wall time, almost none of a sleep's."""
+    def busy() -> None:
+        sum(range(50_000))
+
+    t = timing.time_interleaved({"busy": busy, "sleep": lambda: time.sleep(2e-3)}, CPU, warmup=0, repeats=5,
+                                thread_cpu=True)
+    assert 0 < t.thread_cpu["busy"] <= t.median["busy"] * 1.01 + 0.05
+    assert t.thread_cpu["sleep"] < 0.5 * t.median["sleep"]
+    assert timing.time_interleaved({"busy": busy}, CPU, repeats=1).thread_cpu is None  # only when asked
 
 
 def test_peak_memory_sees_a_known_allocation():

@@ -57,12 +57,14 @@ def test_no_rows_no_goals():
 
 @pytest.mark.parametrize("ratio, met", [(0.45, True), (0.6, False)])
 def test_host_goal_at_b1_from_a_host_report_or_a_bench_report(ratio, met, tmp_path, capsys):
-    host = {"rows": [{"batch": 1, "fused_us": 50.0, "eager_us": 50.0 / ratio, "fused_over_eager": ratio},
+    host = {"rows": [{"batch": 1, "fused_us": 50.0, "eager_us": 50.0 / ratio, "fused_over_eager": ratio,
+                      "thread_cpu": {"fused_us": 40.0, "eager_us": 40.0 / ratio, "fused_over_eager": ratio}},
                      {"batch": 128, "fused_us": 900.0, "eager_us": 1000.0, "fused_over_eager": 0.9}],
             "counts": {}, "environment": {"device_type": "cpu"}}
     for report in (host, {**_fake_report("cpu", 2.5), "host": host}):
-        goal = check_goals.goals(report)["host_fused_over_eager_b1"]
-        assert goal["min"] == goal["max"] == ratio and goal["met"] is met  # B=128 is not the goal's row
+        for key in ("host_fused_over_eager_b1", "host_fused_over_eager_b1_thread_cpu"):
+            goal = check_goals.goals(report)[key]
+            assert goal["min"] == goal["max"] == ratio and goal["met"] is met  # B=128 is not the goal's row
     path = tmp_path / "host.json"
     path.write_text(json.dumps(host))
     assert check_goals.main([str(path)]) == 0

@@ -62,6 +62,10 @@ def test_host_report_rows_and_ratios():
         for impl in ("fused", "reference"):
             assert r[f"{impl}_over_eager"] == pytest.approx(r[f"{impl}_us"] / r["eager_us"])
         assert "eager_over_eager" not in r and all(r[f"{i}_iqr_us"] >= 0 for i in ("fused", "eager", "reference"))
+        cpu = r["thread_cpu"]  # the same calls' CPU time on this thread
+        assert set(cpu) == {"fused_us", "eager_us", "reference_us", "fused_over_eager", "reference_over_eager"}
+        assert cpu["fused_over_eager"] == pytest.approx(cpu["fused_us"] / cpu["eager_us"]) and cpu["fused_us"] > 0
     assert rep["counts"]["syncs"] == 0 and rep["counts"]["kernel_calls"] == len(rep["counts"]["calls"])
     text = host.format_host(rep)
-    assert "host B=1" in text and "host B=3" in text and f"{rep['counts']['kernel_calls']} kernel-launching" in text
+    assert "host B=1" in text and "host B=3" in text and "thread CPU time" in text
+    assert f"{rep['counts']['kernel_calls']} kernel-launching" in text

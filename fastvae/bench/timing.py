@@ -28,8 +28,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_call(fn: Callable[[], None], device: torch.device) -> float:
-    """Milliseconds of one call (CUDA events on a GPU, perf_counter on the CPU)."""
+def _timed_call(fn: Callable[[], None], device: torch.device, cpu_ms: Optional[List[float]] = None) -> float:
+    """Milliseconds of one call (CUDA events on a GPU, perf_counter on the CPU). With ``cpu_ms``
+    (CPU only), the calling thread's CPU time of the call is appended to it as well."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -37,9 +38,14 @@ def _timed_call(fn: Callable[[], None], device: torch.device) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end)
+    if cpu_ms is not None:
+        c0 = time.thread_time_ns()
     t0 = time.perf_counter()
     fn()
-    return (time.perf_counter() - t0) * 1e3
+    t1 = time.perf_counter()
+    if cpu_ms is not None:
+        cpu_ms.append((time.thread_time_ns() - c0) * 1e-6)
+    return (t1 - t0) * 1e3
 
 
 @dataclass
@@ -54,6 +60,7 @@ class Timings:
     min: Dict[str, float]
     other_load: Optional[float] = None
     attempts: int = 1
+    thread_cpu: Optional[Dict[str, float]] = None  # median CPU time of the calling thread, if asked
 
 
 def _busy_cpu_s() -> Optional[float]:
@@ -87,7 +94,7 @@ class _OtherLoad:
 
 def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, warmup: int = 3,
                      repeats: int = 15, min_time_s: float = 0.0, max_repeats: int = 500,
-                     retries: int = 0, max_other_load: float = 0.25) -> Timings:
+                     retries: int = 0, max_other_load: float = 0.25, thread_cpu: bool = False) -> Timings:
     """Times several functions round-robin.
 
     The first call (it includes torch.compile's compilation) is timed on its own, then ``warmup``
@@ -95,7 +102,9 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, w
     at least ``min_time_s`` seconds of timed calls have run (at most ``max_repeats`` rounds).
     When other processes kept more than ``max_other_load`` CPU cores busy on average meanwhile, the
     rounds run again, up to ``retries`` more times, and the least disturbed attempt is kept: a rule
-    on the machine's state, never on the timings themselves.
+    on the machine's state, never on the timings themselves. ``thread_cpu`` (CPU only): the median
+    CPU time of the calling thread per call too, which time other processes take from it (a busy
+    machine) does not inflate: what a single-threaded call costs the host.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -109,31 +118,33 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], device: torch.device, w
         for _ in range(warmup):
             fns[name]()
     _sync(device)
-    best: Optional[Tuple[Optional[float], Dict[str, List[float]]]] = None
+    best: Optional[Tuple[Optional[float], Dict[str, List[float]], Dict[str, List[float]]]] = None
     attempts = 0
     while attempts <= retries:
         attempts += 1
         times: Dict[str, List[float]] = {n: [] for n in names}
+        cpu: Dict[str, List[float]] = {n: [] for n in names}
         spent, rounds = 0.0, 0
         with _OtherLoad() as other:
             while rounds < repeats or (spent < min_time_s * 1e3 and rounds < max_repeats):
                 order = names[rounds % len(names):] + names[: rounds % len(names)]
                 for name in order:
-                    t = _timed_call(fns[name], device)
+                    t = _timed_call(fns[name], device, cpu[name] if thread_cpu and device.type == "cpu" else None)
                     times[name].append(t)
                     spent += t
                 rounds += 1
         if best is None or (other.value is not None and best[0] is not None and other.value < best[0]):
-            best = (other.value, times)
+            best = (other.value, times, cpu)
         if other.value is None or other.value <= max_other_load:
             break
-    load, times = best
+    load, times, cpu = best
     iqr = {}
     for n, v in times.items():
         q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
         iqr[n] = q[2] - q[0]
+    cpu_median = {n: statistics.median(v) for n, v in cpu.items()} if all(cpu.values()) else None
     return Timings(first, {n: statistics.median(v) for n, v in times.items()}, iqr,
-                   {n: min(v) for n, v in times.items()}, load, attempts)
+                   {n: min(v) for n, v in times.items()}, load, attempts, cpu_median)
 
 
 @contextlib.contextmanager
