@@ -69,8 +69,27 @@ def test_cuda_matches_cpu_forward_and_backward(dtype, shape):
             outs.append(out.cpu())
             grads.append([a.grad.cpu() for a in leaves if a.requires_grad])
         _assert_close(outs[1], outs[0], tol, fn.__name__)
-        for g_cuda, g_cpu in zip(grads[1], grads[0]):
-            _assert_close(g_cuda, g_cpu, 4 * tol, fn.__name__)
+        shared = args[-1] is per_dim
+        for i, (g_cuda, g_cpu) in enumerate(zip(grads[1], grads[0])):
+            if shared and i == len(args) - 1:
+                _assert_broadcast_sum_close(g_cuda, g_cpu, args, 4 * tol)
+            else:
+                _assert_close(g_cuda, g_cpu, 4 * tol, fn.__name__)
+
+
+def _assert_broadcast_sum_close(g_cuda: torch.Tensor, g_cpu: torch.Tensor, args, tol: float) -> None:
+    """The per-dim log-variance gradient sums 65 536 rows of terms of both signs (the upstream
+    gradient runs from -1 to 1): the sum is far smaller than its terms, so CPU and CUDA (each
+    within float32 rounding of the terms) differ by more than tol of the sum (3e-4 seen on an
+    H200, the CPU itself 3e-4 off float64). Each device is measured against float64, relative
+    to the sum of the terms' magnitudes: sum_r |g_r| |((x - m)^2 e^-lv - 1) / 2|."""
+    mean, xg, lv = (a.double() for a in args)
+    g = torch.linspace(-1, 1, mean.shape[0], dtype=torch.float64).view(-1, 1)
+    terms = g * 0.5 * ((xg - mean) ** 2 * torch.exp(-lv) - 1)
+    want, scale = terms.sum(0), terms.abs().sum(0)
+    for got in (g_cuda, g_cpu):
+        err = (got.double() - want).abs()
+        assert (err <= tol * scale).all(), (err / scale).max().item()
 
 
 def _assert_close(got: torch.Tensor, want: torch.Tensor, tol: float, what: str) -> None:

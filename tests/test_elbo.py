@@ -358,3 +358,52 @@ def test_the_loss_op_writes_only_the_gradients_autograd_needs(device, form):
     want = torch.autograd.grad(ops.elbo_loss(*args, [True, True, o is not None])[0], [recon, mu, lv])
     for g, w in zip(got, want):
         assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("cols", [5, 37])  # the scalar path; vectors and the row tail
+@pytest.mark.parametrize("term", ["bernoulli", "gaussian", "gaussian_obs_logvar", "kl", "kl_given"])
+def test_a_mean_stays_finite_where_one_rows_sum_overflows(device, cols, term):
+    """Issue 23 (found on the H200): float32 row sums of ~5e38 (beyond float32's 3.4e38) in a
+    batch of 4 whose mean (~1.3e38) is finite: the loss and its gradients are the float64
+    reference's, not inf. Row 0 carries terms of about 1e38 / cols * 5, the other rows small."""
+    rows, latent = 4, cols
+    big = torch.zeros(rows, cols, dtype=torch.float64)
+    big[0] = 5e38 / cols * (1 + 0.1 * torch.rand(cols, dtype=torch.float64))
+    recon = torch.randn(rows, cols, dtype=torch.float64)
+    x = torch.rand(rows, cols, dtype=torch.float64)
+    mu = torch.randn(rows, latent, dtype=torch.float64)
+    lv = 0.5 * torch.randn(rows, latent, dtype=torch.float64)
+    obs: object = 0.0
+    likelihood, kl = "bernoulli", None
+    if term == "bernoulli":  # -ll ~ |logit| for a logit of the wrong sign
+        x[0] = 0.0
+        recon[0] = big[0]
+    elif term.startswith("gaussian"):  # -ll ~ (x - m)^2 e^88 / 2
+        likelihood = "gaussian"
+        obs = -88.0 if term == "gaussian" else torch.full((rows, cols), -88.0, dtype=torch.float64)
+        recon[0] = x[0] + (2 * big[0] * torch.exp(torch.tensor(-88.0, dtype=torch.float64))).sqrt()
+        recon[1:] = x[1:] + 1e-19 * torch.randn(rows - 1, cols, dtype=torch.float64)
+    elif term == "kl":  # KL ~ mu^2 / 2
+        mu[0] = (2 * big[0]).sqrt()
+    else:
+        kl = torch.rand(rows, dtype=torch.float64)
+        kl[:2] = 3e38 * (1 - 0.1 * torch.rand(2, dtype=torch.float64))  # float32 holds each, not their sum
+    args64 = [t.clone().requires_grad_() for t in (recon, mu, lv)]
+    want = R.elbo(args64[0], x, args64[1], args64[2], likelihood,
+                  obs if isinstance(obs, float) else obs.clone(), kl=kl)
+    want.backward()
+    assert 1e38 < want.item() < 3e38
+    leaves = [t.to(device=device, dtype=torch.float32).requires_grad_() for t in (recon, mu, lv)]
+    got = F.elbo(leaves[0], x.to(device=device, dtype=torch.float32), leaves[1], leaves[2], likelihood,
+                 obs if isinstance(obs, float) else obs.to(device=device, dtype=torch.float32),
+                 kl=None if kl is None else kl.to(device=device, dtype=torch.float32))
+    got.backward()
+    assert torch.isfinite(got).item(), got
+    assert abs(got.item() - want.item()) <= 1e-6 * want.item()
+    for leaf, ref in zip(leaves, args64):
+        if kl is not None and leaf is not leaves[0]:  # mu and logvar are not read when kl is given
+            assert leaf.grad is None and ref.grad is None
+            continue
+        assert torch.isfinite(leaf.grad).all()
+        assert rel_err(leaf.grad.cpu(), ref.grad) < TOL[torch.float32]

@@ -73,6 +73,15 @@ FV_HD T gaussian_ll(T x, T m, T lv, T h) {
   return T(-0.5) * (T(kLog2Pi) + lv) - (T(0.5) * s) * s;
 }
 
+// f * gaussian_ll with f multiplied in before the square: a mean over rows (f = 1/rows) stays
+// finite wherever it is, though a row's sum or one term may exceed the type's range. f = 1 gives
+// gaussian_ll's value.
+template <typename T>
+FV_HD T gaussian_ll(T x, T m, T lv, T h, T f) {
+  const T s = (x - m) * h;
+  return f * (T(-0.5) * (T(kLog2Pi) + lv)) - ((T(0.5) * f) * s) * s;
+}
+
 // g * d/dm of gaussian_ll = g (x - m) / var, given h = inv_std(lv).
 template <typename T>
 FV_HD T gaussian_ll_grad_mean(T x, T m, T h, T g) {

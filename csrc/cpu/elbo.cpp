@@ -26,8 +26,8 @@ void bernoulli_rows(const ElboArgs& a, const at::Tensor& recon, const at::Tensor
   const int64_t cols = a.cols, x_rows = a.x_rows;
   const scalar_t* l = recon.const_data_ptr<scalar_t>();
   const x_t* xp = x.const_data_ptr<x_t>();
-  const acc_t scale = static_cast<acc_t>(-a.row_scale);
-  const Vec<acc_t> vscale(scale);
+  const acc_t scale = static_cast<acc_t>(-a.row_scale), f = static_cast<acc_t>(a.row_scale);
+  const Vec<acc_t> vscale(scale), vf(f);
   row_sums<acc_t>(
       a.rows, cols, ll,
       [&](int64_t r, int64_t j) {
@@ -35,14 +35,14 @@ void bernoulli_rows(const ElboArgs& a, const at::Tensor& recon, const at::Tensor
         const auto v = bernoulli_ll_with_grad(load_widened<acc_t>(l + r * cols + j),
                                               load_widened<acc_t>(xp + (r % x_rows) * cols + j), &dl);
         if (g) store_narrowed<acc_t>(g + r * cols + j, dl * vscale);
-        return v;
+        return v * vf;
       },
       [&](int64_t r, int64_t j) {
         acc_t dl;
         const acc_t v = bernoulli_ll_with_grad(static_cast<acc_t>(l[r * cols + j]),
                                                static_cast<acc_t>(xp[(r % x_rows) * cols + j]), &dl);
         if (g) g[r * cols + j] = static_cast<scalar_t>(dl * scale);
-        return v;
+        return v * f;
       });
 }
 
@@ -57,8 +57,8 @@ void gaussian_rows(const ElboArgs& a, const at::Tensor& mean, const at::Tensor& 
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const acc_t scale = static_cast<acc_t>(-a.row_scale);
   const acc_t lv_const = static_cast<acc_t>(a.lv_value);
-  const acc_t h_const = inv_std(lv_const);
-  const Vec<acc_t> vscale(scale), vlv_const(lv_const), vh_const(h_const);
+  const acc_t h_const = inv_std(lv_const), f = static_cast<acc_t>(a.row_scale);
+  const Vec<acc_t> vscale(scale), vlv_const(lv_const), vh_const(h_const), vf(f);
   row_sums<acc_t>(
       a.rows, cols, ll,
       [&](int64_t r, int64_t j) {
@@ -71,7 +71,7 @@ void gaussian_rows(const ElboArgs& a, const at::Tensor& mean, const at::Tensor& 
         const auto mv = load_widened<acc_t>(m + r * cols + j);
         if (gm) store_narrowed<acc_t>(gm + r * cols + j, gaussian_ll_grad_mean(xv, mv, h, vscale));
         if (glv) store_narrowed<acc_t>(glv + r * cols + j, gaussian_ll_grad_logvar(xv, mv, h, vscale));
-        return gaussian_ll(xv, mv, lv, h);
+        return gaussian_ll(xv, mv, lv, h, vf);
       },
       [&](int64_t r, int64_t j) {
         acc_t lv = lv_const, h = h_const;
@@ -83,7 +83,7 @@ void gaussian_rows(const ElboArgs& a, const at::Tensor& mean, const at::Tensor& 
         const acc_t mv = static_cast<acc_t>(m[r * cols + j]);
         if (gm) gm[r * cols + j] = static_cast<scalar_t>(gaussian_ll_grad_mean(xv, mv, h, scale));
         if (glv) glv[r * cols + j] = static_cast<scalar_t>(gaussian_ll_grad_logvar(xv, mv, h, scale));
-        return gaussian_ll(xv, mv, lv, h);
+        return gaussian_ll(xv, mv, lv, h, f);
       });
 }
 
@@ -115,8 +115,8 @@ void kl_rows(const ElboArgs& a, const at::Tensor& mu, const at::Tensor& logvar, 
   const int64_t cols = a.latent;
   const scalar_t* m = mu.const_data_ptr<scalar_t>();
   const scalar_t* lv = logvar.const_data_ptr<scalar_t>();
-  const acc_t scale = static_cast<acc_t>(a.beta * a.row_scale);
-  const Vec<acc_t> vscale(scale);
+  const acc_t scale = static_cast<acc_t>(a.beta * a.row_scale), f = static_cast<acc_t>(a.row_scale);
+  const Vec<acc_t> vscale(scale), vf(f);
   row_sums<acc_t>(
       a.rows, cols, kl,
       [&](int64_t r, int64_t j) {
@@ -127,7 +127,7 @@ void kl_rows(const ElboArgs& a, const at::Tensor& mu, const at::Tensor& logvar, 
           store_narrowed<acc_t>(gm + i, vscale * mv);
           store_narrowed<acc_t>(glv + i, kl_normal_grad_logvar(lvv, vscale));
         }
-        return kl_normal(mv, lvv);
+        return kl_normal(mv, lvv) * vf;
       },
       [&](int64_t r, int64_t j) {
         const int64_t i = r * cols + j;
@@ -137,7 +137,7 @@ void kl_rows(const ElboArgs& a, const at::Tensor& mu, const at::Tensor& logvar, 
           gm[i] = static_cast<scalar_t>(scale * mv);
           glv[i] = static_cast<scalar_t>(kl_normal_grad_logvar(lvv, scale));
         }
-        return kl_normal(mv, lvv);
+        return kl_normal(mv, lvv) * f;
       });
 }
 
@@ -184,14 +184,17 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
       grad_kl.fill_(a.beta * a.row_scale);
     }
     // loss_r = beta * kl_r - ll_r; the batch sum in double and row order, whatever the threads.
+    // The row sums above hold row_scale times each term already (a mean stays finite where a
+    // row's sum would not be); a KL passed in gets its factor here.
     const acc_t* klp = kl_buf.const_data_ptr<acc_t>();
     const acc_t b = static_cast<acc_t>(a.beta);
     if (none) {
       for (int64_t r = 0; r < a.rows; ++r) llp[r] = b * klp[r] - llp[r];
     } else {
+      const double kl_scale = a.beta * (a.has_kl ? a.row_scale : 1.0);
       double total = 0.0;
-      for (int64_t r = 0; r < a.rows; ++r) total += static_cast<double>(b * klp[r] - llp[r]);
-      *loss.mutable_data_ptr<acc_t>() = static_cast<acc_t>(total * a.row_scale);
+      for (int64_t r = 0; r < a.rows; ++r) total += kl_scale * static_cast<double>(klp[r]) - static_cast<double>(llp[r]);
+      *loss.mutable_data_ptr<acc_t>() = static_cast<acc_t>(total);
     }
   });
   return out.outputs();

@@ -41,6 +41,7 @@ struct ElboRows {
   scalar_t* grad_lv;      // per-element variance only; null otherwise
   int64_t cols, x_rows, lv_rows;
   acc_t scale, lv_const, h_const;  // h_const = e^(-lv_const/2)
+  acc_t f;                         // row_scale: each term enters the row sum times it
 
   bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, recon, x, lv, grad_recon, grad_lv); }
 
@@ -58,7 +59,7 @@ struct ElboRows {
       const acc_t xa = static_cast<acc_t>(xv.v[v]);
       if constexpr (!kGaussian) {
         acc_t dl;
-        s += bernoulli_ll_with_grad(mv, xa, &dl);
+        s += bernoulli_ll_with_grad(mv, xa, &dl) * f;
         g.v[v] = static_cast<scalar_t>(dl * scale);
       } else {
         acc_t l = lv_const, h = h_const;
@@ -66,7 +67,7 @@ struct ElboRows {
           l = static_cast<acc_t>(lvv.v[v]);
           h = inv_std(l);
         }
-        s += gaussian_ll(xa, mv, l, h);
+        s += gaussian_ll(xa, mv, l, h, f);
         g.v[v] = static_cast<scalar_t>(gaussian_ll_grad_mean(xa, mv, h, scale));
         glv.v[v] = static_cast<scalar_t>(gaussian_ll_grad_logvar(xa, mv, h, scale));
       }
@@ -89,7 +90,7 @@ void launch_rows(const ElboArgs& a, const at::Tensor& recon, const at::Tensor& x
       recon.const_data_ptr<scalar_t>(), x.const_data_ptr<x_t>(),
       kLvTensor ? lv.const_data_ptr<scalar_t>() : nullptr, grad_recon, grad_lv,
       a.cols, a.x_rows, kLvTensor ? a.lv_rows : 1,
-      static_cast<acc_t>(-a.row_scale), lv_const, inv_std(lv_const)};
+      static_cast<acc_t>(-a.row_scale), lv_const, inv_std(lv_const), static_cast<acc_t>(a.row_scale)};
   row_sums<acc_t>(a.rows, a.cols, ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
 }
 
@@ -100,6 +101,7 @@ struct FinishArgs {
   const acc_t* kl;
   acc_t* grad_kl;        // null: not asked for (or the KL came from mu and logvar)
   acc_t beta, kl_scale;  // kl_scale = beta * row_scale, d loss / d kl_r
+  acc_t kl_in;           // row_scale for a KL passed in; 1 for the KL rows (scaled as they are summed)
   acc_t* per_row;        // reduction "none": the loss per row (may alias ll); else null
   double* partial;       // one sum per block when the grid has several
   acc_t* loss;           // the reduced loss, written by a grid of one block
@@ -113,7 +115,7 @@ __global__ void elbo_finish_kernel(FinishArgs<acc_t> a) {
   double s = 0;
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < a.rows; r += int64_t(gridDim.x) * blockDim.x) {
     if (a.grad_kl) a.grad_kl[r] = a.kl_scale;
-    const acc_t loss_r = a.beta * a.kl[r] - a.ll[r];
+    const acc_t loss_r = a.beta * (a.kl[r] * a.kl_in) - a.ll[r];
     if (a.per_row)
       a.per_row[r] = loss_r;
     else
@@ -201,6 +203,7 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
         k.grad_logvar = grad_logvar.mutable_data_ptr<scalar_t>();
         k.scale = static_cast<acc_t>(a.beta * a.row_scale);
       }
+      k.sum_scale = static_cast<acc_t>(a.row_scale);
       row_sums<acc_t>(a.rows, a.latent, kl_rows.mutable_data_ptr<acc_t>(), ll.options(), k);
     }
 
@@ -213,15 +216,16 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
     f.grad_kl = a.grad_kl && a.has_kl ? grad_kl.mutable_data_ptr<acc_t>() : nullptr;
     f.beta = static_cast<acc_t>(a.beta);
     f.kl_scale = static_cast<acc_t>(a.beta * a.row_scale);
+    f.kl_in = static_cast<acc_t>(a.has_kl ? a.row_scale : 1.0);
     f.per_row = none ? loss.mutable_data_ptr<acc_t>() : nullptr;
     f.partial = partial.defined() ? partial.mutable_data_ptr<double>() : nullptr;
     f.loss = none ? nullptr : loss.mutable_data_ptr<acc_t>();
-    f.out_scale = a.row_scale;
+    f.out_scale = 1.0;  // the terms carry row_scale already
     FASTVAE_LAUNCH(blocks, kThreads, 0, stream, elbo_finish_kernel<acc_t>)(f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (partial.defined()) {
       FASTVAE_LAUNCH(1, kThreads, 0, stream, elbo_sum_partials_kernel<acc_t>)(
-          blocks, partial.const_data_ptr<double>(), loss.mutable_data_ptr<acc_t>(), a.row_scale);
+          blocks, partial.const_data_ptr<double>(), loss.mutable_data_ptr<acc_t>(), 1.0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });

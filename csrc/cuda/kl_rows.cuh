@@ -36,6 +36,7 @@ struct KlRows {
   scalar_t* grad_mu = nullptr;  // null: no gradients (then grad_logvar is null too)
   scalar_t* grad_logvar = nullptr;
   acc_t scale = 1;
+  acc_t sum_scale = 1;  // each term enters the row sum times it (the ELBO's mean: 1 / rows)
 
   bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, mu, logvar, grad_mu, grad_logvar); }
 
@@ -46,7 +47,7 @@ struct KlRows {
     const auto lv = load_pack<V>(logvar + i);
     acc_t s = 0;
 #pragma unroll
-    for (int v = 0; v < V; ++v) s += kl_normal(static_cast<acc_t>(m.v[v]), static_cast<acc_t>(lv.v[v]));
+    for (int v = 0; v < V; ++v) s += kl_normal(static_cast<acc_t>(m.v[v]), static_cast<acc_t>(lv.v[v])) * sum_scale;
     if (grad_mu) store_kl_grads<V>(m, lv, scale, grad_mu, grad_logvar, i);  // the same for every thread
     return s;
   }
