@@ -9,7 +9,10 @@ Goals (each applies only to the rows that exist in a report):
 - the bf16 Gaussian ops (log-likelihood, KL, log q, log p) >= 1x eager and >= 1x torch.compile;
 - the large Bernoulli / Gaussian likelihood cases >= 70 % of the copy bandwidth (float32);
 - host cost: the fused ELBO step with its sample <= 0.5x the leanest eager loss at B=1, in wall
-  clock and (reports that have it) in the calling thread's CPU time.
+  clock and (reports that have it) in the calling thread's CPU time;
+- the sample with its KL against a per-row prior (``reparameterize_with_kl_normal``, issue 20),
+  forward + backward, per dtype: on the CPU >= 2.5x eager, >= 1.5x torch.compile and peak memory
+  <= 0.5x eager's; on a GPU >= 3x eager.
 
 ``--strict``: exit status 1 when a goal is not met. Reads JSON only (no torch, no fastvae).
 """
@@ -26,6 +29,8 @@ BF16_GAUSSIAN_OPS = ("gaussian_log_likelihood", "kl_standard_normal", "gaussian_
                      "standard_normal_log_density")
 BANDWIDTH_GOAL = 0.7  # fraction of copy bandwidth, large Bernoulli and Gaussian likelihood cases
 HOST_GOAL = 0.5  # fused host time over the leanest eager loss at B=1 (at most)
+# The sample + KL against a prior: (vs eager, vs compile, peak memory over eager's at most) per device.
+PRIOR_GOALS = {"cpu": (2.5, 1.5, 0.5), "cuda": (3.0, None, None)}
 
 
 def _goal(out: Dict[str, Dict[str, object]], key: str, text: str, values: List[float], target: float,
@@ -59,6 +64,7 @@ def goals(report: Dict[str, object]) -> Dict[str, Dict[str, object]]:
     if bw:
         _goal(out, "large_likelihood_bandwidth", f"large Bernoulli / Gaussian likelihood >= {BANDWIDTH_GOAL:.0%} "
               "of copy bandwidth, fraction", bw, BANDWIDTH_GOAL)
+    _prior_goals(out, results, device)
     host = report.get("host") or (report if isinstance(report.get("rows"), list) else None)
     b1 = [r["fused_over_eager"] for r in (host or {}).get("rows", [])
           if r.get("batch") == 1 and r.get("fused_over_eager") is not None]
@@ -71,6 +77,28 @@ def goals(report: Dict[str, object]) -> Dict[str, Dict[str, object]]:
         _goal(out, "host_fused_over_eager_b1_thread_cpu", f"fused ELBO step host time <= {HOST_GOAL}x the leanest "
               "eager loss at B=1 (the thread's CPU time), x", b1_cpu, HOST_GOAL, at_most=True)
     return out
+
+
+def _prior_goals(out: Dict[str, Dict[str, object]], results: Sequence[Dict[str, object]], device: str) -> None:
+    """The goals of the sample with its KL against a prior (PRIOR_GOALS), per dtype."""
+    if device not in PRIOR_GOALS:
+        return
+    eager_goal, compile_goal, memory_goal = PRIOR_GOALS[device]
+    rows = [r for r in results if r["op"] == "reparameterize_with_kl_normal"]
+    for dtype in sorted({r["dtype"] for r in rows}):
+        mine = [r for r in rows if r["dtype"] == dtype]
+        name = f"sample + KL vs a prior fwd+bwd ({device}, {dtype})"
+        vals = [r["speedup_vs_eager"] for r in mine if r["speedup_vs_eager"] is not None]
+        if vals:
+            _goal(out, f"prior_vs_eager_{dtype}", f"{name} >= {eager_goal}x eager, x", vals, eager_goal)
+        vals = [r["speedup_vs_compile"] for r in mine if r["speedup_vs_compile"] is not None]
+        if vals and compile_goal is not None:
+            _goal(out, f"prior_vs_compile_{dtype}", f"{name} >= {compile_goal}x torch.compile, x", vals, compile_goal)
+        mem = [r["peak_mem_mb"]["fused"] / r["peak_mem_mb"]["eager"] for r in mine
+               if (r.get("peak_mem_mb") or {}).get("fused") is not None and (r["peak_mem_mb"].get("eager") or 0) > 0]
+        if mem and memory_goal is not None:
+            _goal(out, f"prior_memory_{dtype}", f"{name} peak memory <= {memory_goal}x eager's, ratio", mem,
+                  memory_goal, at_most=True)
 
 
 def lines(checked: Dict[str, Dict[str, object]]) -> List[str]:

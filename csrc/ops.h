@@ -16,6 +16,7 @@ namespace fastvae {
 
 using TensorPair = std::tuple<at::Tensor, at::Tensor>;
 using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using TensorQuad = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 // elbo_loss: (loss, grad_recon, grad_kl, grad_mu, grad_logvar, grad_obs_logvar).
 using ElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
@@ -37,6 +38,25 @@ using ElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, a
   at::Tensor kl_standard_normal(const at::Tensor& mu, const at::Tensor& logvar);                 \
   TensorPair kl_standard_normal_backward(const at::Tensor& grad, const at::Tensor& mu,           \
                                          const at::Tensor& logvar);                              \
+  /* kl_normal: KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)), the prior broadcast over rows, */ \
+  /* alone and with the sample of q (the four gradients: mu_q, logvar_q, mu_p, logvar_p)       */ \
+  at::Tensor kl_normal(const at::Tensor& mu_q, const at::Tensor& logvar_q, const at::Tensor& mu_p, \
+                       const at::Tensor& logvar_p);                                              \
+  TensorQuad kl_normal_backward(const at::Tensor& grad, const at::Tensor& mu_q,                  \
+                                const at::Tensor& logvar_q, const at::Tensor& mu_p,              \
+                                const at::Tensor& logvar_p);                                     \
+  TensorTriple reparameterize_with_kl_normal(const at::Tensor& mu, const at::Tensor& logvar,     \
+                                             const at::Tensor& prior_mu,                         \
+                                             const at::Tensor& prior_logvar,                     \
+                                             std::optional<int64_t> num_samples,                 \
+                                             std::optional<at::Generator> generator,             \
+                                             const std::optional<at::Tensor>& rng_state);        \
+  TensorQuad reparameterize_with_kl_normal_backward(const at::Tensor& grad_z, const at::Tensor& mu, \
+                                                    const at::Tensor& logvar,                    \
+                                                    const at::Tensor& prior_mu,                  \
+                                                    const at::Tensor& prior_logvar,              \
+                                                    const at::Tensor& rng_state,                 \
+                                                    const at::Tensor& grad_kl);                  \
   /* likelihood */                                                                               \
   TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x,             \
                                       bool compute_grad);                                        \

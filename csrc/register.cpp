@@ -28,8 +28,8 @@
 // refuse a stale build (7: cpu_isa, parallel_threads; 8: the sampling ops' Philox counter in
 // curand's layout, a new eps for a given seed; 9: the likelihoods without grad_scale, and the
 // Gaussian one without compute_grad and its gradient outputs; 10: num_samples optional in the
-// samplers, and fastvae::elbo).
-#define FASTVAE_OPS_VERSION 10
+// samplers, and fastvae::elbo; 11: the kl_normal family).
+#define FASTVAE_OPS_VERSION 11
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a
@@ -45,6 +45,18 @@ FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   m.def("reparameterize_backward(Tensor grad_z, Tensor mu, Tensor logvar, Tensor rng_state, Tensor? grad_kl=None) -> (Tensor, Tensor)");
   m.def("kl_standard_normal(Tensor mu, Tensor logvar) -> Tensor");
   m.def("kl_standard_normal_backward(Tensor grad, Tensor mu, Tensor logvar) -> (Tensor, Tensor)");
+  // KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)) per row: the prior's operands each broadcast
+  // over q's rows (their row count divides q's); the backward op returns all four gradients, a
+  // broadcast operand's summed over its repeats. The sampler draws z as reparameterize does, and
+  // the KL against the prior in the same pass; its backward takes both terms' gradients in one.
+  m.def("kl_normal(Tensor mu_q, Tensor logvar_q, Tensor mu_p, Tensor logvar_p) -> Tensor");
+  m.def("kl_normal_backward(Tensor grad, Tensor mu_q, Tensor logvar_q, Tensor mu_p, Tensor logvar_p) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("reparameterize_with_kl_normal(Tensor mu, Tensor logvar, Tensor prior_mu, Tensor prior_logvar, "
+        "int? num_samples, Generator? generator=None, Tensor? rng_state=None) -> (Tensor, Tensor, Tensor)",
+        {at::Tag::nondeterministic_seeded});
+  m.def("reparameterize_with_kl_normal_backward(Tensor grad_z, Tensor mu, Tensor logvar, Tensor prior_mu, "
+        "Tensor prior_logvar, Tensor rng_state, Tensor grad_kl) -> (Tensor, Tensor, Tensor, Tensor)");
   // With compute_grad the Bernoulli likelihood also returns d ll / d logits, written in the same pass.
   m.def("bernoulli_log_likelihood(Tensor logits, Tensor x, bool compute_grad) -> (Tensor, Tensor)");
   m.def("gaussian_log_likelihood(Tensor mean, Tensor x, Tensor logvar) -> Tensor");
@@ -109,6 +121,10 @@ at::Tensor elbo_loss_only(const at::Tensor& recon, const at::Tensor& x, const st
   m.impl("reparameterize_backward", &fastvae::ns::reparameterize_backward);                    \
   m.impl("kl_standard_normal", &fastvae::ns::kl_standard_normal);                              \
   m.impl("kl_standard_normal_backward", &fastvae::ns::kl_standard_normal_backward);            \
+  m.impl("kl_normal", &fastvae::ns::kl_normal);                                                \
+  m.impl("kl_normal_backward", &fastvae::ns::kl_normal_backward);                              \
+  m.impl("reparameterize_with_kl_normal", &fastvae::ns::reparameterize_with_kl_normal);        \
+  m.impl("reparameterize_with_kl_normal_backward", &fastvae::ns::reparameterize_with_kl_normal_backward); \
   m.impl("bernoulli_log_likelihood", &fastvae::ns::bernoulli_log_likelihood);                  \
   m.impl("gaussian_log_likelihood", &fastvae::ns::gaussian_log_likelihood);                    \
   m.impl("gaussian_log_likelihood_backward", &fastvae::ns::gaussian_log_likelihood_backward);  \

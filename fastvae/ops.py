@@ -79,6 +79,31 @@ def _(grad, mu, logvar):
     return torch.empty_like(mu), torch.empty_like(logvar)
 
 
+@torch.library.register_fake("fastvae::kl_normal")
+def _(mu_q, logvar_q, mu_p, logvar_p):
+    _same_device(mu_q=mu_q, logvar_q=logvar_q, mu_p=mu_p, logvar_p=logvar_p)
+    return _rows_out(mu_q)
+
+
+@torch.library.register_fake("fastvae::kl_normal_backward")
+def _(grad, mu_q, logvar_q, mu_p, logvar_p):
+    _same_device(mu_q=mu_q, logvar_q=logvar_q, mu_p=mu_p, logvar_p=logvar_p, grad=grad)
+    return tuple(torch.empty_like(t) for t in (mu_q, logvar_q, mu_p, logvar_p))
+
+
+@torch.library.register_fake("fastvae::reparameterize_with_kl_normal")
+def _(mu, logvar, prior_mu, prior_logvar, num_samples, generator=None, rng_state=None):
+    _same_device(mu=mu, logvar=logvar, prior_mu=prior_mu, prior_logvar=prior_logvar, rng_state=rng_state)
+    return _sample_out(mu, num_samples), _rows_out(mu), _rng_out(mu)
+
+
+@torch.library.register_fake("fastvae::reparameterize_with_kl_normal_backward")
+def _(grad_z, mu, logvar, prior_mu, prior_logvar, rng_state, grad_kl):
+    _same_device(mu=mu, logvar=logvar, prior_mu=prior_mu, prior_logvar=prior_logvar, grad_z=grad_z,
+                 rng_state=rng_state, grad_kl=grad_kl)
+    return tuple(torch.empty_like(t) for t in (mu, logvar, prior_mu, prior_logvar))
+
+
 @torch.library.register_fake("fastvae::bernoulli_log_likelihood")
 def _(logits, x, compute_grad):
     _same_device(logits=logits, x=x)

@@ -17,6 +17,7 @@ __all__ = [
     "reparameterize",
     "reparameterize_with_kl",
     "kl_standard_normal",
+    "kl_normal",
     "bernoulli_log_likelihood",
     "gaussian_log_likelihood",
     "gaussian_log_density",
@@ -53,14 +54,28 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
 
 
+def kl_normal(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_q, diag exp(logvar_q)) || N(mu_p, diag exp(logvar_p))) summed over the last dim, the
+    closed form hierarchical VAEs write by hand (VDVAE's ``gaussian_analytical_kl``, in
+    log-variances, the variance ratio taken as exp(logvar_q - logvar_p)); equal to
+    ``torch.distributions.kl_divergence(Normal, Normal).sum(-1)``."""
+    ratio = torch.exp(logvar_q - logvar_p)
+    return torch.sum(0.5 * (ratio + (mu_q - mu_p).pow(2) * torch.exp(-logvar_p) - 1 - (logvar_q - logvar_p)), dim=-1)
+
+
 def reparameterize_with_kl(
     mu: torch.Tensor,
     logvar: torch.Tensor,
     num_samples: Optional[int] = None,
     eps: Optional[torch.Tensor] = None,
+    prior_mu: Optional[torch.Tensor] = None,
+    prior_logvar: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The sample and the KL term, each computed on its own."""
-    return reparameterize(mu, logvar, num_samples, eps), kl_standard_normal(mu, logvar)
+    """The sample and the KL term (against N(0, I), or N(prior_mu, exp(prior_logvar)) when both
+    are given), each computed on its own."""
+    if prior_mu is None and prior_logvar is None:
+        return reparameterize(mu, logvar, num_samples, eps), kl_standard_normal(mu, logvar)
+    return reparameterize(mu, logvar, num_samples, eps), kl_normal(mu, logvar, prior_mu, prior_logvar)
 
 
 def bernoulli_log_likelihood(

@@ -43,7 +43,9 @@ def test_every_op_has_a_case_and_fused_agrees_with_eager(family):
 def test_op_families_cover_every_op_once():
     grouped = [op for ops in cases.OP_FAMILIES.values() for op in ops]
     assert sorted(grouped) == sorted(cases.OPS) and len(grouped) == len(set(grouped))
-    assert set(cases.OP_FAMILIES) == {"sampling", "kl", "likelihood", "density", "elbo"}
+    assert set(cases.OP_FAMILIES) == {"sampling", "kl", "likelihood", "density", "elbo", "kl_normal"}
+    assert set(cases.OP_FAMILY_SIZES) <= set(cases.OP_FAMILIES)
+    assert all(f in cases.FAMILIES for sizes in cases.OP_FAMILY_SIZES.values() for f in sizes)
 
 
 def test_run_case_ratios_and_cpu_memory():

@@ -49,6 +49,26 @@ def test_kernel_goals_checked_from_their_rows():
     assert "reparameterize fwd+bwd >= 1.5x eager" in text and "1.20..1.70 -> NOT met" in text
 
 
+def test_prior_goals_per_dtype_on_the_cpu_and_a_gpu():
+    report = _fake_report("cpu", 2.5)
+    base = dict(report["results"][0], op="reparameterize_with_kl_normal", family="latents")
+    report["results"] = [dict(base, speedup_vs_eager=3.1, speedup_vs_compile=1.6,
+                              peak_mem_mb={"fused": 1.0, "eager": 2.5, "compile": 2.0}),
+                         dict(base, speedup_vs_eager=2.4, speedup_vs_compile=1.9,
+                              peak_mem_mb={"fused": 1.5, "eager": 2.0, "compile": 2.0}),
+                         dict(base, dtype="bfloat16", speedup_vs_eager=2.6, speedup_vs_compile=None,
+                              peak_mem_mb={"fused": 1.0, "eager": 4.0, "compile": None})]
+    goals = check_goals.goals(report)
+    assert not goals["prior_vs_eager_float32"]["met"] and goals["prior_vs_eager_float32"]["min"] == 2.4
+    assert goals["prior_vs_compile_float32"]["met"] and goals["prior_vs_eager_bfloat16"]["met"]
+    memory = goals["prior_memory_float32"]
+    assert (memory["max"], memory["target"], memory["met"]) == (0.75, 0.5, False)
+    assert "prior_vs_compile_bfloat16" not in goals and goals["prior_memory_bfloat16"]["met"]
+    report["environment"]["device_type"] = "cuda"
+    gpu = check_goals.goals(report)
+    assert gpu["prior_vs_eager_float32"]["target"] == 3.0 and "prior_memory_float32" not in gpu
+
+
 def test_no_rows_no_goals():
     report = _fake_report("cpu", 2.5)
     report["results"][0]["op"] = "kl_standard_normal"

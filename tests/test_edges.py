@@ -145,6 +145,17 @@ OPS: List[Op] = [
     Op("kl_standard_normal", (Arg("mu", LOC), Arg("logvar", LV)),
        lambda mu, logvar: (F.kl_standard_normal(mu, logvar),),
        lambda _, mu, logvar: (R.kl_standard_normal(mu, logvar),), lambda s, d: _loc_lv(s, d, "mu", "logvar")),
+    Op("kl_normal", (Arg("mu_q", LOC), Arg("logvar_q", LV), Arg("mu_p", LOC), Arg("logvar_p", LV)),
+       lambda mu_q, logvar_q, mu_p, logvar_p: (F.kl_normal(mu_q, logvar_q, mu_p, logvar_p),),
+       lambda _, mu_q, logvar_q, mu_p, logvar_p: (R.kl_normal(mu_q, logvar_q, mu_p, logvar_p),),
+       lambda s, d: _loc_lv(s, d, "mu_q", "logvar_q", "mu_p", "logvar_p")),
+    Op("reparameterize_with_kl[prior]",
+       (Arg("mu", LOC), Arg("logvar", LV), Arg("prior_mu", LOC), Arg("prior_logvar", LV)),
+       lambda mu, logvar, prior_mu, prior_logvar: F.reparameterize_with_kl(
+           mu, logvar, generator=_generator(mu, logvar), prior_mu=prior_mu, prior_logvar=prior_logvar),
+       lambda out, mu, logvar, prior_mu, prior_logvar: (
+           _sample_ref(out, mu, logvar) + (R.kl_normal(mu, logvar, prior_mu, prior_logvar),)),
+       lambda s, d: _loc_lv(s, d, "mu", "logvar", "prior_mu", "prior_logvar")),
     Op("bernoulli_log_likelihood", (Arg("logits", LOGITS), Arg("x", TARGET)),
        lambda logits, x: (F.bernoulli_log_likelihood(logits, x),),
        lambda _, logits, x: (_ref_bernoulli(logits, x),),
@@ -372,123 +383,3 @@ def test_oracles_are_the_reference(dtype):
     inf = torch.tensor([[math.inf, -math.inf, math.inf]], dtype=dtype)
     ll = _bernoulli_terms(inf, torch.tensor([[0.0, 0.5, 0.5]], dtype=dtype))
     assert ll.isneginf().all()
-
-
-# ---------------------------------------------------------------- raw dispatcher ops, 0 rows
-def _raw_cases() -> Dict[str, Tuple[Callable[[str], Sequence[torch.Tensor]], Any]]:
-    """name -> (call on a device, expected): the outputs' shapes (empty, or zero sums over no
-    rows: the reference's value) or the argument an error must name. The Python layer refuses
-    empty inputs; the dispatcher ops must still answer, never crash."""
-    ops = torch.ops.fastvae
-
-    def t(*shape, device, dtype=torch.float32):
-        return torch.randn(shape, dtype=dtype, device=device)
-
-    def st(device):
-        return torch.tensor([5, 0], dtype=torch.int64, device=device)
-
-    return {
-        "reparameterize": (lambda d: ops.reparameterize(t(0, 5, device=d), t(0, 5, device=d), 1, None, st(d))[:1],
-                           [(1, 0, 5)]),
-        "reparameterize_with_kl": (
-            lambda d: ops.reparameterize_with_kl(t(0, 5, device=d), t(0, 5, device=d), 1, None, st(d))[:2],
-            [(1, 0, 5), (0,)]),
-        "reparameterize_backward": (
-            lambda d: ops.reparameterize_backward(t(1, 0, 5, device=d), t(0, 5, device=d), t(0, 5, device=d), st(d)),
-            [(0, 5), (0, 5)]),
-        "reparameterize_backward[0 samples]": (
-            lambda d: ops.reparameterize_backward(t(0, 3, 5, device=d), t(3, 5, device=d), t(3, 5, device=d), st(d)),
-            [(3, 5, 0.0), (3, 5, 0.0)]),
-        "kl_standard_normal": (lambda d: [ops.kl_standard_normal(t(0, 5, device=d), t(0, 5, device=d))], [(0,)]),
-        "kl_standard_normal[0 cols]": (lambda d: [ops.kl_standard_normal(t(3, 0, device=d), t(3, 0, device=d))],
-                                       [(3, 0.0)]),
-        "kl_standard_normal_backward": (
-            lambda d: ops.kl_standard_normal_backward(t(0, device=d), t(0, 5, device=d), t(0, 5, device=d)),
-            [(0, 5), (0, 5)]),
-        "bernoulli_log_likelihood": (
-            lambda d: ops.bernoulli_log_likelihood(t(0, 5, device=d), t(1, 5, device=d), True), [(0,), (0, 5)]),
-        "gaussian_log_likelihood": (
-            lambda d: [ops.gaussian_log_likelihood(t(0, 5, device=d), t(1, 5, device=d), t(1, 5, device=d))], [(0,)]),
-        "gaussian_log_likelihood_backward": (
-            lambda d: ops.gaussian_log_likelihood_backward(t(0, device=d), t(0, 5, device=d), t(1, 5, device=d),
-                                                           t(1, 5, device=d), True),
-            [(0, 5), (1, 5, 0.0)]),
-        "gaussian_log_density": (
-            lambda d: [ops.gaussian_log_density(t(0, 5, device=d), t(1, 5, device=d), t(1, 5, device=d))], [(0,)]),
-        "gaussian_log_density_backward": (
-            lambda d: ops.gaussian_log_density_backward(t(0, device=d), t(0, 5, device=d), t(1, 5, device=d),
-                                                        t(1, 5, device=d)),
-            [(0, 5), (1, 5, 0.0), (1, 5, 0.0)]),
-        "standard_normal_log_density": (lambda d: [ops.standard_normal_log_density(t(0, 5, device=d))], [(0,)]),
-        "standard_normal_log_density_backward": (
-            lambda d: [ops.standard_normal_log_density_backward(t(0, device=d), t(0, 5, device=d))], [(0, 5)]),
-        "elbo_loss": (lambda d: ops.elbo_loss(t(0, 5, device=d), t(0, 5, device=d), None, t(0, 3, device=d),
-                                              t(0, 3, device=d), None, 0.0, "bernoulli", 1.0, "mean",
-                                              [True, True, False]), "recon"),
-        "elbo_rescale": (lambda d: ops.elbo_rescale(t(device=d), [t(0, 5, device=d)]), [(0, 5)]),
-    }
-
-
-def _raw_outcome(name: str, device: str) -> str:
-    """Runs one raw case and describes what it did: 'ok', or what went wrong."""
-    call, expected = _raw_cases()[name]
-    try:
-        outs = list(call(device))
-    except (ValueError, RuntimeError) as e:
-        if isinstance(expected, str) and re.search(rf"\b{expected}\b", str(e)):
-            return "ok"
-        return f"raised {type(e).__name__}: {e}"
-    if isinstance(expected, str):
-        return f"returned {[tuple(o.shape) for o in outs]} instead of an error naming {expected}"
-    for o, want in zip(outs, expected):
-        shape, fill = (want[:-1], want[-1]) if isinstance(want[-1], float) else (want, None)
-        if tuple(o.shape) != tuple(shape):
-            return f"shape {tuple(o.shape)}, expected {shape}"
-        if fill is not None and not torch.equal(o.cpu(), torch.full(shape, fill, dtype=o.dtype)):
-            return f"values {o.cpu().flatten()[:5].tolist()}, expected {fill}"
-    return "ok"
-
-
-def _raw_child(device: str, route: bool, start: int) -> None:  # pragma: no cover (a subprocess)
-    """Entry point of the subprocess: the raw cases from ``start`` on, one JSON line each."""
-    import json
-    from contextlib import nullcontext
-
-    from . import emu
-
-    with emu.routed() if route else nullcontext():
-        for name in list(_raw_cases())[start:]:
-            print(json.dumps([name, _raw_outcome(name, device)]), flush=True)
-
-
-_RAW_RESULTS: Dict[Tuple[str, bool], Dict[str, str]] = {}
-
-
-def _raw_results(device: str, route: bool, cwd: str) -> Dict[str, str]:
-    """Every raw case's outcome on a device, from subprocesses: a case that kills its process is
-    recorded as a crash and the next process goes on after it."""
-    import json
-    import subprocess
-    import sys
-
-    names = list(_raw_cases())
-    results: Dict[str, str] = {}
-    while len(results) < len(names):
-        code = f"from tests.test_edges import _raw_child; _raw_child({device!r}, {route}, {len(results)})"
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd)
-        results.update(json.loads(line) for line in proc.stdout.splitlines() if line.startswith("["))
-        if len(results) < len(names):
-            results[names[len(results)]] = f"crashed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}"
-    return results
-
-
-@pytest.mark.parametrize("device", cpu_and_cuda())
-@pytest.mark.parametrize("name", list(_raw_cases()))
-def test_raw_op_with_no_rows(name, device, request):
-    """The raw ops on 0 rows, in subprocesses, so that a crash (issue 22 item 3: a division by
-    zero in the launch heuristics) fails its case instead of the whole test run."""
-    route = any(m.kwargs.get("route") for m in request.node.iter_markers("emu"))
-    if (device, route) not in _RAW_RESULTS:
-        _RAW_RESULTS[device, route] = _raw_results(device, route, str(request.config.rootpath))
-    outcome = _RAW_RESULTS[device, route][name]
-    assert outcome == "ok", outcome

@@ -216,6 +216,31 @@ def _sample_ref(a):
     return [z.detach(), kl.detach(), *with_kl, *gz_only]
 
 
+def _kl_normal_make(shape, dtype):
+    b = shape[0] // _divisor(shape[0])  # the prior's log-variance broadcast over the rows
+    return dict(mq=torch.randn(shape).to(dtype), lq=torch.randn(shape).to(dtype), mp=torch.randn(shape).to(dtype),
+                lp=torch.randn(b, shape[1]).to(dtype), g=torch.randn(shape[0], dtype=_acc(dtype)),
+                state=torch.tensor([torch.randint(1 << 62, ()).item(), 8]), gz=torch.randn(K, *shape).to(dtype))
+
+
+def _kl_normal_run(ops, a):
+    q_p = [a["mq"], a["lq"], a["mp"], a["lp"]]
+    z, kl, _ = ops.reparameterize_with_kl_normal(*q_p, K, None, a["state"])
+    return [ops.kl_normal(*q_p), *ops.kl_normal_backward(a["g"], *q_p), z, kl,
+            *ops.reparameterize_with_kl_normal_backward(a["gz"], *q_p, a["state"], a["g"])]
+
+
+def _kl_normal_ref(a):
+    q_p = [a[k].requires_grad_() for k in ("mq", "lq", "mp", "lp")]
+    full = q_p[:3] + [q_p[3].repeat(q_p[0].shape[0] // q_p[3].shape[0], 1)]
+    y = R.kl_normal(*full)
+    zeros = torch.zeros_like(q_p[0])
+    eps = torch.ops.fastvae.reparameterize(zeros, zeros, K, None, a["state"])[0]
+    z, kl = R.reparameterize_with_kl(full[0], full[1], K, eps=eps, prior_mu=full[2], prior_logvar=full[3])
+    return [y.detach(), *_grads(y, q_p, a["g"]), z.detach(), kl.detach(),
+            *torch.autograd.grad([z, kl], q_p, [a["gz"], a["g"]])]
+
+
 def _elbo_make(shape, dtype):
     rows, b = shape[0], shape[0] // _divisor(shape[0])
     return dict(recon=(torch.randn(shape) * 2).to(dtype), x_bin=(torch.rand(b, shape[1]) > 0.5).to(dtype),
@@ -254,6 +279,7 @@ FAMILIES: Dict[str, Tuple[Callable, Callable, Callable]] = {
     "gaussian_density": (_density_make, _density_run, _density_ref),
     "standard_normal_density": (_std_normal_make, _std_normal_run, _std_normal_ref),
     "sample_and_kl": (_sample_make, _sample_run, _sample_ref),
+    "kl_normal": (_kl_normal_make, _kl_normal_run, _kl_normal_ref),
     "elbo": (_elbo_make, _elbo_run, _elbo_ref),
 }
 

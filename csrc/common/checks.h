@@ -74,6 +74,23 @@ inline void check_kl_operands(const at::Tensor& mu, const at::Tensor& logvar) {
   TORCH_CHECK(mu.scalar_type() == logvar.scalar_type(), "fastvae: mu and logvar must share a dtype");
 }
 
+// The kl_normal ops' operands: q's mean and log-variance, contiguous (rows, cols) matrices of one
+// shape; the prior's, each (rows / k, cols), broadcast over q's rows; one dtype for all four.
+inline void check_kl_normal(const at::Tensor& mu_q, const char* mqn, const at::Tensor& logvar_q, const char* lqn,
+                            const at::Tensor& mu_p, const char* mpn, const at::Tensor& logvar_p, const char* lpn) {
+  check_matrix(mu_q, mqn);
+  check_matrix(logvar_q, lqn);
+  check_matrix(mu_p, mpn);
+  check_matrix(logvar_p, lpn);
+  check_same_shape(mu_q, mqn, logvar_q, lqn);
+  const auto t = mu_q.scalar_type();
+  TORCH_CHECK(logvar_q.scalar_type() == t && mu_p.scalar_type() == t && logvar_p.scalar_type() == t, "fastvae: ",
+              mqn, ", ", lqn, ", ", mpn, " and ", lpn, " must share a dtype, got ", t, ", ", logvar_q.scalar_type(),
+              ", ", mu_p.scalar_type(), ", ", logvar_p.scalar_type());
+  check_row_broadcast(mu_q, mqn, mu_p, mpn);
+  check_row_broadcast(mu_q, mqn, logvar_p, lpn);
+}
+
 // mean (rows, D); x and logvar broadcast over its rows; one dtype for all three.
 inline void check_gaussian(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar) {
   check_matrix(mean, "mean");

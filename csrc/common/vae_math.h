@@ -104,17 +104,50 @@ FV_HD T standard_normal_ll(T z) {
 
 // KL(N(mu, e^lv) || N(0, 1)) for one latent dimension: (e^lv + mu^2 - 1 - lv) / 2.
 template <typename T>
-FV_HD T kl_normal(T mu, T lv) {
+FV_HD T kl_std_normal(T mu, T lv) {
   const T sd = std_dev(lv);
   return (T(0.5) * sd) * sd + T(0.5) * ((mu * mu - T(1)) - lv);
 }
 
-// g * d/dlv of kl_normal = g (e^lv - 1) / 2 (d/dmu is mu itself).
+// g * d/dlv of kl_std_normal = g (e^lv - 1) / 2 (d/dmu is mu itself).
 template <typename T>
-FV_HD T kl_normal_grad_logvar(T lv, T g) {
+FV_HD T kl_std_normal_grad_logvar(T lv, T g) {
   const T sd = std_dev(lv);
   const T half_g = T(0.5) * g;
   return (half_g * sd) * sd - half_g;
+}
+
+// KL(N(mq, e^lq) || N(mp, e^lp)) for one latent dimension (the kl_normal op family):
+//   (e^(lq - lp) - 1 - (lq - lp)) / 2 + s^2 / 2,  s = (mq - mp) e^(-lp/2).
+// The variance ratio comes from the difference of the log-variances, as the square of
+// r = e^((lq - lp)/2) halved first, and s is the mean gap in the prior's standard deviations, so
+// nothing overflows where the KL itself is finite (e^-lp alone overflows float32 at lp < -88.7,
+// and e^(lq - lp) before its half does).
+template <typename T>
+FV_HD T kl_normal_term(T mq, T lq, T mp, T lp) {
+  const T d = lq - lp;
+  const T r = std_dev(d);
+  const T s = (mq - mp) * inv_std(lp);
+  return ((T(0.5) * r) * r + (T(0.5) * s) * s) - T(0.5) * (T(1) + d);
+}
+
+// g times the four partial derivatives of kl_normal_term:
+//   d/dmq = (mq - mp) e^-lp = s e^(-lp/2), d/dmp = -d/dmq,
+//   d/dlq = (e^(lq - lp) - 1) / 2,          d/dlp = -d/dlq - s^2 / 2.
+// g is multiplied in before the large factors (as in gaussian_ll_grad_mean).
+template <typename T>
+struct KlNormalGrads {
+  T mu_q, logvar_q, mu_p, logvar_p;
+};
+template <typename T>
+FV_HD KlNormalGrads<T> kl_normal_term_grads(T mq, T lq, T mp, T lp, T g) {
+  const T h = inv_std(lp);
+  const T r = std_dev(lq - lp);
+  const T s = (mq - mp) * h;
+  const T half_g = T(0.5) * g;
+  const T dlq = (half_g * r) * r - half_g;
+  const T dmq = (g * s) * h;
+  return {dmq, dlq, T(0) - dmq, (T(0) - dlq) - (half_g * s) * s};
 }
 
 }  // namespace fastvae

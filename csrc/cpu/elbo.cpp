@@ -125,9 +125,9 @@ void kl_rows(const ElboArgs& a, const at::Tensor& mu, const at::Tensor& logvar, 
         const auto lvv = load_widened<acc_t>(lv + i);
         if (gm) {
           store_narrowed<acc_t>(gm + i, vscale * mv);
-          store_narrowed<acc_t>(glv + i, kl_normal_grad_logvar(lvv, vscale));
+          store_narrowed<acc_t>(glv + i, kl_std_normal_grad_logvar(lvv, vscale));
         }
-        return kl_normal(mv, lvv) * vf;
+        return kl_std_normal(mv, lvv) * vf;
       },
       [&](int64_t r, int64_t j) {
         const int64_t i = r * cols + j;
@@ -135,9 +135,9 @@ void kl_rows(const ElboArgs& a, const at::Tensor& mu, const at::Tensor& logvar, 
         const acc_t lvv = static_cast<acc_t>(lv[i]);
         if (gm) {
           gm[i] = static_cast<scalar_t>(scale * mv);
-          glv[i] = static_cast<scalar_t>(kl_normal_grad_logvar(lvv, scale));
+          glv[i] = static_cast<scalar_t>(kl_std_normal_grad_logvar(lvv, scale));
         }
-        return kl_normal(mv, lvv) * f;
+        return kl_std_normal(mv, lvv) * f;
       });
 }
 

@@ -22,10 +22,10 @@ at::Tensor kl_standard_normal(const at::Tensor& mu, const at::Tensor& logvar) {
     row_sums<acc_t>(
         mu.size(0), cols, kl.mutable_data_ptr<acc_t>(),
         [&](int64_t r, int64_t j) {
-          return kl_normal(load_widened<acc_t>(m + r * cols + j), load_widened<acc_t>(lv + r * cols + j));
+          return kl_std_normal(load_widened<acc_t>(m + r * cols + j), load_widened<acc_t>(lv + r * cols + j));
         },
         [&](int64_t r, int64_t j) {
-          return kl_normal(static_cast<acc_t>(m[r * cols + j]), static_cast<acc_t>(lv[r * cols + j]));
+          return kl_std_normal(static_cast<acc_t>(m[r * cols + j]), static_cast<acc_t>(lv[r * cols + j]));
         });
   });
   return kl;
@@ -52,12 +52,12 @@ TensorPair kl_standard_normal_backward(const at::Tensor& grad, const at::Tensor&
           const Vec<acc_t> gr(g[r]);
           const int64_t i = r * cols + j;
           store_narrowed<acc_t>(gm + i, gr * load_widened<acc_t>(m + i));
-          store_narrowed<acc_t>(glv + i, kl_normal_grad_logvar(load_widened<acc_t>(lv + i), gr));
+          store_narrowed<acc_t>(glv + i, kl_std_normal_grad_logvar(load_widened<acc_t>(lv + i), gr));
         },
         [&](int64_t r, int64_t j) {
           const int64_t i = r * cols + j;
           gm[i] = static_cast<scalar_t>(g[r] * static_cast<acc_t>(m[i]));
-          glv[i] = static_cast<scalar_t>(kl_normal_grad_logvar(static_cast<acc_t>(lv[i]), g[r]));
+          glv[i] = static_cast<scalar_t>(kl_std_normal_grad_logvar(static_cast<acc_t>(lv[i]), g[r]));
         });
   });
   return {grad_mu, grad_logvar};

@@ -20,7 +20,7 @@ __device__ __forceinline__ void store_kl_grads(const Pack<scalar_t, V>& m, const
 #pragma unroll
   for (int v = 0; v < V; ++v) {
     gm.v[v] = static_cast<scalar_t>(g * static_cast<acc_t>(m.v[v]));
-    glv.v[v] = static_cast<scalar_t>(kl_normal_grad_logvar(static_cast<acc_t>(lv.v[v]), g));
+    glv.v[v] = static_cast<scalar_t>(kl_std_normal_grad_logvar(static_cast<acc_t>(lv.v[v]), g));
   }
   store_pack<V>(grad_mu + i, gm);
   store_pack<V>(grad_logvar + i, glv);
@@ -47,7 +47,7 @@ struct KlRows {
     const auto lv = load_pack<V>(logvar + i);
     acc_t s = 0;
 #pragma unroll
-    for (int v = 0; v < V; ++v) s += kl_normal(static_cast<acc_t>(m.v[v]), static_cast<acc_t>(lv.v[v])) * sum_scale;
+    for (int v = 0; v < V; ++v) s += kl_std_normal(static_cast<acc_t>(m.v[v]), static_cast<acc_t>(lv.v[v])) * sum_scale;
     if (grad_mu) store_kl_grads<V>(m, lv, scale, grad_mu, grad_logvar, i);  // the same for every thread
     return s;
   }

@@ -17,6 +17,7 @@
 
 #include "common/checks.h"
 #include "common/philox.h"
+#include "cuda/draw.cuh"
 #include "cuda/launch.cuh"
 #include "ops.h"
 
@@ -26,21 +27,6 @@ namespace cuda {
 using namespace cuda_detail;
 
 namespace {
-
-__device__ __forceinline__ PhiloxState read_state(const int64_t* s) {
-  return {static_cast<uint64_t>(s[0]), static_cast<uint64_t>(s[1])};
-}
-
-// The stream of a forward sampling call; the one thread that draws flat index 0 records it.
-__device__ __forceinline__ PhiloxState unpack_state(const at::PhiloxCudaState& philox, int64_t* state_out,
-                                                    bool record) {
-  const auto seeds = at::cuda::philox::unpack(philox);
-  if (record) {
-    state_out[0] = static_cast<int64_t>(std::get<0>(seeds));
-    state_out[1] = static_cast<int64_t>(std::get<1>(seeds));
-  }
-  return {std::get<0>(seeds), std::get<1>(seeds)};
-}
 
 // The state of a call that has no element to draw: recorded all the same, as the CPU op returns it.
 __global__ void record_state_kernel(at::PhiloxCudaState philox, int64_t* state_out) {
@@ -88,21 +74,6 @@ __global__ void reparameterize_kernel(const scalar_t* mu, const scalar_t* logvar
   }
 }
 
-// eps of the V consecutive flat indices i0 .. i0 + V - 1, i0 a multiple of V: whole Philox
-// groups for V >= 4, part of one group otherwise.
-template <int V, typename acc_t>
-__device__ __forceinline__ void eps_pack(PhiloxState st, int64_t i0, acc_t eps[V]) {
-  if constexpr (V >= 4) {
-#pragma unroll
-    for (int q = 0; q < V / 4; ++q) philox_normal4<acc_t>(st, static_cast<uint64_t>(i0 / 4 + q), eps + 4 * q);
-  } else {
-    acc_t group[4];
-    philox_normal4<acc_t>(st, static_cast<uint64_t>(i0 / 4), group);
-#pragma unroll
-    for (int v = 0; v < V; ++v) eps[v] = group[i0 % 4 + v];
-  }
-}
-
 // z for every sample and the KL term of each row of (mu, logvar), reading mu and logvar once.
 template <typename scalar_t>
 struct SampleAndKlRows {
@@ -128,17 +99,9 @@ struct SampleAndKlRows {
       const acc_t l = static_cast<acc_t>(lv.v[v]);
       mean[v] = static_cast<acc_t>(m.v[v]);
       sd[v] = std_dev(l);
-      kl += kl_normal(mean[v], l);
+      kl += kl_std_normal(mean[v], l);
     }
-    const PhiloxState st = unpack_state(philox, state_out, p == 0);
-    for (int64_t k = 0; k < samples; ++k) {
-      acc_t eps[V];
-      eps_pack<V>(st, k * n + p, eps);
-      Pack<scalar_t, V> out;
-#pragma unroll
-      for (int v = 0; v < V; ++v) out.v[v] = static_cast<scalar_t>(mean[v] + sd[v] * eps[v]);
-      store_pack<V>(z + k * n + p, out);
-    }
+    draw_samples<V>(unpack_state(philox, state_out, p == 0), mean, sd, z, n, samples, p);
     return kl;
   }
 };
@@ -165,26 +128,8 @@ struct SampleGrads {
 
   template <int V>
   __device__ void map(int64_t, int64_t p) const {
-    const PhiloxState st = read_state(state);
-    acc_t sum_g[V] = {}, sum_g_eps[V] = {};
-    double wide_g[V] = {}, wide_g_eps[V] = {};
-    for (int64_t k = 0; k < samples; ++k) {
-      acc_t eps[V];
-      eps_pack<V>(st, k * n + p, eps);
-      const auto g = load_pack<V>(grad_z + k * n + p);
-      const bool flush = (k + 1) % kSampleBlock == 0 || k + 1 == samples;  // the same for every thread
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        const acc_t gv = static_cast<acc_t>(g.v[v]);
-        sum_g[v] += gv;
-        sum_g_eps[v] += gv * eps[v];
-        if (flush) {
-          wide_g[v] += static_cast<double>(sum_g[v]);
-          wide_g_eps[v] += static_cast<double>(sum_g_eps[v]);
-          sum_g[v] = sum_g_eps[v] = 0;
-        }
-      }
-    }
+    double wide_g[V], wide_g_eps[V];
+    sample_grad_sums<V>(read_state(state), grad_z, n, samples, p, wide_g, wide_g_eps);
     const auto lv = load_pack<V>(logvar + p);
     Pack<scalar_t, V> m, gm, glv;
     if (grad_kl) m = load_pack<V>(mu + p);
@@ -196,7 +141,7 @@ struct SampleGrads {
       if (grad_kl) {
         const acc_t gk = grad_kl[(p + v) / kl_cols];
         dmu += gk * static_cast<acc_t>(m.v[v]);
-        dlv += kl_normal_grad_logvar(l, gk);
+        dlv += kl_std_normal_grad_logvar(l, gk);
       }
       gm.v[v] = static_cast<scalar_t>(dmu);
       glv.v[v] = static_cast<scalar_t>(dlv);
@@ -233,6 +178,12 @@ at::PhiloxCudaState sampling_philox(const at::Tensor& mu, std::optional<at::Gene
   return gen->philox_cuda_state(4);
 }
 
+void record_state(const at::PhiloxCudaState& philox, const at::Tensor& state) {
+  FASTVAE_LAUNCH(1, 1, 0, at::cuda::getCurrentCUDAStream(), record_state_kernel)(philox,
+                                                                                state.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 TensorPair reparameterize(const at::Tensor& mu, const at::Tensor& logvar, int64_t num_samples,
                           std::optional<at::Generator> generator, const std::optional<at::Tensor>& rng_state) {
   check_sampling_call(mu, logvar, num_samples, rng_state);
@@ -245,8 +196,7 @@ TensorPair reparameterize(const at::Tensor& mu, const at::Tensor& logvar, int64_
   const auto philox = sampling_philox(mu, generator, rng_state);
   auto stream = at::cuda::getCurrentCUDAStream();
   if (total == 0) {
-    FASTVAE_LAUNCH(1, 1, 0, stream, record_state_kernel)(philox, state.mutable_data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    record_state(philox, state);
     return {z, state};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_cuda", [&] {
@@ -277,9 +227,7 @@ TensorTriple reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logv
   auto kl = at::empty({mu.size(0)}, acc_opts);
   const auto philox = sampling_philox(mu, generator, rng_state);
   if (mu.numel() == 0) {  // no element's thread records the state: one thread does
-    FASTVAE_LAUNCH(1, 1, 0, at::cuda::getCurrentCUDAStream(), record_state_kernel)(philox,
-                                                                                  state.mutable_data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    record_state(philox, state);
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_with_kl_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -23,7 +23,12 @@ OP_FAMILIES: Dict[str, Tuple[str, ...]] = {
     "likelihood": ("bernoulli_log_likelihood", "gaussian_log_likelihood"),
     "density": ("gaussian_log_density", "standard_normal_log_density"),
     "elbo": ("elbo",),
+    # The KL against a prior that is a network's output (per row: a hierarchical VAE's top-down
+    # prior), alone and fused with the sample of q.
+    "kl_normal": ("kl_normal", "reparameterize_with_kl_normal"),
 }
+#: Size families an op family's script times by default (the others: default_families()).
+OP_FAMILY_SIZES: Dict[str, Tuple[str, ...]] = {"kl_normal": ("latents",)}
 OPS = (
     "elbo",
     "bernoulli_log_likelihood",
@@ -33,11 +38,15 @@ OPS = (
     "standard_normal_log_density",
     "reparameterize",
     "reparameterize_with_kl",
+    "kl_normal",
+    "reparameterize_with_kl_normal",
 )
 # Ops on the latent code: at MNIST-like sizes they run on (B, Z), elsewhere on (B, D).
 LATENT_OPS = ("kl_standard_normal", "gaussian_log_density", "standard_normal_log_density", "reparameterize",
-              "reparameterize_with_kl")
-FAMILIES = ("mnist", "short_rows", "images", "large")
+              "reparameterize_with_kl", "kl_normal", "reparameterize_with_kl_normal")
+# "latents": latent codes themselves (D = Z): a VAE's (4096, 64) and a VDVAE-like layer's
+# (32, 16 x 32 x 32) flattened.
+FAMILIES = ("mnist", "short_rows", "images", "large", "latents")
 
 
 # ---------------------------------------------------------------- sizes
@@ -53,6 +62,8 @@ def family_shapes(family: str, quick: bool = False) -> List[Dict[str, int]]:
         sizes = [(256, 3 * 64 * 64, 128)]
     elif family == "large":
         sizes = [(131072, 784, 64)]  # B * D = 1.03e8
+    elif family == "latents":
+        sizes = [(4096, 64, 64), (32, 16 * 32 * 32, 16 * 32 * 32)]
     else:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     return [{"B": b, "D": d, "Z": z} for b, d, z in sizes]
@@ -193,6 +204,16 @@ def build_case(op: str, shape: Dict[str, int], dtype: torch.dtype, device: torch
                 2 * _nbytes(zz, a, lv) + row_out, up_rows)
     elif op == "standard_normal_log_density":
         spec = (lambda mod: lambda: (mod.standard_normal_log_density(a),), [a], _nbytes(a, a) + row_out, up_rows)
+    elif op in ("kl_normal", "reparameterize_with_kl_normal"):
+        # A per-row prior (a network's output), every operand requiring its gradient.
+        pm, plv = leaf((b, cols), dtype, device), leaf((b, cols), dtype, device, 0.5)
+        four = _nbytes(a, lv, pm, plv)
+        if op == "kl_normal":
+            spec = (lambda mod: lambda: (mod.kl_normal(a, lv, pm, plv),), [a, lv, pm, plv], 2 * four + row_out, up_rows)
+        else:  # z and its KL against the prior, both used
+            spec = (lambda mod: lambda: mod.reparameterize_with_kl(a, lv, prior_mu=pm, prior_logvar=plv),
+                    [a, lv, pm, plv], 2 * four + 2 * b * cols * esize + row_out,
+                    upstream_grads([(b, cols), (b,)], device))
     elif op == "reparameterize":  # z goes on to the decoder; eps is never stored by the fused op
         spec = (lambda mod: lambda: (mod.reparameterize(a, lv),), [a, lv],
                 _nbytes(a, lv, a, lv) + 2 * b * cols * esize, upstream_grads([(b, cols)], device))

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .cases import FAMILIES, IMPLS, OP_FAMILIES, OPS, cases_for, default_families
+from .cases import FAMILIES, IMPLS, OP_FAMILIES, OP_FAMILY_SIZES, OPS, cases_for, default_families
 from .report import Result, environment, format_row, format_train_row, make_report, run_case
 from .timing import COPY_BYTES, copy_bandwidth_gbps
 
@@ -153,6 +153,8 @@ def main(argv: Optional[Sequence[str]] = None, ops: Optional[Sequence[str]] = No
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     parser.set_defaults(ops=list(ops) if ops is not None else None, no_train=not train)
+    if family in OP_FAMILY_SIZES:
+        parser.set_defaults(families=list(OP_FAMILY_SIZES[family]))
     if not train:
         parser.add_argument("--train", dest="no_train", action="store_false", help="also time training steps")
     return command(parser.parse_args(argv))

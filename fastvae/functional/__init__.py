@@ -3,6 +3,7 @@
 =================  =====================================================================
 ``sampling``       :func:`reparameterize`, :func:`reparameterize_with_kl`
 ``kl``             :func:`kl_standard_normal`
+``kl_normal``      :func:`kl_normal` (and ``reparameterize_with_kl``'s prior)
 ``likelihood``     :func:`bernoulli_log_likelihood`, :func:`gaussian_log_likelihood`
 ``density``        :func:`gaussian_log_density`, :func:`standard_normal_log_density`
 ``elbo``           :func:`elbo`
@@ -21,6 +22,7 @@ from __future__ import annotations
 from .density import gaussian_log_density, standard_normal_log_density
 from .elbo import elbo
 from .kl import kl_standard_normal
+from .kl_normal import kl_normal
 from .likelihood import bernoulli_log_likelihood, gaussian_log_likelihood
 from .sampling import reparameterize, reparameterize_with_kl
 
@@ -28,6 +30,7 @@ __all__ = [
     "reparameterize",
     "reparameterize_with_kl",
     "kl_standard_normal",
+    "kl_normal",
     "bernoulli_log_likelihood",
     "gaussian_log_likelihood",
     "gaussian_log_density",

@@ -63,7 +63,11 @@ def elbo(
     the analytic KL. The per-example sums run over every dim of ``recon`` after the first;
     ``reduction`` is "mean" (over examples), "sum" or "none". ``beta`` is a real number >= 0.
     ``kl``: the KL term per example when it is already computed (by
-    :func:`reparameterize_with_kl`); mu and logvar are then not read (and may be None).
+    :func:`reparameterize_with_kl`); mu and logvar are then not read (and may be None). This is
+    also how the loss takes a KL against another prior than N(0, I): a learned prior, or a
+    hierarchical VAE's top-down one, from ``reparameterize_with_kl(mu, logvar,
+    prior_mu=..., prior_logvar=...)`` (or :func:`kl_normal`, summed over layers), so a one-level
+    VAE with a learned prior is still one sampling op and one loss op.
 
     ``x`` broadcasts to ``recon``'s shape. Its dtype, whatever its layout: any floating dtype,
     cast to recon's (as every fastvae op casts its data); for the Bernoulli likelihood also bool

@@ -1,7 +1,8 @@
 """Sampling: the reparameterisation trick, alone or with the KL term of the same (mu, logvar).
 
 csrc: ``csrc/{cpu,cuda,autograd}/sampling*``; ops ``fastvae::reparameterize``,
-``fastvae::reparameterize_with_kl`` and ``fastvae::reparameterize_backward``.
+``fastvae::reparameterize_with_kl`` and ``fastvae::reparameterize_backward``. The sample with its
+KL against a given prior is the kl_normal family's (:mod:`.kl_normal`).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..ops import ops
+from .kl_normal import sample_with_kl_normal
 from ._checks import (
     FLOATS, broadcast_shape, cast, check_devices, check_float, check_nonempty, check_samples_fit, common_dtype,
 )
@@ -90,21 +92,41 @@ def reparameterize_with_kl(
     logvar: torch.Tensor,
     num_samples: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
+    prior_mu: Optional[torch.Tensor] = None,
+    prior_logvar: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(reparameterize(mu, logvar, ...), kl_standard_normal(mu, logvar))`` from one pass.
+    """``(reparameterize(mu, logvar, ...), KL(q || p))`` from one pass.
 
     The sample and the KL term read the same mu and logvar, so the CUDA kernel computes both while
     it has them in registers, and the backward pass takes both terms' gradients in one pass too.
     z is exactly what :func:`reparameterize` draws from the same generator state; the KL has
     shape ``shape[:-1]`` (summed over the last, latent dim). Pass it to :func:`elbo` as ``kl=``.
+
+    The prior p is N(0, I), or with ``prior_mu`` and ``prior_logvar`` (both or neither) the
+    diagonal Gaussian N(prior_mu, diag exp(prior_logvar)): a learned prior (per dim or scalar,
+    broadcast) or a per-row one such as the top-down prior of a hierarchical VAE's layer. The KL
+    is then :func:`kl_normal`'s, z and KL come from one pass over the four tensors (forward and
+    backward), and the prior's operands get their gradients too. A one-level VAE with a learned
+    prior is one sampling op and one loss op::
+
+        z, kl = reparameterize_with_kl(mu, logvar, prior_mu=pm, prior_logvar=plv)
+        loss = elbo(decoder(z), x, None, None, kl=kl)
     """
-    if _plain_pair(mu, logvar, num_samples, generator):
-        z, kl, _ = _reparameterize_with_kl(mu, logvar, None, None)
-        return z, kl
+    if prior_mu is None and prior_logvar is None:
+        if _plain_pair(mu, logvar, num_samples, generator):
+            z, kl, _ = _reparameterize_with_kl(mu, logvar, None, None)
+            return z, kl
+        mu_c, logvar_c = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
+        shape = mu_c.shape
+        if mu_c.dim() == 2:
+            z, kl, _ = _reparameterize_with_kl(mu_c, logvar_c, num_samples, generator)
+            return z, kl
+        z, kl, _ = _reparameterize_with_kl(
+            mu_c.view(-1, shape[-1]), logvar_c.view(-1, shape[-1]), num_samples, generator
+        )
+        return z.view(shape if num_samples is None else (num_samples, *shape)), kl.view(shape[:-1])
+    if prior_mu is None or prior_logvar is None:
+        missing = "prior_mu" if prior_mu is None else "prior_logvar"
+        raise ValueError(f"{missing} is None: give prior_mu and prior_logvar together, or neither (N(0, I))")
     mu_c, logvar_c = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
-    shape = mu_c.shape
-    if mu_c.dim() == 2:
-        z, kl, _ = _reparameterize_with_kl(mu_c, logvar_c, num_samples, generator)
-        return z, kl
-    z, kl, _ = _reparameterize_with_kl(mu_c.view(-1, shape[-1]), logvar_c.view(-1, shape[-1]), num_samples, generator)
-    return z.view(shape if num_samples is None else (num_samples, *shape)), kl.view(shape[:-1])
+    return sample_with_kl_normal(mu_c, logvar_c, num_samples, generator, prior_mu, prior_logvar)
