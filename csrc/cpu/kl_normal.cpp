@@ -224,23 +224,14 @@ TensorQuad reparameterize_with_kl_normal_backward(const at::Tensor& grad_z, cons
     const GradOutputs<scalar_t> o = out.pointers<scalar_t>();
     const scalar_t* g = grad_z.const_data_ptr<scalar_t>();
     const acc_t* gkl = grad_kl.const_data_ptr<acc_t>();
-    const int64_t tiles = (n + kTile - 1) / kTile;
-    const int64_t grain = std::max<int64_t>(1, kSampleGrainElems / (kTile * std::max<int64_t>(samples, 1)));
-    at::parallel_for(0, tiles, grain, [&](int64_t tb, int64_t te) {
-      alignas(64) acc_t eps[kTile], sg[kTile], sge[kTile];
-      alignas(64) double wide_sg[kTile], wide_sge[kTile];
-      for (int64_t t = tb; t < te; ++t) {
-        const int64_t p0 = t * kTile, len = std::min(kTile, n - p0);
-        sample_grad_sums<acc_t>(st, g, n, samples, p0, len, eps, sg, sge, wide_sg, wide_sge);
-        for (int64_t q = 0; q < len;) {  // runs within one row, which share the row's grad_kl
-          const int64_t p = p0 + q, r = p / cols, j0 = p - r * cols;
-          const int64_t run = std::min(len - q, cols - j0);
-          int64_t j = 0;
-          for (; j + V <= run; j += V)
-            store_grads<Lane<acc_t, true>>(a, o, r, j0 + j, gkl[r], sg + q + j, sge + q + j);
-          for (; j < run; ++j) store_grads<Lane<acc_t, false>>(a, o, r, j0 + j, gkl[r], sg + q + j, sge + q + j);
-          q += run;
-        }
+    sample_grad_tiles<acc_t>(st, g, n, samples, [&](int64_t p0, int64_t len, const acc_t* sg, const acc_t* sge) {
+      for (int64_t q = 0; q < len;) {  // runs within one row, which share the row's grad_kl
+        const int64_t p = p0 + q, r = p / cols, j0 = p - r * cols;
+        const int64_t run = std::min(len - q, cols - j0);
+        int64_t j = 0;
+        for (; j + V <= run; j += V) store_grads<Lane<acc_t, true>>(a, o, r, j0 + j, gkl[r], sg + q + j, sge + q + j);
+        for (; j < run; ++j) store_grads<Lane<acc_t, false>>(a, o, r, j0 + j, gkl[r], sg + q + j, sge + q + j);
+        q += run;
       }
     });
     result = out.finish<acc_t>(a, prior_mu, prior_logvar, mu.size(0), gkl);

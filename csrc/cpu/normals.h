@@ -336,6 +336,23 @@ inline void sample_grad_sums(PhiloxState st, const scalar_t* g, int64_t n, int64
   }
 }
 
+// The backward passes' tiles of mu's n elements: each tile's sample sums (sample_grad_sums, over
+// the samples' gradients g), then finish(p0, len, sg, sge) in the same task.
+template <typename acc_t, typename scalar_t, typename Finish>
+inline void sample_grad_tiles(PhiloxState st, const scalar_t* g, int64_t n, int64_t samples, const Finish& finish) {
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  const int64_t grain = std::max<int64_t>(1, kSampleGrainElems / (kTile * std::max<int64_t>(samples, 1)));
+  at::parallel_for(0, tiles, grain, [&](int64_t tb, int64_t te) {
+    alignas(64) acc_t eps[kTile], sg[kTile], sge[kTile];
+    alignas(64) double wide_sg[kTile], wide_sge[kTile];
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t p0 = t * kTile, len = std::min(kTile, n - p0);
+      sample_grad_sums<acc_t>(st, g, n, samples, p0, len, eps, sg, sge, wide_sg, wide_sge);
+      finish(p0, len, static_cast<const acc_t*>(sg), static_cast<const acc_t*>(sge));
+    }
+  });
+}
+
 // This call's Philox (seed, offset): the given rng_state's, or a fresh seed from the generator
 // (offset 0: every call has its own key), as a new 2-element tensor the backward pass reads.
 inline at::Tensor sampling_state(const at::Tensor& like, std::optional<at::Generator> generator,

@@ -111,22 +111,14 @@ TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& m
     const acc_t* gkl = grad_kl.has_value() && grad_kl->defined() ? grad_kl->const_data_ptr<acc_t>() : nullptr;
     const int64_t cols = mu.dim() == 2 ? mu.size(1) : 1;
     // Tiles of the element index; each sums its samples in sample order (sample_grad_sums).
-    const int64_t tiles = (n + kTile - 1) / kTile;
-    const int64_t grain = std::max<int64_t>(1, kSampleGrainElems / (kTile * std::max<int64_t>(samples, 1)));
-    at::parallel_for(0, tiles, grain, [&](int64_t tb, int64_t te) {
-      alignas(64) acc_t eps[kTile], sg[kTile], sge[kTile];
-      alignas(64) double wide_sg[kTile], wide_sge[kTile];
-      for (int64_t t = tb; t < te; ++t) {
-        const int64_t p0 = t * kTile, len = std::min(kTile, n - p0);
-        sample_grad_sums<acc_t>(st, g, n, samples, p0, len, eps, sg, sge, wide_sg, wide_sge);
-        // Runs within one row of mu, which share the row's KL gradient.
-        for (int64_t q = 0; q < len;) {
-          const int64_t p = p0 + q, r = gkl ? p / cols : 0;
-          const int64_t run = gkl ? std::min(len - q, (r + 1) * cols - p) : len - q;
-          finish_run<acc_t>(gm + p, glv + p, m + p, lv + p, sg + q, sge + q, gkl != nullptr,
-                            gkl ? gkl[r] : acc_t(0), run);
-          q += run;
-        }
+    sample_grad_tiles<acc_t>(st, g, n, samples, [&](int64_t p0, int64_t len, const acc_t* sg, const acc_t* sge) {
+      // Runs within one row of mu, which share the row's KL gradient.
+      for (int64_t q = 0; q < len;) {
+        const int64_t p = p0 + q, r = gkl ? p / cols : 0;
+        const int64_t run = gkl ? std::min(len - q, (r + 1) * cols - p) : len - q;
+        finish_run<acc_t>(gm + p, glv + p, m + p, lv + p, sg + q, sge + q, gkl != nullptr, gkl ? gkl[r] : acc_t(0),
+                          run);
+        q += run;
       }
     });
   });
