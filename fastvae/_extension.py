@@ -13,7 +13,7 @@ import torch
 # module's attributes change (or the sampling stream: 8 put the Philox counter in curand's layout;
 # 9: the likelihoods' schemas without grad_scale / compute_grad; 10: num_samples optional in the
 # samplers).
-OPS_VERSION = 10
+OPS_VERSION = 11
 
 _BUILD_HINT = (
     "Build it from the repository root with:\n"
