@@ -173,7 +173,7 @@ def test_dreg_routing_equals_the_two_surrogates_for_given_noise():
 
     def log_w(mu, lv, z, stop_q):
         q_mu, q_lv = (mu.detach(), lv.detach()) if stop_q else (mu, lv)
-        return (R.bernoulli_log_likelihood(dec(z), x) + R.standard_normal_log_density(z)
+        return (R.bernoulli_log_likelihood(dec(z), x, event_dims=1) + R.standard_normal_log_density(z)
                 - R.gaussian_log_density(z, q_mu, q_lv))
 
     mu, lv = enc(x).chunk(2, -1)
@@ -185,7 +185,7 @@ def test_dreg_routing_equals_the_two_surrogates_for_given_noise():
 
     mu, lv = enc(x).chunk(2, -1)
     zg, token = F.dreg_gate(mu + (0.5 * lv).exp() * eps)
-    lw = (F.bernoulli_log_likelihood(dec(zg), x) + F.standard_normal_log_density(zg)
+    lw = (F.bernoulli_log_likelihood(dec(zg), x, event_dims=1) + F.standard_normal_log_density(zg)
           - F.gaussian_log_density(zg, mu.detach(), lv.detach()))
     bound = F.iwae_bound(lw, token)[0]
     got = torch.autograd.grad(bound.sum(), params_enc + params_dec)

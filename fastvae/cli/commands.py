@@ -108,7 +108,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = {"checkpoint": str(args.checkpoint), "data": str(name), "split": split, "examples": n,
               "test_elbo": means["elbo"], "test_log_likelihood": means["log_likelihood"],
               "test_log_likelihood_se": means["log_likelihood_se"], "nll": -means["log_likelihood"],
-              "num_samples": args.num_samples, "test_bound": means["bound"], **trained_bound}
+              "num_samples": args.num_samples, "test_bound": means["bound"],
+              "bound_objective": trained_bound["objective"], "bound_num_samples": trained_bound["num_samples"]}
     if args.json:
         print(json.dumps(result))
     else:
