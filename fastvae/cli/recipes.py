@@ -14,7 +14,7 @@ __all__ = ["RECIPES", "recipe_settings"]
 _MNIST_MLP: Dict[str, Any] = {
     "data": "binarized-mnist", "arch": "mlp", "hidden": "200,200", "activation": "tanh", "latent_dim": 50,
     "likelihood": "bernoulli", "binarize": "none", "batch_size": 100, "lr": 1e-3, "lr_schedule": "exponential",
-    "lr_final": 1e-4, "epochs": 100000, "time_budget": 60.0, "eval_samples": 100, "ll_every": 10,
+    "lr_final": 1e-4, "epochs": 100000, "time_budget": 60.0, "eval_samples": 100, "ll_every": 25,
     "checkpoint_every": 10,
 }
 
