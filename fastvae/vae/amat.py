@@ -14,12 +14,26 @@ from typing import Dict, Optional, Union
 import numpy as np
 import torch
 
-__all__ = ["read_amat", "find_amat", "load_binarized_mnist", "AMAT_SPLITS"]
+__all__ = ["read_amat", "find_amat", "load_binarized_mnist", "read_bytes", "AMAT_SPLITS"]
 
 PathLike = Union[str, os.PathLike]
 AMAT_SPLITS = ("train", "valid", "test")
 _PIXELS = 784
 _ZERO, _ONE, _SPACE, _NEWLINE, _CR, _TAB = (ord(c) for c in "01 \n\r\t")
+
+
+def read_bytes(path: Path) -> bytes:
+    """The bytes of ``path``, decompressed when its name ends in .gz; a damaged gzip stream is a
+    ValueError naming the file (a missing file stays a FileNotFoundError)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        # gzip.BadGzipFile is an OSError; a truncated stream is an EOFError.
+        raise ValueError(f"{path}: cannot decompress ({err})") from err
 
 
 def read_amat(path: PathLike, cols: int = _PIXELS) -> torch.Tensor:
@@ -29,14 +43,7 @@ def read_amat(path: PathLike, cols: int = _PIXELS) -> torch.Tensor:
     ``cols`` values, raises ValueError naming it.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: cannot decompress ({err})") from err
+    raw = read_bytes(path)
     data = np.frombuffer(raw, dtype=np.uint8)
     digit = (data == _ZERO) | (data == _ONE)
     space = (data == _SPACE) | (data == _TAB) | (data == _CR)
@@ -50,8 +57,9 @@ def read_amat(path: PathLike, cols: int = _PIXELS) -> torch.Tensor:
     if (digit[1:] & digit[:-1]).any():
         raise ValueError(f"{path}: values longer than one digit; a binarised .amat file holds only 0 and 1")
     # Values per line: digits between newlines (a last line may lack its newline; blank lines are skipped).
-    line_of_digit = np.cumsum(newline)[digit]
-    counts = np.bincount(line_of_digit)
+    starts = np.concatenate(([0], np.flatnonzero(newline) + 1))
+    starts = starts[starts < data.size]
+    counts = np.add.reduceat(digit.view(np.uint8), starts, dtype=np.int64) if starts.size else starts
     counts = counts[counts > 0]
     if counts.size == 0:
         raise ValueError(f"{path}: holds no examples")

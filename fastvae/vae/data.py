@@ -8,7 +8,6 @@ only binarisation in fastvae (the trainer uses it too), with one random stream.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import math
 import os
 import struct
@@ -19,7 +18,7 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .amat import load_binarized_mnist
+from .amat import load_binarized_mnist, read_bytes
 
 __all__ = [
     "Dataset",
@@ -142,15 +141,7 @@ def read_idx(path: PathLike, magic: Optional[int] = None) -> np.ndarray:
     header, type or size does not match raises ValueError.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        # gzip.BadGzipFile is an OSError; a truncated stream is an EOFError.
-        raise ValueError(f"{path}: cannot decompress ({err})") from err
+    data = read_bytes(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
     if data[2] != _IDX_UBYTE:
