@@ -24,7 +24,7 @@ from .. import reference as _R
 from .._args import check_int, check_real
 from .inputs import check_choice as _check_choice
 from .inputs import check_input
-from .objectives import free_bits_kl, make_objective
+from .objectives import Objective, free_bits_kl, make_objective
 from .objectives import bound as _bound
 from .objectives import draw as _draw
 from .objectives import reduce as _reduce
@@ -255,7 +255,8 @@ class VAE(nn.Module):
         loss = -self._log_px(recon, x_flat, obs_logvar, fused=False) + beta * free_bits_kl(mu, logvar, free_bits)
         return _reduce(loss, reduction)
 
-    def _multi_sample_loss(self, x: torch.Tensor, beta: float, reduction: str, objective, fused: bool) -> torch.Tensor:
+    def _multi_sample_loss(self, x: torch.Tensor, beta: float, reduction: str, objective: Objective,
+                           fused: bool) -> torch.Tensor:
         """`loss` of a K-sample objective or a gradient other than reparam (fastvae.vae.objectives)."""
         x_flat = self._flat(x)
         mu, logvar = self._encode(x)
