@@ -24,10 +24,8 @@ from .. import reference as _R
 from .._args import check_int, check_real
 from .inputs import check_choice as _check_choice
 from .inputs import check_input
+from . import objectives as _O
 from .objectives import Objective, free_bits_kl, make_objective
-from .objectives import bound as _bound
-from .objectives import draw as _draw
-from .objectives import reduce as _reduce
 
 __all__ = ["VAEOutput", "VAE", "LIKELIHOODS", "OBS_VARS", "LOSS_IMPLS", "free_bits_kl"]
 
@@ -240,7 +238,7 @@ class VAE(nn.Module):
                            obs_logvar=obs_logvar, beta=beta, reduction=reduction, kl=out.kl)
         # Free bits need the KL of each latent dim before summing; the likelihood stays fused.
         loss = -self._log_px(recon, x_flat, obs_logvar) + beta * free_bits_kl(out.mu, out.logvar, free_bits)
-        return _reduce(loss, reduction)
+        return _O.reduce(loss, reduction)
 
     def _reference_loss(self, x: torch.Tensor, beta: float, free_bits: float, reduction: str) -> torch.Tensor:
         """`loss` through `fastvae.reference`: the same model, the plain-PyTorch formulas."""
@@ -253,7 +251,7 @@ class VAE(nn.Module):
             return _R.elbo(recon, x_flat, mu, logvar, likelihood=self.likelihood,
                            obs_logvar=obs_logvar, beta=beta, reduction=reduction)
         loss = -self._log_px(recon, x_flat, obs_logvar, fused=False) + beta * free_bits_kl(mu, logvar, free_bits)
-        return _reduce(loss, reduction)
+        return _O.reduce(loss, reduction)
 
     def _multi_sample_loss(self, x: torch.Tensor, beta: float, reduction: str, objective: Objective,
                            fused: bool) -> torch.Tensor:
@@ -263,11 +261,11 @@ class VAE(nn.Module):
         ops = _F if fused else _R
         if objective.analytic_kl:  # K samples of log p(x|z), the KL in closed form
             z, kl = ops.reparameterize_with_kl(mu, logvar, num_samples=objective.num_samples)
-            return _reduce(beta * kl - self._log_px_z(z, x_flat, fused).mean(0), reduction)
-        s = _draw(mu, logvar, objective, fused)
+            return _O.reduce(beta * kl - self._log_px_z(z, x_flat, fused).mean(0), reduction)
+        s = _O.draw(mu, logvar, objective, fused)
         log_px = self._log_px_z(s.z, x_flat, fused)
         log_pz, log_qz = ops.standard_normal_log_density(s.z), ops.gaussian_log_density(s.z, s.q_mu, s.q_logvar)
-        return _reduce(-_bound(log_px, log_pz, log_qz, objective, s, beta, fused), reduction)
+        return _O.reduce(-_O.bound(log_px, log_pz, log_qz, objective, s, beta, fused), reduction)
 
     def loss(
         self,
