@@ -81,6 +81,9 @@ using ElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, a
                         std::array<bool, 3> grad_mask);                                        \
   void elbo_rescale_(const at::Tensor& grad, at::TensorList grads);                              \
   std::vector<at::Tensor> elbo_rescale(const at::Tensor& grad, at::TensorList grads);            \
+  /* iwae: (bound, weights) of (K, B) log-weights; the DReG gate (z copy, zero token) */         \
+  TensorPair iwae_bound(const at::Tensor& log_w, const std::optional<at::Tensor>& gate);         \
+  TensorPair dreg_gate(const at::Tensor& z);                                                     \
   }
 
 FASTVAE_DECLARE_KERNELS(cpu)

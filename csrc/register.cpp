@@ -28,8 +28,8 @@
 // refuse a stale build (7: cpu_isa, parallel_threads; 8: the sampling ops' Philox counter in
 // curand's layout, a new eps for a given seed; 9: the likelihoods without grad_scale, and the
 // Gaussian one without compute_grad and its gradient outputs; 10: num_samples optional in the
-// samplers, and fastvae::elbo; 11: the kl_normal family).
-#define FASTVAE_OPS_VERSION 11
+// samplers, and fastvae::elbo; 11: the kl_normal family; 12: fastvae::iwae_bound and fastvae::dreg_gate).
+#define FASTVAE_OPS_VERSION 12
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a
@@ -80,6 +80,13 @@ FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
 #endif
   m.def("elbo_rescale_(Tensor grad, Tensor(a!)[] grads) -> ()");
   m.def("elbo_rescale(Tensor grad, Tensor[] grads) -> Tensor[]");
+  // The importance-weighted bound of (K, B) log-weights: (bound (B,) = logsumexp over K - log K,
+  // normalised weights (K, B)), both in the accumulation dtype. Backward: d bound / d log_w =
+  // the weights; a gate token (from dreg_gate) receives the weights as its gradient, so that the
+  // gate scales the gradient of z by them (DReG's squared weights on the encoder's path).
+  m.def("iwae_bound(Tensor log_w, Tensor? gate=None) -> (Tensor, Tensor)");
+  // z (..., Z) unchanged and a zero token (...,); backward: grad_z times the token's gradient.
+  m.def("dreg_gate(Tensor z) -> (Tensor, Tensor)");
 }
 
 namespace fastvae {
@@ -134,7 +141,9 @@ at::Tensor elbo_loss_only(const at::Tensor& recon, const at::Tensor& x, const st
   m.impl("standard_normal_log_density_backward", &fastvae::ns::standard_normal_log_density_backward); \
   m.impl("elbo_loss", &fastvae::ns::elbo_loss);                                                \
   m.impl("elbo_rescale_", &fastvae::ns::elbo_rescale_);                                        \
-  m.impl("elbo_rescale", &fastvae::ns::elbo_rescale);
+  m.impl("elbo_rescale", &fastvae::ns::elbo_rescale);                                          \
+  m.impl("iwae_bound", &fastvae::ns::iwae_bound);                                              \
+  m.impl("dreg_gate", &fastvae::ns::dreg_gate);
 
 #ifdef FASTVAE_EMU
 FASTVAE_LIBRARY_IMPL(FASTVAE_NAMESPACE, CPU, m) { FASTVAE_IMPL_ALL(cuda) }

@@ -183,3 +183,22 @@ def _(grad, grads):
 def _(grad, grads):
     _same_device(grad=grad, **{f"grads[{i}]": t for i, t in enumerate(grads)})
     return [torch.empty_like(t) for t in grads]
+
+
+@torch.library.register_fake("fastvae::iwae_bound")
+def _(log_w, gate=None):
+    # Mirrors csrc/common/iwae_checks.h: log_w (K >= 1, B), a gate token of its shape.
+    _same_device(log_w=log_w, gate=gate)
+    if log_w.dim() != 2 or log_w.shape[0] < 1:
+        raise RuntimeError(f"fastvae: log_w must be a (K >= 1, B) matrix, got shape {tuple(log_w.shape)}")
+    if gate is not None and gate.shape != log_w.shape:
+        raise RuntimeError(f"fastvae: gate has shape {tuple(gate.shape)} but log_w has shape {tuple(log_w.shape)}")
+    acc = _acc_dtype(log_w.dtype)
+    return log_w.new_empty((log_w.shape[1],), dtype=acc), log_w.new_empty(log_w.shape, dtype=acc)
+
+
+@torch.library.register_fake("fastvae::dreg_gate")
+def _(z):
+    if z.dim() < 1:
+        raise RuntimeError("fastvae: z must have a last (latent) dim, got a 0-D tensor")
+    return torch.empty_like(z, memory_format=torch.contiguous_format), z.new_empty(z.shape[:-1], dtype=_acc_dtype(z.dtype))

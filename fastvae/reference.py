@@ -23,6 +23,7 @@ __all__ = [
     "gaussian_log_density",
     "standard_normal_log_density",
     "elbo",
+    "iwae_bound",
 ]
 
 
@@ -144,3 +145,13 @@ def elbo(
     if reduction == "none":
         return loss
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def iwae_bound(log_w: torch.Tensor, gate: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(log (1/K) sum_k exp(log_w[k]) per example, softmax weights), from (K, B) log-weights.
+
+    ``gate`` is accepted for the fused op's signature and ignored: the reference DReG gradient
+    scales z's gradient with a tensor hook instead (see `fastvae.vae.objectives`).
+    """
+    bound = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+    return bound, torch.softmax(log_w.detach(), dim=0)

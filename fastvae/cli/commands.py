@@ -38,6 +38,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                         "(default: 5000)")
     p.add_argument("--max-examples", type=int, default=None,
                    help="evaluate only the first N test examples (default: all)")
+    p.add_argument("--split", default=None,
+                   help="held-out split to evaluate, e.g. 'valid' or 'test' for binarized-mnist (default: the "
+                        "split the run was evaluated on during training: 'valid' there, 'test' elsewhere)")
     p.add_argument("--batch-size", type=int, default=100,
                    help="examples per log-likelihood chunk (default: 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default: 0)")
@@ -90,22 +93,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data_dir = args.data_dir if args.data else (args.data_dir or trained["data_dir"])
     data = load_dataset(name, data_dir=data_dir, key=args.npz_key or trained["npz_key"])
     tcfg = state["train_config"]
-    test = eval_data(data.test, tcfg.get("binarize"), tcfg.get("seed", 0))
+    split = args.split or data.test_split
+    test = eval_data(data.split(args.split), tcfg.get("binarize"), tcfg.get("seed", 0))
     if args.max_examples is not None:
         test = test[:args.max_examples]
     if (model.config.get("arch") or "mlp") == "conv":
         test = test.reshape(test.shape[0], *data.image_shape)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
+    # The bound the run trained (its objective and K; the gradient estimator does not change it).
+    trained_bound = {"objective": tcfg.get("objective", "elbo"), "num_samples": tcfg.get("num_samples", 1)}
     means = evaluate(model, test, args.batch_size, device, args.seed, num_samples=args.num_samples,
-                     progress=progress, desc=f"eval (K={args.num_samples})")
+                     progress=progress, desc=f"eval (K={args.num_samples})", bound=trained_bound)
     n = test.shape[0]
-    result = {"checkpoint": str(args.checkpoint), "data": str(name), "examples": n,
+    result = {"checkpoint": str(args.checkpoint), "data": str(name), "split": split, "examples": n,
               "test_elbo": means["elbo"], "test_log_likelihood": means["log_likelihood"],
-              "num_samples": args.num_samples}
+              "test_log_likelihood_se": means["log_likelihood_se"], "nll": -means["log_likelihood"],
+              "num_samples": args.num_samples, "test_bound": means["bound"],
+              "bound_objective": trained_bound["objective"], "bound_num_samples": trained_bound["num_samples"]}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"test examples:           {n} ({name})")
-        print(f"test ELBO:               {result['test_elbo']:.4f} nats")
-        print(f"test log p(x) (K={args.num_samples}): {result['test_log_likelihood']:.4f} nats")
+        bound_name = f"{trained_bound['objective'].upper()} bound (K={trained_bound['num_samples']}, trained)"
+        print(f"{split} examples: {n} ({name})")
+        print(f"{split} ELBO: {result['test_elbo']:.4f} nats")
+        print(f"{split} {bound_name}: {result['test_bound']:.4f} nats")
+        print(f"{split} log p(x) (K={args.num_samples}): {result['test_log_likelihood']:.4f} nats "
+              f"+- {result['test_log_likelihood_se']:.4f} (standard error over examples)")
+        print(f"{split} NLL (K={args.num_samples}): {result['nll']:.4f} +- {result['test_log_likelihood_se']:.4f} nats")
     return 0

@@ -17,8 +17,10 @@ _ARCHS = ("mlp", "conv")
 _ACTIVATIONS = ("relu", "elu", "silu", "tanh")
 _LIKELIHOODS = ("bernoulli", "gaussian")
 _OBS_VARS = ("fixed", "scalar", "per_dim", "per_element")
-DATA_HELP = ("'digits' (scikit-learn's 8x8 digits, bundled), 'mnist' (IDX files in --data-dir) or a "
-             "path to an .npz file")
+DATA_HELP = ("'digits' (scikit-learn's 8x8 digits, bundled), 'mnist' (IDX files in --data-dir), "
+             "'binarized-mnist' (Larochelle's binarized_mnist_{train,valid,test}.amat[.gz] in --data-dir; "
+             "evaluated on valid) or a path to an .npz file")
+_NAMED_DATA = ("digits", "mnist", "binarized-mnist")
 
 
 def csv_ints(text_value: Any, flag: str) -> List[int]:
@@ -38,9 +40,10 @@ def _widths(name: str, value: Any) -> str:
 
 
 def data_name(name: str, value: Any) -> str:
-    """'digits', 'mnist' or a path ending in .npz."""
-    if not isinstance(value, str) or (value not in ("digits", "mnist") and not value.endswith(".npz")):
-        raise ValueError(f"{name} must be 'digits', 'mnist' or a path to an .npz file, got {value!r}")
+    """'digits', 'mnist', 'binarized-mnist' or a path ending in .npz."""
+    if not isinstance(value, str) or (value not in _NAMED_DATA and not value.endswith(".npz")):
+        raise ValueError(f"{name} must be 'digits', 'mnist', 'binarized-mnist' or a path to an .npz file, "
+                         f"got {value!r}")
     return value
 
 
@@ -50,8 +53,9 @@ class DataOptions:
 
     data: str = option("digits", DATA_HELP, data_name)
     data_dir: Optional[str] = option(
-        None, "directory of the MNIST IDX files, or base for a relative .npz path", text(optional=True),
-        default_help="$FASTVAE_MNIST_DIR, else ../shared/data/mnist-t10k next to the repository")
+        None, "directory of the MNIST IDX or binarised-MNIST .amat files, or base for a relative .npz path",
+        text(optional=True), default_help="$FASTVAE_MNIST_DIR, else ../shared/data/mnist-t10k next to the "
+                                          "repository; ../shared/data/binarized-mnist for binarized-mnist")
     npz_key: str = option("x", "array name in the .npz file (also looks for KEY_train/KEY_test and y/labels)",
                           text())
 

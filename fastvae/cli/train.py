@@ -14,6 +14,7 @@ from ..training.config import TrainConfig
 from .checks import CLIError, check_device
 from .flags import add_flags, check_values, defaults, fields_of, flag_name
 from .options import DataOptions, ModelOptions, OutputOptions, csv_ints
+from .recipes import RECIPES, recipe_settings
 
 __all__ = ["add_train_args", "cmd_train", "TRAIN_FIELDS"]
 
@@ -27,12 +28,18 @@ _ENVIRONMENT = ("device", "amp", "loss_impl")  # checked against this machine, n
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """The flags of ``fastvae train``, grouped as its help shows them."""
+    p.add_argument("--recipe", default=None, choices=tuple(RECIPES),
+                   help="a named preset of data, model, objective and schedule (" + "; ".join(
+                       f"{name}: {r['objective']} K={r['num_samples']} {r['gradient']}" for name, r in RECIPES.items())
+                   + "); flags given with it override its settings")
     add_flags(p, DataOptions, ("data", "data_dir", "npz_key"))
-    add_flags(p.add_argument_group("optimisation"), TrainConfig, ("epochs", "batch_size", "lr", "max_steps", "seed"))
+    add_flags(p.add_argument_group("optimisation"), TrainConfig,
+              ("epochs", "batch_size", "lr", "lr_schedule", "lr_final", "max_steps", "time_budget", "seed"))
     add_flags(p.add_argument_group("model"), ModelOptions,
               ("arch", "hidden", "channels", "activation", "latent_dim", "likelihood", "obs_var", "obs_logvar"))
     add_flags(p.add_argument_group("objective"), TrainConfig,
-              ("binarize", "beta", "warmup", "warmup_unit", "free_bits", "loss_impl"))
+              ("objective", "num_samples", "gradient", "binarize", "beta", "warmup", "warmup_unit", "free_bits",
+               "loss_impl"))
     r = p.add_argument_group("run")
     add_flags(r, TrainConfig, ("device", "amp", "compile"))
     add_flags(r, OutputOptions, ("out",))
@@ -40,7 +47,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="continue the run saved in CHECKPOINT (a file or a directory; without a value: "
                         "--out's checkpoint); data, model and objective come from the checkpoint and "
                         "only " + ", ".join(flag_name(n) for n in _resumable()) + " may change")
-    add_flags(r, TrainConfig, ("eval_samples", "eval_batch_size", "log_every", "checkpoint_every", "progress"))
+    add_flags(r, TrainConfig, ("eval_samples", "ll_every", "eval_batch_size", "log_every", "checkpoint_every",
+                               "progress"))
     add_flags(r, OutputOptions, ("plots", "num_images"))
 
 
@@ -76,7 +84,9 @@ def _resolve_auto(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if cfg["latent_dim"] == "auto":
         cfg["latent_dim"] = 2 if digits else 20
     if cfg["binarize"] == "auto":
-        cfg["binarize"] = "dynamic" if cfg["likelihood"] == "bernoulli" else None
+        # Binarised MNIST is 0/1 already (a dynamic draw of it would only cost time).
+        dynamic = cfg["likelihood"] == "bernoulli" and cfg["data"] != "binarized-mnist"
+        cfg["binarize"] = "dynamic" if dynamic else None
     elif cfg["binarize"] == "none":
         cfg["binarize"] = None
     return cfg
@@ -137,10 +147,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     given = {k: v for k, v in vars(args).items() if k in TRAIN_FIELDS and v is not None}
     check_train_flags(given)  # the flags as given, before any file is read
+    recipe = recipe_settings(args.recipe) if getattr(args, "recipe", None) else {}
     if args.resume is not None:
+        if recipe:
+            raise CLIError("--recipe starts a run; a resumed run takes its settings from the checkpoint")
         cfg, ckpt = _resumed_config(args, given)
     else:
-        cfg = _resolve_auto({**defaults(*_CLASSES), **given})
+        cfg = _resolve_auto({**defaults(*_CLASSES), **recipe, **given})
         check_train_flags(cfg)
     if cfg["out"] is None:
         cfg["out"] = str(Path("runs") / Path(str(cfg["data"])).stem)

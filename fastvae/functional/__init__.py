@@ -7,6 +7,7 @@
 ``likelihood``     :func:`bernoulli_log_likelihood`, :func:`gaussian_log_likelihood`
 ``density``        :func:`gaussian_log_density`, :func:`standard_normal_log_density`
 ``elbo``           :func:`elbo`
+``iwae``           :func:`iwae_bound`, :func:`dreg_gate`
 =================  =====================================================================
 
 Each function checks its arguments (raising ``ValueError`` that names the bad one), broadcasts,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from .density import gaussian_log_density, standard_normal_log_density
 from .elbo import elbo
+from .iwae import dreg_gate, iwae_bound
 from .kl import kl_standard_normal
 from .kl_normal import kl_normal
 from .likelihood import bernoulli_log_likelihood, gaussian_log_likelihood
@@ -36,4 +38,6 @@ __all__ = [
     "gaussian_log_density",
     "standard_normal_log_density",
     "elbo",
+    "iwae_bound",
+    "dreg_gate",
 ]

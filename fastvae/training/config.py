@@ -9,12 +9,20 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..vae.model import LOSS_IMPLS
+from ..vae.objectives import GRADIENTS, OBJECTIVES, make_objective
 from .options import check_fields, choice, device, flag, integer, option, real, seed_number, split_resume
 
-__all__ = ["TrainConfig", "LOSS_IMPLS", "WARMUP_UNITS", "BINARIZE_MODES", "RESUME_OVERRIDABLE"]
+__all__ = ["TrainConfig", "LOSS_IMPLS", "WARMUP_UNITS", "BINARIZE_MODES", "RESUME_OVERRIDABLE", "LR_SCHEDULES"]
 
 WARMUP_UNITS = ("epochs", "steps")
+#: Learning-rate schedules: from lr to lr_final over the run (its steps, or its time budget).
+LR_SCHEDULES = ("constant", "cosine", "exponential")
 BINARIZE_MODES = (None, "static", "dynamic")
+
+
+def _minutes(name: str, value: object) -> Optional[float]:
+    """None, or a positive number of minutes."""
+    return None if value is None else real(0.0, strict_low=True)(name, value)
 
 
 @dataclass
@@ -44,16 +52,31 @@ class TrainConfig:
                                   "do not change; the first steps take longer)", flag(), resume=True)
     loss_impl: str = option("fused", "fused kernels (fastvae.functional) or plain PyTorch "
                                      "(fastvae.reference)", choice(*LOSS_IMPLS), choices=LOSS_IMPLS)
+    objective: str = option("elbo", "training objective: the ELBO or the importance-weighted bound (IWAE) "
+                                    "of --num-samples samples", choice(*OBJECTIVES), choices=OBJECTIVES)
+    num_samples: int = option(1, "posterior samples K per example in the training objective", integer(1))
+    gradient: str = option("reparam", "gradient estimator: reparam; stl (sticking the landing, ELBO); dreg "
+                                      "(doubly reparameterised, IWAE)", choice(*GRADIENTS), choices=GRADIENTS)
     binarize: Optional[str] = option(
         None, "binarise grey levels: 'dynamic' draws x ~ Bernoulli(grey level) afresh for every "
               "training batch (one fixed draw for the test set), 'static' thresholds at 0.5",
         choice(*BINARIZE_MODES), cli_default="auto", choices=("auto", "none", "static", "dynamic"),
         default_help="auto: dynamic for a Bernoulli likelihood, none for a Gaussian")
+    lr_schedule: str = option("constant", "learning rate from --lr to --lr-final over the run (its epochs and "
+                                          "--max-steps, or the --time-budget when that ends it first)",
+                              choice(*LR_SCHEDULES), choices=LR_SCHEDULES)
+    lr_final: float = option(1e-4, "last learning rate of a cosine or exponential schedule",
+                             real(0.0, strict_low=True))
+    time_budget: Optional[float] = option(None, "stop after this many minutes of training (checked after "
+                                                "every step; ends like --max-steps)", _minutes, resume=True,
+                                          default_help="none")
     max_steps: Optional[int] = option(None, "stop after this many optimizer steps in total",
                                       integer(1, optional=True), resume=True, default_help="none: run all epochs")
     eval_batch_size: int = option(1000, "examples per evaluation chunk", integer(1), resume=True)
     eval_samples: int = option(0, "importance samples K for the test log-likelihood after training "
                                   "(0: skip)", integer(0), resume=True, cli_default=100)
+    ll_every: int = option(0, "every this many epochs, also the test log-likelihood with --eval-samples "
+                              "importance samples in the metrics (0: only after training)", integer(0), resume=True)
     log_every: int = option(0, "also log a metrics line every this many steps (0: once per epoch)",
                             integer(0), resume=True)
     progress: Optional[bool] = option(None, "progress bar with the running ELBO", flag(optional=True),
@@ -63,6 +86,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        make_objective(self.objective, self.num_samples, self.gradient)  # the pair must be supported
+        if self.free_bits and (self.objective, self.num_samples, self.gradient) != ("elbo", 1, "reparam"):
+            raise ValueError("free_bits needs objective='elbo', num_samples=1 and gradient='reparam'")
 
 
 #: Settings a resumed run may change without breaking the continuation of the saved run.

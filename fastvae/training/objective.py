@@ -14,16 +14,17 @@ __all__ = ["training_objective"]
 
 
 class _Objective(nn.Module):
-    """``x, beta -> model.loss(x, beta, free_bits, impl)``: the mean negative ELBO of a batch."""
+    """``x, beta -> model.loss(x, beta, free_bits, impl, objective...)``: the batch's mean loss."""
 
-    def __init__(self, model: VAE, loss_impl: str, free_bits: float) -> None:
+    def __init__(self, model: VAE, cfg: TrainConfig) -> None:
         super().__init__()
         self.model = model
-        self.loss_impl = loss_impl
-        self.free_bits = free_bits
+        self.loss_impl = cfg.loss_impl
+        self.free_bits = cfg.free_bits
+        self.objective = dict(objective=cfg.objective, num_samples=cfg.num_samples, gradient=cfg.gradient)
 
     def forward(self, x: torch.Tensor, beta: float) -> torch.Tensor:
-        return self.model.loss(x, beta=beta, free_bits=self.free_bits, impl=self.loss_impl)
+        return self.model.loss(x, beta=beta, free_bits=self.free_bits, impl=self.loss_impl, **self.objective)
 
 
 def training_objective(
@@ -31,7 +32,7 @@ def training_objective(
 ) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """The loss a training step calls: DDP-wrapped under torchrun, with the networks compiled
     in place when ``cfg.compile`` (their state_dict keys do not change)."""
-    objective: nn.Module = _Objective(model, cfg.loss_impl, cfg.free_bits)
+    objective: nn.Module = _Objective(model, cfg)
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
 

@@ -41,6 +41,7 @@ from .objective import training_objective
 from .interrupt import DeferredInterrupt, StopRequested
 from .options import resolve_device
 from .rng import rank_seed, seed_everything
+from .schedule import lr_at, out_of_time, progress
 from .runlog import append_record, truncate_after_step
 from .state import TrainerState
 
@@ -143,8 +144,6 @@ class Trainer(TrainerState):
         self._warned_drop = False
 
     # ------------------------------------------------------------------ data
-
-    # ------------------------------------------------------------------ data
     @property
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one pass (a last batch smaller than the world size is dropped)."""
@@ -235,6 +234,10 @@ class Trainer(TrainerState):
 
     # ------------------------------------------------------------------ training
     def _train_step(self, x: torch.Tensor, beta: float) -> torch.Tensor:
+        if self.config.lr_schedule != "constant":
+            lr = lr_at(self.config, progress(self.config, self.step, self.steps_per_epoch, self.elapsed))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             loss = self._loss_fn(x, beta)
@@ -253,6 +256,9 @@ class Trainer(TrainerState):
         }
         if self.test_data is not None and self.dist.is_main:
             record["test_elbo"] = self.evaluate()
+            cfg = self.config
+            if cfg.ll_every and cfg.eval_samples and (partial or self.epoch % cfg.ll_every == 0):
+                record["test_log_likelihood"] = self.log_likelihood(cfg.eval_samples)
         record.update(epoch_time=epoch_time, time=self.elapsed, lr=self.optimizer.param_groups[0]["lr"])
         return record
 
@@ -279,7 +285,7 @@ class Trainer(TrainerState):
         self._clock = time.perf_counter()
         try:
             with DeferredInterrupt() as interrupt:
-                while self.epoch < cfg.epochs and self.step < max_steps:
+                while self.epoch < cfg.epochs and self.step < max_steps and not out_of_time(cfg, self.elapsed):
                     if self._perm is None:
                         self._perm = torch.randperm(self.train_data.shape[0], generator=self.data_generator)
                         self._perm_on_data = None
@@ -331,7 +337,8 @@ class Trainer(TrainerState):
                        desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
         running: Optional[torch.Tensor] = None
         try:
-            while self.batch_in_epoch < steps_per_epoch and self.step < max_steps:
+            while (self.batch_in_epoch < steps_per_epoch and self.step < max_steps
+                   and not out_of_time(cfg, self.elapsed)):
                 # Until the counters move on, a KeyboardInterrupt finds a half-done update.
                 self._in_step = True
                 x = self._global_batch(self.batch_in_epoch)

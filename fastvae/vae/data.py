@@ -7,16 +7,18 @@ only binarisation in fastvae (the trainer uses it too), with one random stream.
 """
 from __future__ import annotations
 
-import gzip
+import dataclasses
 import math
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+from .amat import load_binarized_mnist, read_bytes
 
 __all__ = [
     "Dataset",
@@ -27,6 +29,7 @@ __all__ = [
     "binarize",
     "load_dataset",
     "default_mnist_dir",
+    "default_binarized_mnist_dir",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -48,6 +51,18 @@ class Dataset:
     train_labels: Optional[torch.Tensor]
     test_labels: Optional[torch.Tensor]
     image_shape: Tuple[int, ...]
+    #: Name of the split in ``test`` ("valid" for binarised MNIST), and every held-out split by name.
+    test_split: str = "test"
+    splits: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    def split(self, name: Optional[str]) -> torch.Tensor:
+        """The held-out split ``name`` (None: ``test``); ValueError naming the ones there are."""
+        if name is None or name == self.test_split:
+            return self.test
+        if name not in self.splits:
+            have = sorted({self.test_split, *self.splits})
+            raise ValueError(f"split must be one of {have} for data set {self.name!r}, got {name!r}")
+        return self.splits[name]
 
     @property
     def input_dim(self) -> int:
@@ -126,15 +141,7 @@ def read_idx(path: PathLike, magic: Optional[int] = None) -> np.ndarray:
     header, type or size does not match raises ValueError.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        # gzip.BadGzipFile is an OSError; a truncated stream is an EOFError.
-        raise ValueError(f"{path}: cannot decompress ({err})") from err
+    data = read_bytes(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
     if data[2] != _IDX_UBYTE:
@@ -234,6 +241,14 @@ def default_mnist_dir() -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist-t10k"
 
 
+def default_binarized_mnist_dir() -> Path:
+    """$FASTVAE_BINARIZED_MNIST_DIR, else <repo>/../shared/data/binarized-mnist."""
+    env = os.environ.get("FASTVAE_BINARIZED_MNIST_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "binarized-mnist"
+
+
 def _image_shape(per_example: Tuple[int, ...]) -> Tuple[int, ...]:
     if len(per_example) == 3:
         return per_example
@@ -259,6 +274,9 @@ def load_dataset(
     - "digits": first 80% of scikit-learn's digits for training, the rest for testing.
     - "mnist": from ``data_dir`` (default `default_mnist_dir()`); the train split when its files
       are there and t10k as test, otherwise t10k images 0-7999 train and 8000-9999 test.
+    - "binarized-mnist": Larochelle's static binarisation from ``data_dir`` (default
+      `default_binarized_mnist_dir()`): train, "valid" as the test split, and "test" in
+      ``splits`` when its file is there (already 0/1: ``binarize`` does not apply).
     - "*.npz": arrays ``{key}_train``/``{key}_test`` when present, else ``key`` split by
       ``test_fraction`` (last part for testing).
     ``binarize``: None (grey levels), "static" or "dynamic" (one fixed draw).
@@ -283,11 +301,15 @@ def load_dataset(
                                  f"{_MNIST_T10K_TRAIN} training and some test images (or add train-* files)")
             parts = _split(test_x, test_y, _MNIST_T10K_TRAIN)
         shape = (1, 28, 28)
+    elif name == "binarized-mnist":
+        splits = load_binarized_mnist(Path(data_dir) if data_dir is not None else default_binarized_mnist_dir())
+        return Dataset(name=name, train=splits["train"], test=splits["valid"], train_labels=None, test_labels=None,
+                       image_shape=(1, 28, 28), test_split="valid", splits=splits)
     elif str(name).endswith(".npz"):
         path = Path(name) if data_dir is None else Path(data_dir) / name
         parts, shape = _npz_parts(path, key, test_fraction)
     else:
-        raise ValueError(f"name must be 'digits', 'mnist' or a path to an .npz file, got {name!r}")
+        raise ValueError(f"name must be 'digits', 'mnist', 'binarized-mnist' or a path to an .npz file, got {name!r}")
     train, test, train_labels, test_labels = parts
     return Dataset(
         name=str(name),

@@ -24,8 +24,10 @@ from .. import reference as _R
 from .._args import check_int, check_real
 from .inputs import check_choice as _check_choice
 from .inputs import check_input
+from . import objectives as _O
+from .objectives import Objective, free_bits_kl, make_objective
 
-__all__ = ["VAEOutput", "VAE", "LIKELIHOODS", "OBS_VARS", "LOSS_IMPLS"]
+__all__ = ["VAEOutput", "VAE", "LIKELIHOODS", "OBS_VARS", "LOSS_IMPLS", "free_bits_kl"]
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 OBS_VARS = ("fixed", "scalar", "per_dim", "per_element")
@@ -51,19 +53,6 @@ class VAEOutput:
     logvar: torch.Tensor
     z: torch.Tensor
     kl: Optional[torch.Tensor] = None
-
-
-def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return loss.mean()
-    return loss.sum() if reduction == "sum" else loss
-
-
-def free_bits_kl(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> torch.Tensor:
-    """KL(q || N(0, I)) per example with each latent dim's term floored at ``free_bits`` nats
-    (Kingma et al. 2016). The fused KL sums the dims inside the kernel, so this one is eager."""
-    kl_dims = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
-    return kl_dims.clamp(min=free_bits).sum(-1)
 
 
 class VAE(nn.Module):
@@ -188,14 +177,11 @@ class VAE(nn.Module):
         mean = torch.sigmoid(recon) if self.likelihood == "bernoulli" else recon
         return mean.reshape(n, *self.data_shape) if self.data_shape is not None else mean
 
-    def _log_weights(
-        self, x_flat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
-    ) -> torch.Tensor:
-        """log p(x, z_k) - log q(z_k | x) for z (K, B, Z); returns (K, B)."""
+    def _log_px_z(self, z: torch.Tensor, x_flat: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        """log p(x|z_k) for z (K, B, Z), the decoder run once on all K * B rows; returns (K, B)."""
         k, b = z.shape[0], z.shape[1]
         recon, obs_logvar = self._observation(self.decode(z.reshape(k * b, self.latent_dim)), (k, b))
-        log_px = self._log_px(recon, x_flat, obs_logvar)
-        return log_px + _F.standard_normal_log_density(z) - _F.gaussian_log_density(z, mu, logvar)
+        return self._log_px(recon, x_flat, obs_logvar, fused)
 
     # ------------------------------------------------------------------ model
     def _encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -252,7 +238,7 @@ class VAE(nn.Module):
                            obs_logvar=obs_logvar, beta=beta, reduction=reduction, kl=out.kl)
         # Free bits need the KL of each latent dim before summing; the likelihood stays fused.
         loss = -self._log_px(recon, x_flat, obs_logvar) + beta * free_bits_kl(out.mu, out.logvar, free_bits)
-        return _reduce(loss, reduction)
+        return _O.reduce(loss, reduction)
 
     def _reference_loss(self, x: torch.Tensor, beta: float, free_bits: float, reduction: str) -> torch.Tensor:
         """`loss` through `fastvae.reference`: the same model, the plain-PyTorch formulas."""
@@ -265,7 +251,21 @@ class VAE(nn.Module):
             return _R.elbo(recon, x_flat, mu, logvar, likelihood=self.likelihood,
                            obs_logvar=obs_logvar, beta=beta, reduction=reduction)
         loss = -self._log_px(recon, x_flat, obs_logvar, fused=False) + beta * free_bits_kl(mu, logvar, free_bits)
-        return _reduce(loss, reduction)
+        return _O.reduce(loss, reduction)
+
+    def _multi_sample_loss(self, x: torch.Tensor, beta: float, reduction: str, objective: Objective,
+                           fused: bool) -> torch.Tensor:
+        """`loss` of a K-sample objective or a gradient other than reparam (fastvae.vae.objectives)."""
+        x_flat = self._flat(x)
+        mu, logvar = self._encode(x)
+        ops = _F if fused else _R
+        if objective.analytic_kl:  # K samples of log p(x|z), the KL in closed form
+            z, kl = ops.reparameterize_with_kl(mu, logvar, num_samples=objective.num_samples)
+            return _O.reduce(beta * kl - self._log_px_z(z, x_flat, fused).mean(0), reduction)
+        s = _O.draw(mu, logvar, objective, fused)
+        log_px = self._log_px_z(s.z, x_flat, fused)
+        log_pz, log_qz = ops.standard_normal_log_density(s.z), ops.gaussian_log_density(s.z, s.q_mu, s.q_logvar)
+        return _O.reduce(-_O.bound(log_px, log_pz, log_qz, objective, s, beta, fused), reduction)
 
     def loss(
         self,
@@ -274,18 +274,29 @@ class VAE(nn.Module):
         free_bits: float = 0.0,
         reduction: str = "mean",
         impl: str = "fused",
+        objective: str = "elbo",
+        num_samples: int = 1,
+        gradient: str = "reparam",
     ) -> torch.Tensor:
-        """Negative ELBO, -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)), with one z per example.
+        """Negative ELBO, -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)), with one z per example,
+        or another objective of K samples (`fastvae.vae.objectives`).
 
         beta: KL weight (default ``self.beta``). free_bits: floor, in nats, under the KL of each
         latent dim of each example (Kingma et al. 2016), so that no dim is pushed to the prior
         below it; 0 keeps the fully fused path. reduction: "mean" | "sum" | "none" over the batch.
         impl: "fused" (fastvae.functional's kernels) or "reference" (fastvae.reference, plain
-        PyTorch: what users write by hand, for comparison).
+        PyTorch: what users write by hand, for comparison). objective: "elbo" or "iwae" (the
+        importance-weighted bound); num_samples: K; gradient: "reparam", "stl" (ELBO) or "dreg"
+        (IWAE). Free bits need the one-sample reparam ELBO.
         """
         _check_choice("impl", impl, LOSS_IMPLS)
         beta, free_bits = self._loss_args(beta, free_bits, reduction)
         x = self._input(x)
+        if not (objective == "elbo" and num_samples == 1 and gradient == "reparam"):
+            obj = make_objective(objective, num_samples, gradient)
+            if free_bits:
+                raise ValueError("free_bits needs objective='elbo', num_samples=1 and gradient='reparam'")
+            return self._multi_sample_loss(x, beta, reduction, obj, impl == "fused")
         if impl == "reference":
             return self._reference_loss(x, beta, free_bits, reduction)
         return self._fused_loss(self._forward(x), x, beta, free_bits, reduction)
@@ -347,7 +358,8 @@ class VAE(nn.Module):
         total: Optional[torch.Tensor] = None
         for done in range(0, num_samples, chunk_size):
             z = _F.reparameterize(mu, logvar, num_samples=min(chunk_size, num_samples - done))
-            chunk = torch.logsumexp(self._log_weights(x_flat, mu, logvar, z), dim=0)
+            log_w = self._log_px_z(z, x_flat) + _F.standard_normal_log_density(z)
+            chunk = torch.logsumexp(log_w - _F.gaussian_log_density(z, mu, logvar), dim=0)
             # logaddexp keeps the running sum exact in log space, whatever the weights' scale.
             total = chunk if total is None else torch.logaddexp(total, chunk)
         return total - math.log(num_samples)
@@ -355,14 +367,9 @@ class VAE(nn.Module):
     def iwae_loss(
         self, x: torch.Tensor, num_samples: int = 5, reduction: str = "mean"
     ) -> torch.Tensor:
-        """Negative IWAE bound, -log (1/K) sum_k p(x, z_k) / q(z_k|x), for training (K = num_samples)."""
-        _check_choice("reduction", reduction, _REDUCTIONS)
-        num_samples = check_int("num_samples", num_samples, 1)
-        x = self._input(x)
-        mu, logvar = self._encode(x)
-        z = _F.reparameterize(mu, logvar, num_samples=num_samples)
-        log_w = self._log_weights(self._flat(x), mu, logvar, z)
-        return _reduce(math.log(num_samples) - torch.logsumexp(log_w, dim=0), reduction)
+        """Negative IWAE bound, -log (1/K) sum_k p(x, z_k) / q(z_k|x), for training (K = num_samples):
+        ``loss(x, beta=1, objective="iwae", num_samples=K)``."""
+        return self.loss(x, beta=1.0, reduction=reduction, objective="iwae", num_samples=num_samples)
 
     # ------------------------------------------------------------------ config
     @property

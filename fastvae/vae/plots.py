@@ -166,6 +166,10 @@ def save_training_curve(metrics: Union[PathLike, Iterable[Dict[str, Any]]], path
         if test:
             ax.plot([r["step"] for r in test], [r["test_elbo"] for r in test], "s-", ms=3,
                     color="tab:orange", label="test ELBO")
+        ll = [r for r in epochs if "test_log_likelihood" in r]
+        if ll:
+            ax.plot([r["step"] for r in ll], [r["test_log_likelihood"] for r in ll], "^-", ms=3,
+                    color="tab:green", label="test log p(x), importance-sampled")
     values = [-r["train_loss"] for r in epochs + steps] + [r["test_elbo"] for r in epochs if "test_elbo" in r]
     # Early steps sit far below the rest; keep the axis on the part worth reading.
     low = float(np.percentile(values, 5)) if len(values) >= 20 else min(values)
