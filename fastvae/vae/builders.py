@@ -6,7 +6,7 @@ arguments in the model, so that a checkpoint can rebuild the same architecture.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 from torch import nn
 
@@ -33,6 +33,41 @@ def _sizes(name: str, values: Any) -> tuple:
 def _out_factor(vae_kwargs: Dict[str, Any]) -> int:
     # The decoder predicts mean and log-variance side by side for per-element variance.
     return 2 if vae_kwargs.get("obs_var", "fixed") == "per_element" else 1
+
+
+def conv_stacks(image_shape: Sequence[int], channels: Sequence[int], activation: str,
+                out_channels: int) -> Tuple[list, list, Tuple[int, int, int]]:
+    """The convolutional halves of a conv VAE for (C, H, W) images: (encoder layers, stride-2
+    4x4 convs to a (C', H', W') map; decoder layers, transposed convs from that map back to
+    ``out_channels`` x H x W; (C', H', W')). The linear layers to and from the latent are the
+    caller's."""
+    c, h, w = image_shape
+    # Spatial sizes after each conv (k=4, s=2, p=1 gives floor(n / 2)).
+    sizes = [(h, w)]
+    for _ in channels:
+        ph, pw = sizes[-1]
+        sizes.append((ph // 2, pw // 2))
+    if min(sizes[-1]) < 1:
+        raise ValueError(
+            f"image_shape {(c, h, w)} is too small for {len(channels)} stride-2 convs; "
+            f"H and W must be >= {2 ** len(channels)}"
+        )
+    enc: list = []
+    prev = c
+    for ch in channels:
+        enc += [nn.Conv2d(prev, ch, 4, stride=2, padding=1), _activation(activation)]
+        prev = ch
+    flat = (prev, *sizes[-1])
+    dec: list = []
+    outs = list(reversed(channels[:-1])) + [out_channels]
+    for i, ch in enumerate(outs):
+        (ih, iw), (th, tw) = sizes[-1 - i], sizes[-2 - i]
+        # A transposed conv gives 2n; output_padding adds the row/column an odd size lost.
+        dec.append(nn.ConvTranspose2d(prev, ch, 4, stride=2, padding=1, output_padding=(th - 2 * ih, tw - 2 * iw)))
+        if i < len(outs) - 1:
+            dec.append(_activation(activation))
+        prev = ch
+    return enc, dec, flat
 
 
 def build_mlp_vae(
@@ -102,34 +137,9 @@ def build_conv_vae(
     if vae_kwargs.get("data_shape") is not None and tuple(vae_kwargs["data_shape"]) != (c, h, w):
         raise ValueError(f"data_shape {vae_kwargs['data_shape']} differs from image_shape {(c, h, w)}")
     vae_kwargs.pop("data_shape", None)
-    # Spatial sizes after each conv (k=4, s=2, p=1 gives floor(n / 2)).
-    sizes = [(h, w)]
-    for _ in channels:
-        ph, pw = sizes[-1]
-        sizes.append((ph // 2, pw // 2))
-    if min(sizes[-1]) < 1:
-        raise ValueError(
-            f"image_shape {(c, h, w)} is too small for {len(channels)} stride-2 convs; "
-            f"H and W must be >= {2 ** len(channels)}"
-        )
-
-    enc: list = []
-    prev = c
-    for ch in channels:
-        enc += [nn.Conv2d(prev, ch, 4, stride=2, padding=1), _activation(activation)]
-        prev = ch
-    fh, fw = sizes[-1]
-    enc += [nn.Flatten(), nn.Linear(prev * fh * fw, 2 * latent_dim)]
-
-    dec: list = [nn.Linear(latent_dim, prev * fh * fw), _activation(activation), nn.Unflatten(1, (prev, fh, fw))]
-    outs = list(reversed(channels[:-1])) + [_out_factor(vae_kwargs) * c]
-    for i, ch in enumerate(outs):
-        (ih, iw), (th, tw) = sizes[-1 - i], sizes[-2 - i]
-        # A transposed conv gives 2n; output_padding adds the row/column an odd size lost.
-        dec.append(nn.ConvTranspose2d(prev, ch, 4, stride=2, padding=1, output_padding=(th - 2 * ih, tw - 2 * iw)))
-        if i < len(outs) - 1:
-            dec.append(_activation(activation))
-        prev = ch
+    enc, dec_tail, flat = conv_stacks((c, h, w), channels, activation, _out_factor(vae_kwargs) * c)
+    enc += [nn.Flatten(), nn.Linear(math.prod(flat), 2 * latent_dim)]
+    dec: list = [nn.Linear(latent_dim, math.prod(flat)), _activation(activation), nn.Unflatten(1, flat)] + dec_tail
 
     vae = VAE(nn.Sequential(*enc), nn.Sequential(*dec), latent_dim, likelihood=likelihood,
               data_shape=(c, h, w), **vae_kwargs)
@@ -146,6 +156,10 @@ def build_vae(config: Dict[str, Any]) -> VAE:
     if arch == "conv":
         cfg.pop("data_shape", None)  # implied by image_shape
         return build_conv_vae(**cfg)
+    if arch == "hierarchical":
+        from .hierarchical_builders import build_hierarchical_vae  # it imports this module
+
+        return build_hierarchical_vae(**cfg)
     if arch is None:
-        raise ValueError("config has no 'arch': the VAE was built from custom modules, rebuild it by hand")
-    raise ValueError(f"config['arch'] must be 'mlp' or 'conv', got {arch!r}")
+        raise ValueError("config has no 'arch'': the VAE was built from custom modules, rebuild it by hand")
+    raise ValueError(f"config['arch'] must be 'mlp', 'conv' or 'hierarchical', got {arch!r}")

@@ -313,6 +313,12 @@ class VAE(nn.Module):
         z = _F.reparameterize(mu, logvar) if sample_z else mu
         return self._data_mean(self.decode(z)).reshape(shape)
 
+    def _sample_latent(self, n: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """n draws of the latent the decoder reads, here z ~ N(0, I) (n, latent_dim)."""
+        ref = next(iter(self.parameters()), None)
+        device = ref.device if ref is not None else torch.device("cpu")
+        return torch.randn(n, self.latent_dim, device=device, dtype=self._dtype(), generator=generator)
+
     @torch.no_grad()
     def sample(
         self, n: int, mean: bool = True, generator: Optional[torch.Generator] = None
@@ -322,10 +328,7 @@ class VAE(nn.Module):
         Returns (n, *data_shape) (the decoder's shape when data_shape is unknown).
         """
         n = check_int("n", n, 1)
-        ref = next(iter(self.parameters()), None)
-        device = ref.device if ref is not None else torch.device("cpu")
-        z = torch.randn(n, self.latent_dim, device=device, dtype=self._dtype(), generator=generator)
-        params = self.decode(z)
+        params = self.decode(self._sample_latent(n, generator))
         if mean:
             return self._data_mean(params)
         if self.likelihood == "bernoulli":

@@ -1,0 +1,112 @@
+"""Quality check of issue 20: a 2-level hierarchical VAE against the 1-level IWAE-paper VAE.
+
+Both models train on the 50 000 Larochelle binarised-MNIST training images for the same number
+of epochs with the single-sample ELBO (Adam, same batch size, learning rate and seed), then the
+validation NLL, -log p(x), is estimated by importance sampling with K samples per image on a
+fixed subset of the validation split (the first ``--valid`` images; all 10 000 with 10000).
+
+    python benchmarks/quality_hierarchical.py --model hierarchical --epochs 10 --out DIR
+    python benchmarks/quality_hierarchical.py --model flat --epochs 10 --out DIR
+
+Models (Burda et al. 2016, tanh): "hierarchical" is 784-100-100 -> z_1 (100) -> 50-50 -> z_2 (50)
+(`build_hierarchical_vae()`), "flat" is 784-200-200 -> z (50) (`build_mlp_vae`). Each run writes
+``DIR/<model>.json`` (and the Trainer's checkpoint and metrics under ``DIR/<model>/``); run it
+with ``--threads 1`` beside other work. `--eval-only` re-evaluates a saved checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "binarized-mnist"
+
+
+def load_split(data_dir: Path, split: str) -> torch.Tensor:
+    """One split of the .amat files (plain or gzipped) as a float32 (N, 784) tensor of 0/1."""
+    for name in (f"binarized_mnist_{split}.amat", f"binarized_mnist_{split}.amat.gz"):
+        path = data_dir / name
+        if path.is_file():
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rb") as f:
+                values = np.array(f.read().split(), dtype=np.float32)
+            return torch.from_numpy(values.reshape(-1, 784))
+    raise FileNotFoundError(f"no binarized_mnist_{split}.amat(.gz) in {data_dir}")
+
+
+def build(model: str):
+    from fastvae.vae import build_hierarchical_vae, build_mlp_vae
+
+    if model == "hierarchical":
+        return build_hierarchical_vae()  # the IWAE paper's two-layer model
+    return build_mlp_vae(784, hidden=(200, 200), latent_dim=50, activation="tanh")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=("hierarchical", "flat"), required=True)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--valid", type=int, default=10000, help="validation images scored (first N)")
+    p.add_argument("-k", "--num-samples", type=int, default=5000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality-hierarchical")
+    p.add_argument("--eval-only", action="store_true", help="score DIR/<model>/checkpoint.pt, no training")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from fastvae.training import Trainer, TrainConfig, evaluate, load_model
+
+    run_dir = args.out / args.model
+    train = load_split(args.data_dir, "train")
+    valid = load_split(args.data_dir, "valid")[: args.valid]
+    t0 = time.perf_counter()
+    if args.eval_only:
+        model, state = load_model(run_dir / "checkpoint.pt")
+        epochs, summary = state["epoch"], {"time": state["elapsed"]}
+    else:
+        torch.manual_seed(args.seed)
+        model = build(args.model)
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             device="cpu", binarize=None, eval_samples=0, progress=False)
+        trainer = Trainer(model, train, None, config, out_dir=run_dir)
+        summary = trainer.fit()
+        epochs = trainer.epoch
+    train_time = time.perf_counter() - t0
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    result = {
+        "model": args.model, "arch": model.config, "parameters": sum(q.numel() for q in model.parameters()),
+        "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "objective": "single-sample ELBO", "data": "binarized-mnist (Larochelle), 50000 train",
+        "num_samples": args.num_samples, "train_seconds": summary.get("time"), "wall_train_seconds": train_time,
+        "threads": args.threads, "machine": platform.processor() or platform.machine(), "commit": commit,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    # Scored in blocks of 1000 images, the JSON rewritten after each: a run cut short still
+    # leaves the mean over the first blocks (valid_examples says how many).
+    t1, sums, done = time.perf_counter(), {"elbo": 0.0, "log_likelihood": 0.0}, 0
+    for block in valid.split(1000):
+        scores = evaluate(model, block, 10, torch.device("cpu"), args.seed + 7 + done, num_samples=args.num_samples)
+        for name in sums:
+            sums[name] += scores[name] * block.shape[0]
+        done += block.shape[0]
+        result.update(valid_examples=done, valid_elbo=sums["elbo"] / done, valid_nll=-sums["log_likelihood"] / done,
+                      eval_seconds=time.perf_counter() - t1, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        (args.out / f"{args.model}.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result), flush=True)
+
+if __name__ == "__main__":
+    main()
