@@ -10,8 +10,8 @@ fixed subset of the validation split (the first ``--valid`` images; all 10 000 w
 
 Models (Burda et al. 2016, tanh): "hierarchical" is 784-100-100 -> z_1 (100) -> 50-50 -> z_2 (50)
 (`build_hierarchical_vae()`), "flat" is 784-200-200 -> z (50) (`build_mlp_vae`). Each run writes
-``DIR/<model>.json`` (and the Trainer's checkpoint and metrics under ``DIR/<model>/``); run it
-with ``--threads 1`` beside other work. `--eval-only` re-evaluates a saved checkpoint.
+``DIR/<model>.json`` (the Trainer's checkpoint and metrics go to ``--run-dir``); run it with
+``--threads 1`` beside other work. ``--eval-only`` re-evaluates the checkpoint in ``--run-dir``.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import json
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,13 +65,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality-hierarchical")
-    p.add_argument("--eval-only", action="store_true", help="score DIR/<model>/checkpoint.pt, no training")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="where the Trainer writes checkpoint.pt and metrics.jsonl (default: a temporary directory)")
+    p.add_argument("--eval-only", action="store_true", help="score RUN_DIR/checkpoint.pt, no training")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
     from fastvae.training import Trainer, TrainConfig, evaluate, load_model
 
-    run_dir = args.out / args.model
+    if args.run_dir is None and args.eval_only:
+        p.error("--eval-only needs --run-dir")
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"fastvae-quality-{args.model}-"))
     train = load_split(args.data_dir, "train")
     valid = load_split(args.data_dir, "valid")[: args.valid]
     t0 = time.perf_counter()
@@ -92,7 +97,7 @@ def main() -> None:
         "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "objective": "single-sample ELBO", "data": "binarized-mnist (Larochelle), 50000 train",
         "num_samples": args.num_samples, "train_seconds": summary.get("time"), "wall_train_seconds": train_time,
-        "threads": args.threads, "machine": platform.processor() or platform.machine(), "commit": commit,
+        "threads": args.threads, "run_dir": str(run_dir), "machine": platform.processor() or platform.machine(), "commit": commit,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     # Scored in blocks of 1000 images, the JSON rewritten after each: a run cut short still

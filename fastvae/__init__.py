@@ -2,7 +2,7 @@
 
 The core: ``fastvae.functional`` holds the fused ops, ``fastvae.reference`` their plain-PyTorch
 twins and ``fastvae.ELBOLoss`` the drop-in loss module; it needs torch only. The application
-on top: ``fastvae.vae`` (the `VAE` module, `build_mlp_vae` / `build_conv_vae`, data loaders,
+on top: ``fastvae.vae`` (the `VAE` module, `build_mlp_vae` / `build_conv_vae`, the hierarchical VAE, data loaders,
 pictures), ``fastvae.training`` (`Trainer`, `TrainConfig`, checkpoints) and ``fastvae.cli``
 (the ``fastvae`` command). Their names are importable from here and loaded on first use.
 """
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 # The application's names, loaded on first use so that `import fastvae` stays the core.
 _LAZY = {
     "VAE": "vae", "VAEOutput": "vae", "build_mlp_vae": "vae", "build_conv_vae": "vae", "build_vae": "vae",
+    "HierarchicalVAE": "vae", "build_hierarchical_vae": "vae",
     "Trainer": "training", "TrainConfig": "training", "load_model": "training", "fit": "training",
 }
 

@@ -10,9 +10,11 @@ from typing import Any, List, Optional
 
 from ..training.options import choice, integer, option, real, text
 
-__all__ = ["DataOptions", "ModelOptions", "OutputOptions", "csv_ints", "DATA_HELP"]
+__all__ = ["DataOptions", "ModelOptions", "OutputOptions", "csv_ints", "DATA_HELP", "HIERARCHICAL_ARCHS"]
 
-_ARCHS = ("mlp", "conv")
+_ARCHS = ("mlp", "conv", "hierarchical", "hierarchical-conv")
+#: The architectures with several stochastic layers (`fastvae.vae.HierarchicalVAE`).
+HIERARCHICAL_ARCHS = ("hierarchical", "hierarchical-conv")
 # Kept here (not imported from fastvae.vae) so that building the parser loads no model code.
 _ACTIVATIONS = ("relu", "elu", "silu", "tanh")
 _LIKELIHOODS = ("bernoulli", "gaussian")
@@ -64,8 +66,13 @@ class DataOptions:
 class ModelOptions:
     """The architecture of a run's VAE (fixed by a checkpoint)."""
 
-    arch: str = option("mlp", "fully connected or convolutional encoder/decoder", choice(*_ARCHS),
-                       choices=_ARCHS)
+    arch: str = option("mlp", "fully connected or convolutional encoder/decoder, or a top-down hierarchical "
+                              "VAE (--levels stochastic layers; its data end fully connected or convolutional)",
+                       choice(*_ARCHS), choices=_ARCHS)
+    levels: Optional[int] = option(
+        2, "stochastic layers of a hierarchical VAE: layer l has --hidden and --latent-dim halved l times "
+           "(--hidden 100,100 --latent-dim 100 --levels 2 is the IWAE paper's two-layer model)",
+        integer(1, optional=True), cli_default="auto", default_help="2 with --arch hierarchical*")
     hidden: str = option("400", "MLP hidden widths, comma-separated, e.g. 512,256", _widths)
     channels: str = option("32,64", "conv channels per stride-2 layer, comma-separated", _widths)
     activation: str = option("relu", "hidden activation", choice(*_ACTIVATIONS), choices=_ACTIVATIONS)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List
 from ..training.config import TrainConfig
 from .checks import CLIError, check_device
 from .flags import add_flags, check_values, defaults, fields_of, flag_name
-from .options import DataOptions, ModelOptions, OutputOptions, csv_ints
+from .options import HIERARCHICAL_ARCHS, DataOptions, ModelOptions, OutputOptions, csv_ints
 from .recipes import RECIPES, recipe_settings
 
 __all__ = ["add_train_args", "cmd_train", "TRAIN_FIELDS"]
@@ -36,7 +36,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     add_flags(p.add_argument_group("optimisation"), TrainConfig,
               ("epochs", "batch_size", "lr", "lr_schedule", "lr_final", "max_steps", "time_budget", "seed"))
     add_flags(p.add_argument_group("model"), ModelOptions,
-              ("arch", "hidden", "channels", "activation", "latent_dim", "likelihood", "obs_var", "obs_logvar"))
+              ("arch", "levels", "hidden", "channels", "activation", "latent_dim", "likelihood", "obs_var",
+               "obs_logvar"))
     add_flags(p.add_argument_group("objective"), TrainConfig,
               ("objective", "num_samples", "gradient", "binarize", "beta", "warmup", "warmup_unit", "free_bits",
                "loss_impl"))
@@ -62,6 +63,8 @@ def check_train_flags(cfg: Dict[str, Any]) -> None:
     check_values(cfg, TRAIN_FIELDS, skip=_SKIP_CHECK)
     if cfg.get("likelihood") == "bernoulli" and cfg.get("obs_var") not in (None, "fixed"):
         raise CLIError(f"--obs-var {cfg['obs_var']} needs --likelihood gaussian (a Bernoulli has no variance)")
+    if cfg.get("levels") not in (None, "auto") and cfg.get("arch", "mlp") not in HIERARCHICAL_ARCHS:
+        raise CLIError(f"--levels needs --arch {' or '.join(HIERARCHICAL_ARCHS)}")
     if cfg.get("device") is not None:
         check_device(cfg["device"], kernels=cfg.get("loss_impl", "fused") == "fused")
     if cfg.get("amp"):
@@ -81,6 +84,8 @@ def _resolve_auto(cfg: Dict[str, Any]) -> Dict[str, Any]:
     digits = cfg["data"] == "digits"
     if cfg["epochs"] == "auto":
         cfg["epochs"] = 50 if digits else 10
+    if cfg["levels"] == "auto":
+        cfg["levels"] = 2 if cfg["arch"] in HIERARCHICAL_ARCHS else None
     if cfg["latent_dim"] == "auto":
         cfg["latent_dim"] = 2 if digits else 20
     if cfg["binarize"] == "auto":
@@ -132,12 +137,27 @@ def _build_model(cfg: Dict[str, Any], image_shape, input_dim: int):
 
     common = dict(latent_dim=cfg["latent_dim"], likelihood=cfg["likelihood"], activation=cfg["activation"],
                   obs_var=cfg["obs_var"], obs_logvar=cfg["obs_logvar"], beta=cfg["beta"])
+    if cfg["arch"] in HIERARCHICAL_ARCHS:
+        return _build_hierarchical(cfg, image_shape, input_dim, common)
     if cfg["arch"] == "conv":
         if len(image_shape) != 3:
             raise ValueError(f"--arch conv needs (C, H, W) images; this data set has shape {image_shape}")
         return build_conv_vae(image_shape=image_shape, channels=csv_ints(cfg["channels"], "--channels"), **common)
     return build_mlp_vae(input_dim=input_dim, hidden=csv_ints(cfg["hidden"], "--hidden"), data_shape=image_shape,
                          **common)
+
+
+def _build_hierarchical(cfg: Dict[str, Any], image_shape, input_dim: int, common: Dict[str, Any]):
+    from ..vae.hierarchical_builders import build_hierarchical_vae, halved_levels
+
+    latent_dims, hidden = halved_levels(cfg["levels"], csv_ints(cfg["hidden"], "--hidden"), common.pop("latent_dim"))
+    if cfg["arch"] == "hierarchical":
+        return build_hierarchical_vae(input_dim=input_dim, latent_dims=latent_dims, hidden=hidden,
+                                      data_shape=image_shape, **common)
+    if len(image_shape) != 3:
+        raise ValueError(f"--arch hierarchical-conv needs (C, H, W) images; this data set has shape {image_shape}")
+    return build_hierarchical_vae(latent_dims=latent_dims, hidden=hidden, image_shape=image_shape,
+                                  channels=csv_ints(cfg["channels"], "--channels"), **common)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
