@@ -61,8 +61,8 @@ def _plain_loss(m: HierarchicalVAE, x: torch.Tensor, eps: List[torch.Tensor], be
     return -log_px + beta * kl
 
 
-def _plain_log_weights(m: HierarchicalVAE, x: torch.Tensor, zs: List[torch.Tensor]) -> torch.Tensor:
-    """log p(x, z) - log q(z | x) for given samples zs (bottom to top, (K, B, Z_l))."""
+def _plain_terms(m: HierarchicalVAE, x: torch.Tensor, zs: List[torch.Tensor]):
+    """(log p(x | z_1), log p(z) - log q(z | x)) for given samples zs (bottom to top, (K, B, Z_l))."""
     k, b = zs[0].shape[:2]
     hs, h = [], x
     for net in m.encoder:
@@ -77,7 +77,13 @@ def _plain_log_weights(m: HierarchicalVAE, x: torch.Tensor, zs: List[torch.Tenso
         q = _normal(*_split(m.post_heads[level](torch.cat([hs[level].expand(k, b, -1), td], -1))))
         log_w = log_w + p.log_prob(zs[level]).sum(-1) - q.log_prob(zs[level]).sum(-1)
     logits = m.decoder(zs[0].reshape(k * b, -1)).reshape(k, b, -1)
-    return log_w + Bernoulli(logits=logits).log_prob(x.reshape(b, -1)).sum(-1)
+    return Bernoulli(logits=logits).log_prob(x.reshape(b, -1)).sum(-1), log_w
+
+
+def _plain_log_weights(m: HierarchicalVAE, x: torch.Tensor, zs: List[torch.Tensor]) -> torch.Tensor:
+    """log p(x, z) - log q(z | x) for given samples zs."""
+    log_px, log_ratio = _plain_terms(m, x, zs)
+    return log_px + log_ratio
 
 
 def _eps_of(out) -> List[torch.Tensor]:
@@ -137,6 +143,13 @@ def test_importance_weights_and_log_likelihood_equal_plain_pytorch(levels, conv)
     torch.manual_seed(3)
     zs = m._importance_weights(x_flat, hs, 6)[1]
     torch.testing.assert_close(iwae, math.log(6) - torch.logsumexp(_plain_log_weights(m, x, zs), 0))
+    # A K-sample Monte Carlo ELBO with beta weighting log p(z) - log q(z | x).
+    torch.manual_seed(8)
+    mc = m.loss(x, beta=0.5, objective="elbo", num_samples=5, reduction="none")
+    torch.manual_seed(8)
+    zs = m._importance_weights(x_flat, hs, 5)[1]
+    log_px, log_ratio = _plain_terms(m, x, zs)
+    torch.testing.assert_close(mc, -(log_px + 0.5 * log_ratio).mean(0), rtol=1e-9, atol=1e-8)
 
 
 def test_log_likelihood_bounds_and_reference_impl():
@@ -250,6 +263,12 @@ def test_model_arguments_raise_value_error():
     for kwargs, match in [(dict(free_bits=[0.1]), "free_bits"), (dict(free_bits=-1.0), "free_bits"),
                           (dict(free_bits=[0.1, float("nan")]), "free_bits"), (dict(beta=-1.0), "beta"),
                           (dict(impl="eager"), "impl"), (dict(reduction="max"), "reduction")]:
+        with pytest.raises(ValueError, match=match):
+            m.loss(x, **kwargs)
+    for kwargs, match in [(dict(objective="vimco", num_samples=2), "objective"),
+                          (dict(objective="iwae", num_samples=0), "num_samples"),
+                          (dict(objective="iwae", num_samples=3, gradient="dreg"), "gradient"),
+                          (dict(objective="iwae", num_samples=3, free_bits=0.5), "free_bits")]:
         with pytest.raises(ValueError, match=match):
             m.loss(x, **kwargs)
     for call, match in [(lambda: m.log_likelihood(x, 0), "num_samples"),

@@ -32,10 +32,12 @@ from .. import functional as _F
 from .. import reference as _R
 from .._args import check_int, check_real
 from .inputs import check_choice as _check_choice
-from .model import _CHUNK_ELEMENTS, _REDUCTIONS, VAE, _reduce
+from .model import _CHUNK_ELEMENTS, _REDUCTIONS, LOSS_IMPLS, VAE, _reduce
 
 __all__ = ["HierarchicalVAE", "HierarchicalOutput"]
 
+#: `HierarchicalVAE.loss` objectives (with gradient="reparam").
+_OBJECTIVES = ("elbo", "iwae")
 _Pair = Tuple[torch.Tensor, torch.Tensor]
 # (mu_q, logvar_q, mu_p, logvar_p) -> (z, KL or None); the prior is None for the top layer.
 _Sampler = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]],
@@ -235,36 +237,66 @@ class HierarchicalVAE(VAE):
         free_bits: Union[float, Sequence[float]] = 0.0,
         reduction: str = "mean",
         impl: str = "fused",
+        objective: str = "elbo",
+        num_samples: int = 1,
+        gradient: str = "reparam",
     ) -> torch.Tensor:
         """Negative ELBO, -log p(x | z_1) + beta * sum_l KL(q(z_l | .) || p(z_l | z_{l+1})), one
-        sample per layer and example.
+        sample per layer and example, each layer's KL analytic (given the sample above).
 
         free_bits: nats per latent dim, one number for every layer or one per layer; layer l's KL
         is floored at free_bits[l] * Z_l per example (the fused KL of a layer is summed over its
         dims, so the floor applies to the layer as a whole). beta, reduction, impl: as `VAE.loss`.
+        objective / num_samples: "elbo" with K > 1 averages K Monte Carlo ELBOs (log p(x, z) -
+        log q(z | x) of the whole hierarchy, the prior terms weighted by beta), "iwae" is the
+        importance-weighted bound over K such samples. gradient: only "reparam" (STL and DReG
+        are defined for a one-layer posterior); free bits only with the one-sample ELBO.
         """
-        return super().loss(x, beta=beta, free_bits=free_bits, reduction=reduction, impl=impl)
+        if objective == "elbo" and num_samples == 1 and gradient == "reparam":
+            return super().loss(x, beta=beta, free_bits=free_bits, reduction=reduction, impl=impl)
+        _check_choice("impl", impl, LOSS_IMPLS)
+        _check_choice("objective", objective, _OBJECTIVES)
+        num_samples = check_int("num_samples", num_samples, 1)
+        if gradient != "reparam":
+            raise ValueError(f"gradient must be 'reparam' for a HierarchicalVAE, got {gradient!r}")
+        beta, free_bits = self._loss_args(beta, free_bits, reduction)
+        if any(free_bits):
+            raise ValueError("free_bits needs objective='elbo', num_samples=1 and gradient='reparam'")
+        x = self._input(x)
+        log_px, log_ratio, _ = self._importance_terms(self._flat(x), self._bottom_up(x), num_samples,
+                                                      fused=impl == "fused")
+        log_w = log_px + beta * log_ratio
+        if objective == "elbo":
+            return _reduce(-log_w.mean(0), reduction)
+        return _reduce(math.log(num_samples) - torch.logsumexp(log_w, dim=0), reduction)
 
     # ------------------------------------------------------------------ importance sampling
-    def _importance_weights(self, x_flat: torch.Tensor, hs: List[torch.Tensor],
-                            num_samples: int) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """log p(x, z_1..L) - log q(z_1..L | x) for K = num_samples draws, (K, B), and the draws
-        (bottom to top, each (K, B, Z_l))."""
+    def _importance_terms(self, x_flat: torch.Tensor, hs: List[torch.Tensor], num_samples: int,
+                          fused: bool = True) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
+        """For K = num_samples draws of the whole hierarchy from q: log p(x | z_1) (K, B),
+        log p(z_1..L) - log q(z_1..L | x) (K, B), and the draws (bottom to top, (K, B, Z_l))."""
+        ops = _F if fused else _R
         k, b = num_samples, x_flat.shape[0]
         mu, logvar = self._top(hs)
-        z = _F.reparameterize(mu, logvar, num_samples=k)
-        log_w = _F.standard_normal_log_density(z) - _F.gaussian_log_density(z, mu, logvar)
+        z = ops.reparameterize(mu, logvar, num_samples=k)
+        log_ratio = ops.standard_normal_log_density(z) - ops.gaussian_log_density(z, mu, logvar)
         zs = [z]
         for level in reversed(range(self.levels - 1)):
             h = hs[level].expand(k, *hs[level].shape).reshape(k * b, -1)
             (mu, logvar), (mu_p, logvar_p) = self._layer(level, h, z.reshape(k * b, -1))
-            z = _F.reparameterize(mu, logvar)
-            log_w = log_w + (_F.gaussian_log_density(z, mu_p, logvar_p)
-                             - _F.gaussian_log_density(z, mu, logvar)).view(k, b)
+            z = ops.reparameterize(mu, logvar)
+            log_ratio = log_ratio + (ops.gaussian_log_density(z, mu_p, logvar_p)
+                                     - ops.gaussian_log_density(z, mu, logvar)).view(k, b)
             z = z.view(k, b, -1)
             zs.insert(0, z)
         recon, obs_logvar = self._observation(self.decode(z.reshape(k * b, -1)), (k, b))
-        return log_w + self._log_px(recon, x_flat, obs_logvar), zs
+        return self._log_px(recon, x_flat, obs_logvar, fused), log_ratio, zs
+
+    def _importance_weights(self, x_flat: torch.Tensor, hs: List[torch.Tensor],
+                            num_samples: int) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """log p(x, z_1..L) - log q(z_1..L | x) for K = num_samples draws, (K, B), and the draws."""
+        log_px, log_ratio, zs = self._importance_terms(x_flat, hs, num_samples)
+        return log_px + log_ratio, zs
 
     @torch.no_grad()
     def log_likelihood(
@@ -287,12 +319,9 @@ class HierarchicalVAE(VAE):
         return total - math.log(num_samples)
 
     def iwae_loss(self, x: torch.Tensor, num_samples: int = 5, reduction: str = "mean") -> torch.Tensor:
-        """Negative IWAE bound with the whole hierarchy's samples, for training (K = num_samples)."""
-        _check_choice("reduction", reduction, _REDUCTIONS)
-        num_samples = check_int("num_samples", num_samples, 1)
-        x = self._input(x)
-        log_w, _ = self._importance_weights(self._flat(x), self._bottom_up(x), num_samples)
-        return _reduce(math.log(num_samples) - torch.logsumexp(log_w, dim=0), reduction)
+        """Negative IWAE bound with the whole hierarchy's samples, for training (K = num_samples):
+        ``loss(x, beta=1, objective="iwae", num_samples=K)``."""
+        return self.loss(x, beta=1.0, reduction=reduction, objective="iwae", num_samples=num_samples)
 
     # ------------------------------------------------------------------ sampling
     def _sample_latent(self, n: int, generator: Optional[torch.Generator]) -> torch.Tensor:
