@@ -44,18 +44,9 @@ _Sampler = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optiona
                     Tuple[torch.Tensor, Optional[torch.Tensor]]]
 
 
-# ======== TEMPORARY STAND-IN (hier branch, until origin/kln lands): eager KL(q || p). ========
-# Replaced by _F.reparameterize_with_kl(..., prior_mu=, prior_logvar=) and _R.kl_normal before delivery.
-def _standin_kl_normal(mu, logvar, prior_mu, prior_logvar):
-    return 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1).sum(-1)
-
-
 def _fused_sampler(mu, logvar, prior_mu, prior_logvar):
     """One fused op per layer: z and KL(q || p) (p = N(0, I) when no prior is given)."""
-    if prior_mu is None:
-        return _F.reparameterize_with_kl(mu, logvar)
-    return _F.reparameterize(mu, logvar), _standin_kl_normal(mu, logvar, prior_mu, prior_logvar)
-# ======== END OF TEMPORARY STAND-IN ========
+    return _F.reparameterize_with_kl(mu, logvar, prior_mu=prior_mu, prior_logvar=prior_logvar)
 
 
 def _reference_sampler(mu, logvar, prior_mu, prior_logvar):
@@ -63,7 +54,7 @@ def _reference_sampler(mu, logvar, prior_mu, prior_logvar):
     z = _R.reparameterize(mu, logvar)
     if prior_mu is None:
         return z, _R.kl_standard_normal(mu, logvar)
-    return z, _standin_kl_normal(mu, logvar, prior_mu, prior_logvar)  # STAND-IN: _R.kl_normal
+    return z, _R.kl_normal(mu, logvar, prior_mu, prior_logvar)
 
 
 def _mean_sampler(mu, logvar, prior_mu, prior_logvar):
