@@ -32,7 +32,8 @@ from .. import functional as _F
 from .. import reference as _R
 from .._args import check_int, check_real
 from .inputs import check_choice as _check_choice
-from .model import _CHUNK_ELEMENTS, _REDUCTIONS, LOSS_IMPLS, VAE, _reduce
+from .model import _CHUNK_ELEMENTS, _REDUCTIONS, LOSS_IMPLS, VAE
+from .objectives import reduce as _reduce
 
 __all__ = ["HierarchicalVAE", "HierarchicalOutput"]
 
