@@ -105,7 +105,6 @@ struct FinishArgs {
   acc_t* per_row;        // reduction "none": the loss per row (may alias ll); else null
   double* partial;       // one sum per block when the grid has several
   acc_t* loss;           // the reduced loss, written by a grid of one block
-  double out_scale;      // row_scale for the mean, 1 for the sum
 };
 
 // Each thread takes rows r = tid, tid + threads, ... in order, reading two values a row (coalesced);
@@ -125,18 +124,18 @@ __global__ void elbo_finish_kernel(FinishArgs<acc_t> a) {
   s = block_sum(s);
   if (threadIdx.x == 0) {
     if (gridDim.x == 1)
-      *a.loss = static_cast<acc_t>(s * a.out_scale);
+      *a.loss = static_cast<acc_t>(s);  // the terms carry row_scale already
     else
       a.partial[blockIdx.x] = s;
   }
 }
 
 template <typename acc_t>
-__global__ void elbo_sum_partials_kernel(int64_t n, const double* partial, acc_t* loss, double out_scale) {
+__global__ void elbo_sum_partials_kernel(int64_t n, const double* partial, acc_t* loss) {
   double s = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
   s = block_sum(s);
-  if (threadIdx.x == 0) *loss = static_cast<acc_t>(s * out_scale);
+  if (threadIdx.x == 0) *loss = static_cast<acc_t>(s);
 }
 
 // Finishing blocks: a fixed function of the row count (not of the device), so that the
@@ -220,12 +219,11 @@ ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::o
     f.per_row = none ? loss.mutable_data_ptr<acc_t>() : nullptr;
     f.partial = partial.defined() ? partial.mutable_data_ptr<double>() : nullptr;
     f.loss = none ? nullptr : loss.mutable_data_ptr<acc_t>();
-    f.out_scale = 1.0;  // the terms carry row_scale already
     FASTVAE_LAUNCH(blocks, kThreads, 0, stream, elbo_finish_kernel<acc_t>)(f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (partial.defined()) {
       FASTVAE_LAUNCH(1, kThreads, 0, stream, elbo_sum_partials_kernel<acc_t>)(
-          blocks, partial.const_data_ptr<double>(), loss.mutable_data_ptr<acc_t>(), 1.0);
+          blocks, partial.const_data_ptr<double>(), loss.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
