@@ -10,8 +10,13 @@ Rows, each appended to a JSON-lines file as soon as it is measured (a kill keeps
   elbo_kl  issue 22 item 2: the ELBO with the KL from mu/logvar, latent 20, 512, 4096 at B=256
            and B=65536 (D=784), fused vs eager
   train    a 784-400-20 MLP VAE training step (Adam) at B=128: fused vs eager
-  compile  last, as they cost the most: torch.compile of the eager ELBO (MNIST, large) and of
-           the eager and fused training steps
+  kl_normal issue 20: the sample of q with its KL against a per-row learned prior, forward +
+           backward with all four gradients, at B=4096 Z=64 and a VDVAE-like B=32 Z=16x32x32,
+           float32 and bfloat16, fused vs eager (fastvae.reference)
+  iwae     issue 21: one Adam step of the 784-200-200-50 tanh MLP on the IWAE bound, k=50, B=100:
+           fused reparam and DReG vs the usual eager IWAE (benchmarks/bench_iwae.py)
+  compile  last, as they cost the most: torch.compile of the eager ELBO (MNIST, large), of
+           the eager and fused training steps, of the eager kl_normal rows and the eager IWAE step
 Each timing is the median over repetitions of CUDA-event-timed loops after warm-up (wall clock
 on the CPU); peak memory is the allocator's peak above the start of one call. Only the public
 API is used: fastvae.functional, fastvae.reference, fastvae.build_mlp_vae and the model's loss.
@@ -33,10 +38,13 @@ import torch
 import torch.nn.functional as TF
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))  # bench_iwae, also when imported
 
 import fastvae  # noqa: E402
 from fastvae import functional as F  # noqa: E402
 from fastvae import reference as R  # noqa: E402
+
+import bench_iwae  # noqa: E402  (benchmarks/, next to this script)
 
 Inputs = List[torch.Tensor]
 Case = Tuple[Callable[..., Any], Inputs]  # fn(*inputs) -> output(s) to differentiate
@@ -127,6 +135,19 @@ def op_cases(b: int, d: int, z: int, latent_cols: int, device: torch.device) -> 
            (lambda m, xx: R.gaussian_log_likelihood(m, xx, 0.0), [logits, xg]))
 
 
+def kl_normal_inputs(b: int, z: int, dtype: torch.dtype, device: torch.device) -> Inputs:
+    """q's and a per-row prior's (mu, logvar), every one a leaf: a hierarchical VAE's layer."""
+    return [(torch.randn(b, z, device=device) * s).to(dtype).requires_grad_() for s in (1.0, 0.5, 1.0, 0.5)]
+
+
+def fused_sample_kl_normal(mu: torch.Tensor, lv: torch.Tensor, pm: torch.Tensor, plv: torch.Tensor) -> Any:
+    return F.reparameterize_with_kl(mu, lv, prior_mu=pm, prior_logvar=plv)
+
+
+def eager_sample_kl_normal(mu: torch.Tensor, lv: torch.Tensor, pm: torch.Tensor, plv: torch.Tensor) -> Any:
+    return R.reparameterize(mu, lv), R.kl_normal(mu, lv, pm, plv)
+
+
 def elbo_inputs(b: int, d: int, z: int, device: torch.device) -> Inputs:
     return [_t(b, d, device=device), _t(b, d, device=device, grad=False, binary=True),
             _t(b, z, device=device), _t(b, z, device=device)]
@@ -206,11 +227,11 @@ class Runner:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def row(self, group: str, op: str, impl: str, shape: Dict[str, int], make: Callable[[], Callable[[], Any]],
-            need_s: float = 1.0) -> None:
+    def row(self, group: str, op: str, impl: str, shape: Dict[str, Any], make: Callable[[], Callable[[], Any]],
+            need_s: float = 1.0, dtype: str = "float32") -> None:
         """Build the closure (compiling, when it does) and measure it; an error is a row too."""
         base: Dict[str, Any] = {"kind": "row", "group": group, "op": op, "impl": impl, "shape": shape,
-                                "dtype": "float32", "device": str(self.device)}
+                                "dtype": dtype, "device": str(self.device)}
         if self.left() < need_s:
             self.count["skipped"] += 1
             self.write({**base, "skipped": f"time budget ({self.left():.0f} s left, needs ~{need_s:.0f} s)"})
@@ -256,8 +277,10 @@ def meta(device: torch.device, tiny: bool, budget: float) -> Dict[str, Any]:
 def sizes(tiny: bool) -> Dict[str, Any]:
     if tiny:
         return {"mnist": (16, 784, 20), "large": (64, 784, 16), "elbo_kl": [(8, 784, 20), (8, 784, 512)],
+                "kl_normal": [(16, 8)], "iwae": (3, 4),
                 "copy_mib": 4, "train_b": 16}
     return {"mnist": (128, 784, 20), "large": (131072, 784, 64),
+            "kl_normal": [(4096, 64), (32, 16 * 32 * 32)], "iwae": (50, 100),
             "elbo_kl": [(b, 784, z) for b in (256, 65536) for z in (20, 512, 4096)], "copy_mib": 1024, "train_b": 128}
 
 
@@ -305,6 +328,19 @@ def run(run_: Runner, compile_: bool) -> None:
     run_.row("train", "mlp_784_400_20_step", "eager", shape,
              lambda: (lambda m: mlp_step(m, eager_vae_loss(m), x))(model()))
 
+    kl_cases = [(b, z, dt) for b, z in s["kl_normal"] for dt in (torch.float32, torch.bfloat16)]
+    for b, z, dt in kl_cases:
+        inputs = kl_normal_inputs(b, z, dt, dev)
+        for impl, fn in (("fused", fused_sample_kl_normal), ("eager", eager_sample_kl_normal)):
+            run_.row("kl_normal", "reparameterize_with_kl_normal", impl, {"B": b, "Z": z, "dtype": str(dt)[6:]},
+                     lambda fn=fn, i=inputs: fwd_bwd(fn, i), dtype=str(dt)[6:])
+        del inputs
+
+    k, bi = s["iwae"]
+    ishape = {"K": k, "B": bi, "D": 784, "H": "200-200", "Z": 50}
+    for impl, name in (("fused_reparam", "fused"), ("fused_dreg", "fused_dreg"), ("eager", "eager")):
+        run_.row("iwae", "iwae_mlp_step", name, ishape, lambda impl=impl: bench_iwae.make_step(impl, k, bi, dev))
+
     if not compile_:
         print("compile rows skipped (--no-compile)", flush=True)
         return
@@ -319,6 +355,13 @@ def run(run_: Runner, compile_: bool) -> None:
              lambda: (lambda m: mlp_step(m, torch.compile(eager_vae_loss(m), dynamic=False), x))(model()), need)
     run_.row("train", "mlp_784_400_20_step", "fused+compile", shape,
              lambda: (lambda m: mlp_step(m, torch.compile(m.loss, dynamic=False), x))(model()), need)
+    run_.row("iwae", "iwae_mlp_step", "compile", ishape, lambda: bench_iwae.make_step("compile", k, bi, dev), need)
+    for b, z, dt in kl_cases:
+        inputs = kl_normal_inputs(b, z, dt, dev)
+        run_.row("kl_normal", "reparameterize_with_kl_normal", "compile", {"B": b, "Z": z, "dtype": str(dt)[6:]},
+                 lambda i=inputs: fwd_bwd(torch.compile(eager_sample_kl_normal, dynamic=False), i), need,
+                 dtype=str(dt)[6:])
+        del inputs
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
