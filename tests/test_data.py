@@ -289,3 +289,44 @@ def test_binarize_is_one_stream_however_a_batch_is_shared():
         assert torch.equal(torch.cat(shares), whole), ranks
     # Without the range check (a training step, data checked once) the bits are the same.
     assert torch.equal(binarize(x, "dynamic", torch.Generator().manual_seed(5), check_range=False), whole)
+
+
+# ---------------------------------------------------------------- photos (scikit-learn's two JPEGs)
+def test_photos_are_8bit_rgb_patches_from_separate_regions():
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_sample_images
+
+    from fastvae.vae.photos import load_photos
+
+    train, test = load_photos(patch=32, stride=16, test_fraction=0.2)
+    assert train.dtype == torch.float32 and train.shape == (1550, 3 * 32 * 32) and test.shape == (350, 3 * 32 * 32)
+    for x in (train, test):  # exactly the photographs' 8-bit levels over 255
+        levels = x * 255
+        assert torch.equal(levels, levels.round()) and levels.min() >= 0 and levels.max() <= 255
+    images = load_sample_images().images
+    # The first test patch of the first photograph is its top-left window at the split column
+    # (640 - 128 = 512), channel-first; the last training patch ends at or before that column.
+    first = torch.from_numpy(images[0][:32, 512:544].transpose(2, 0, 1).astype("float32") / 255).flatten()
+    assert torch.equal(test[0], first)
+    last_left = 512 - 32  # 480: the last stride-16 column whose 32-wide patch ends by 512
+    top = (427 - 32) // 16 * 16
+    last = torch.from_numpy(images[0][top:top + 32, last_left:last_left + 32].transpose(2, 0, 1).astype("float32"))
+    assert torch.equal(train[775 - 1], last.flatten() / 255)
+    assert not torch.equal(train[0], train[1])
+
+
+def test_photos_data_set_and_its_argument_errors():
+    pytest.importorskip("sklearn")
+    from fastvae.vae.photos import load_photos, photo_patches
+
+    ds = load_dataset("photos")
+    assert ds.image_shape == (3, 32, 32) and ds.input_dim == 3072 and ds.train_labels is None
+    assert len(ds.train) == 1550 and len(ds.test) == 350
+    with pytest.raises(ValueError, match="patch must be an int >= 1"):
+        load_photos(patch=0)
+    with pytest.raises(ValueError, match="test_fraction"):
+        load_photos(test_fraction=1.0)
+    with pytest.raises(ValueError, match="narrower"):
+        load_photos(patch=200, test_fraction=0.2)
+    with pytest.raises(ValueError, match="no 8x8 patch fits"):
+        photo_patches(np.zeros((4, 4, 3), np.uint8) + 1, 8, 1, 0, 4)

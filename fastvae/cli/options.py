@@ -21,8 +21,9 @@ _LIKELIHOODS = ("bernoulli", "gaussian")
 _OBS_VARS = ("fixed", "scalar", "per_dim", "per_element")
 DATA_HELP = ("'digits' (scikit-learn's 8x8 digits, bundled), 'mnist' (IDX files in --data-dir), "
              "'binarized-mnist' (Larochelle's binarized_mnist_{train,valid,test}.amat[.gz] in --data-dir; "
-             "evaluated on valid) or a path to an .npz file")
-_NAMED_DATA = ("digits", "mnist", "binarized-mnist")
+             "evaluated on valid), 'photos' (3x32x32 RGB patches of scikit-learn's two sample photographs, "
+             "bundled) or a path to an .npz file")
+_NAMED_DATA = ("digits", "mnist", "binarized-mnist", "photos")
 
 
 def csv_ints(text_value: Any, flag: str) -> List[int]:
@@ -42,10 +43,10 @@ def _widths(name: str, value: Any) -> str:
 
 
 def data_name(name: str, value: Any) -> str:
-    """'digits', 'mnist', 'binarized-mnist' or a path ending in .npz."""
+    """'digits', 'mnist', 'binarized-mnist', 'photos' or a path ending in .npz."""
     if not isinstance(value, str) or (value not in _NAMED_DATA and not value.endswith(".npz")):
-        raise ValueError(f"{name} must be 'digits', 'mnist', 'binarized-mnist' or a path to an .npz file, "
-                         f"got {value!r}")
+        raise ValueError(f"{name} must be one of {', '.join(repr(n) for n in _NAMED_DATA)} or a path to an .npz "
+                         f"file, got {value!r}")
     return value
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .amat import load_binarized_mnist, read_bytes
+from .photos import load_photos
 
 __all__ = [
     "Dataset",
@@ -269,7 +270,7 @@ def load_dataset(
     key: str = "x",
     test_fraction: float = 0.2,
 ) -> Dataset:
-    """Load "digits", "mnist" or a path to an .npz file as a train/test `Dataset`.
+    """Load "digits", "mnist", "binarized-mnist", "photos" or a path to an .npz file as a train/test `Dataset`.
 
     - "digits": first 80% of scikit-learn's digits for training, the rest for testing.
     - "mnist": from ``data_dir`` (default `default_mnist_dir()`); the train split when its files
@@ -277,6 +278,8 @@ def load_dataset(
     - "binarized-mnist": Larochelle's static binarisation from ``data_dir`` (default
       `default_binarized_mnist_dir()`): train, "valid" as the test split, and "test" in
       ``splits`` when its file is there (already 0/1: ``binarize`` does not apply).
+    - "photos": 3x32x32 RGB patches of scikit-learn's two sample photographs
+      (`fastvae.vae.photos.load_photos`), train and test from separate regions of each.
     - "*.npz": arrays ``{key}_train``/``{key}_test`` when present, else ``key`` split by
       ``test_fraction`` (last part for testing).
     ``binarize``: None (grey levels), "static" or "dynamic" (one fixed draw).
@@ -305,11 +308,15 @@ def load_dataset(
         splits = load_binarized_mnist(Path(data_dir) if data_dir is not None else default_binarized_mnist_dir())
         return Dataset(name=name, train=splits["train"], test=splits["valid"], train_labels=None, test_labels=None,
                        image_shape=(1, 28, 28), test_split="valid", splits=splits)
+    elif name == "photos":
+        train, test = load_photos()
+        parts, shape = (train, test, None, None), (3, 32, 32)
     elif str(name).endswith(".npz"):
         path = Path(name) if data_dir is None else Path(data_dir) / name
         parts, shape = _npz_parts(path, key, test_fraction)
     else:
-        raise ValueError(f"name must be 'digits', 'mnist', 'binarized-mnist' or a path to an .npz file, got {name!r}")
+        raise ValueError(f"name must be 'digits', 'mnist', 'binarized-mnist', 'photos' or a path to an .npz file, "
+                         f"got {name!r}")
     train, test, train_labels, test_labels = parts
     return Dataset(
         name=str(name),
