@@ -65,6 +65,12 @@ using ElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, a
   TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Tensor& mean,    \
                                               const at::Tensor& x, const at::Tensor& logvar,     \
                                               bool logvar_grad);                                 \
+  /* continuous_bernoulli: x in [0, 1], logits rows (as bernoulli_log_likelihood) */           \
+  TensorPair continuous_bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x,  \
+                                                 bool compute_grad);                             \
+  /* categorical: logits (B, K, S) any strides, x (B, S) uint8 / int64 levels */                 \
+  TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor& x,           \
+                                        bool compute_grad);                                      \
   /* density */                                                                                  \
   at::Tensor gaussian_log_density(const at::Tensor& z, const at::Tensor& mu,                     \
                                   const at::Tensor& logvar);                                     \

@@ -28,8 +28,9 @@
 // refuse a stale build (7: cpu_isa, parallel_threads; 8: the sampling ops' Philox counter in
 // curand's layout, a new eps for a given seed; 9: the likelihoods without grad_scale, and the
 // Gaussian one without compute_grad and its gradient outputs; 10: num_samples optional in the
-// samplers, and fastvae::elbo; 11: the kl_normal family; 12: fastvae::iwae_bound and fastvae::dreg_gate).
-#define FASTVAE_OPS_VERSION 12
+// samplers, and fastvae::elbo; 11: the kl_normal family; 12: fastvae::iwae_bound and fastvae::dreg_gate;
+// 13: fastvae::continuous_bernoulli_log_likelihood and fastvae::categorical_log_likelihood).
+#define FASTVAE_OPS_VERSION 13
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a
@@ -60,6 +61,12 @@ FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // With compute_grad the Bernoulli likelihood also returns d ll / d logits, written in the same pass.
   m.def("bernoulli_log_likelihood(Tensor logits, Tensor x, bool compute_grad) -> (Tensor, Tensor)");
   m.def("gaussian_log_likelihood(Tensor mean, Tensor x, Tensor logvar) -> Tensor");
+  // The continuous Bernoulli (x in [0, 1]) as the Bernoulli above: rows of logits, x broadcast
+  // over them, d ll / d logits written in the same pass with compute_grad.
+  m.def("continuous_bernoulli_log_likelihood(Tensor logits, Tensor x, bool compute_grad) -> (Tensor, Tensor)");
+  // logits (B, K, S) of any strides, x (B, S) integer levels: per-image sums of log softmax at x,
+  // and with compute_grad onehot(x) - softmax (strided like logits) from the same pass.
+  m.def("categorical_log_likelihood(Tensor logits, Tensor x, bool compute_grad) -> (Tensor, Tensor)");
   m.def("gaussian_log_likelihood_backward(Tensor grad, Tensor mean, Tensor x, Tensor logvar, bool logvar_grad) -> (Tensor, Tensor)");
   m.def("gaussian_log_density(Tensor z, Tensor mu, Tensor logvar) -> Tensor");
   m.def("gaussian_log_density_backward(Tensor grad, Tensor z, Tensor mu, Tensor logvar) -> (Tensor, Tensor, Tensor)");
@@ -134,6 +141,8 @@ at::Tensor elbo_loss_only(const at::Tensor& recon, const at::Tensor& x, const st
   m.impl("reparameterize_with_kl_normal_backward", &fastvae::ns::reparameterize_with_kl_normal_backward); \
   m.impl("bernoulli_log_likelihood", &fastvae::ns::bernoulli_log_likelihood);                  \
   m.impl("gaussian_log_likelihood", &fastvae::ns::gaussian_log_likelihood);                    \
+  m.impl("continuous_bernoulli_log_likelihood", &fastvae::ns::continuous_bernoulli_log_likelihood); \
+  m.impl("categorical_log_likelihood", &fastvae::ns::categorical_log_likelihood);              \
   m.impl("gaussian_log_likelihood_backward", &fastvae::ns::gaussian_log_likelihood_backward);  \
   m.impl("gaussian_log_density", &fastvae::ns::gaussian_log_density);                          \
   m.impl("gaussian_log_density_backward", &fastvae::ns::gaussian_log_density_backward);        \

@@ -1,0 +1,97 @@
+// The categorical log-likelihood per image, mirroring csrc/cpu/categorical.cpp: one thread per
+// subpixel walks its K logits (any strides) once for a running max and sum of exps
+// (common/categorical.h's lse_step), then, with compute_grad, once more to write
+// onehot(x) - softmax. The per-image sums go through launch.cuh's deterministic row sums. A level
+// outside 0 .. K-1 makes that subpixel's term (and its gradients) NaN: checking it on the host
+// would cost a device sync.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <limits>
+
+#include "common/categorical.h"
+#include "cuda/launch.cuh"
+#include "ops.h"
+
+namespace fastvae {
+namespace cuda {
+
+using namespace cuda_detail;
+
+namespace {
+
+template <typename scalar_t, typename x_t>
+struct CategoricalRows {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int kPack = 1;
+  const scalar_t* logits;
+  const x_t* x;
+  scalar_t* grad;  // null: no gradient asked for
+  int64_t classes, cols;
+  int64_t lb, lk, ls;  // logits' strides (image, class, subpixel)
+  int64_t gb, gk, gs;  // grad's
+
+  bool packs_fit() const { return false; }
+
+  template <int V>
+  __device__ acc_t sum(int64_t r, int64_t j) const {
+    acc_t s = 0;
+#pragma unroll
+    for (int v = 0; v < V; ++v) s += subpixel(r, j + v);
+    return s;
+  }
+
+  __device__ acc_t subpixel(int64_t r, int64_t j) const {
+    const scalar_t* l = logits + r * lb + j * ls;
+    acc_t m = -std::numeric_limits<acc_t>::infinity(), se = 0;
+    for (int64_t k = 0; k < classes; ++k) lse_step(static_cast<acc_t>(l[k * lk]), m, se);
+    const acc_t lse = m + fv_log(se);
+    const x_t level = x[r * cols + j];
+    const bool ok = level_ok(level, classes);
+    const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+    const int64_t xi = ok ? static_cast<int64_t>(level) : 0;
+    if (grad) {
+      scalar_t* g = grad + r * gb + j * gs;
+      const acc_t bad = ok ? acc_t(0) : nan;
+      for (int64_t k = 0; k < classes; ++k) {
+        const acc_t p = fv_exp(static_cast<acc_t>(l[k * lk]) - lse);
+        g[k * gk] = static_cast<scalar_t>((k == xi ? acc_t(1) - p : acc_t(0) - p) + bad);
+      }
+    }
+    return ok ? static_cast<acc_t>(l[xi * lk]) - lse : nan;
+  }
+};
+
+template <typename scalar_t, typename x_t>
+void categorical_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const at::Tensor& gt = grad.defined() ? grad : logits;
+  const CategoricalRows<scalar_t, x_t> rows{logits.const_data_ptr<scalar_t>(), x.const_data_ptr<x_t>(),
+                                            grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
+                                            logits.size(1), logits.size(2),
+                                            logits.stride(0), logits.stride(1), logits.stride(2),
+                                            gt.stride(0), gt.stride(1), gt.stride(2)};
+  row_sums<acc_t>(logits.size(0), logits.size(2), ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
+}
+
+}  // namespace
+
+TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
+  check_categorical(logits, x);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
+  at::Tensor grad = compute_grad ? at::empty_like(logits) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "categorical_ll_cuda", [&] {
+    if (x.scalar_type() == at::kByte) {
+      categorical_forward<scalar_t, uint8_t>(logits, x, ll, grad);
+    } else {
+      categorical_forward<scalar_t, int64_t>(logits, x, ll, grad);
+    }
+  });
+  return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
+}
+
+}  // namespace cuda
+}  // namespace fastvae
