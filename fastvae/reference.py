@@ -20,6 +20,9 @@ __all__ = [
     "kl_normal",
     "bernoulli_log_likelihood",
     "gaussian_log_likelihood",
+    "continuous_bernoulli_log_likelihood",
+    "cb_log_normalizer",
+    "categorical_log_likelihood",
     "gaussian_log_density",
     "standard_normal_log_density",
     "elbo",
@@ -87,6 +90,54 @@ def bernoulli_log_likelihood(
     logits, x = torch.broadcast_tensors(logits, x)
     ll = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     return _sum_event(ll, event_dims)
+
+
+def _cb_series_coefficients(terms: int) -> Tuple[float, ...]:
+    """c_1 .. c_terms of log(C(l) / 2) = sum_n c_n l^(2n), c_n = 2 (2^(2n-1) - 1) B_2n / ((2n)! 2n),
+    from the Bernoulli numbers B_2n computed exactly (fractions)."""
+    from fractions import Fraction
+
+    bern = [Fraction(1)]
+    for m in range(1, 2 * terms + 1):
+        bern.append(-sum(math.comb(m + 1, k) * bern[k] for k in range(m)) / (m + 1))
+    return tuple(float(2 * (2 ** (2 * n - 1) - 1) * bern[2 * n] / (math.factorial(2 * n) * 2 * n))
+                 for n in range(1, terms + 1))
+
+
+def cb_log_normalizer(logits: torch.Tensor) -> torch.Tensor:
+    """log C of the continuous Bernoulli at lambda = sigmoid(logits), C = l / tanh(l / 2), in the
+    logits' dtype (use float64 for an oracle): a 24-term series in l below |l| = 1 (truncation
+    under 1e-24 of the result), log|l| + log1p(e^-|l|) - log(-expm1(-|l|)) above."""
+    a = logits.abs()
+    near = torch.where(a < 1, logits, torch.zeros_like(logits))  # no inf * 0 in the unused branch's gradient
+    t = near * near
+    series = torch.zeros_like(logits)
+    for c in reversed(_cb_series_coefficients(24)):
+        series = (series + c) * t
+    series = series + math.log(2.0)
+    ac = torch.where(a < 1, torch.ones_like(a), a)  # clamp_min would pass no gradient at a == 1
+    closed = ac.log() + torch.log1p(torch.exp(-ac)) - torch.log(-torch.expm1(-ac))
+    return torch.where(a < 1, series, closed)
+
+
+def continuous_bernoulli_log_likelihood(
+    logits: torch.Tensor, x: torch.Tensor, event_dims: Optional[int] = None
+) -> torch.Tensor:
+    """The continuous Bernoulli log-density of x in [0, 1] summed over every dim after the first:
+    the Bernoulli term plus :func:`cb_log_normalizer` (torch.distributions.ContinuousBernoulli's
+    value, which cuts off to a series in lambda within 1e-3 of 1/2)."""
+    x = x.to(logits.dtype)
+    logits, x = torch.broadcast_tensors(logits, x)
+    ll = -F.binary_cross_entropy_with_logits(logits, x, reduction="none") + cb_log_normalizer(logits)
+    return _sum_event(ll, event_dims)
+
+
+def categorical_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits, dim=1)[x] summed per image: -F.cross_entropy(reduction="none") summed
+    over every dim after the first, the way users write it. logits (B, K, C, *spatial), x
+    (B, C, *spatial) integer levels."""
+    ce = F.cross_entropy(logits, x.long(), reduction="none")
+    return -ce.flatten(1).sum(1)
 
 
 def gaussian_log_likelihood(

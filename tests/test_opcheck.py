@@ -45,6 +45,15 @@ def _samples(device):
     yield ops.gaussian_log_density_backward, (t(8, grad=False), t(8, 6, grad=False), mu.detach(), lv.detach())
     yield ops.standard_normal_log_density, (t(8, 6),)
     yield ops.standard_normal_log_density_backward, (t(8, grad=False), t(8, 6, grad=False))
+    yield ops.continuous_bernoulli_log_likelihood, (t(6, 9), x, True)
+    yield ops.continuous_bernoulli_log_likelihood, (t(6, 9, dtype=torch.bfloat16), x.bfloat16(), True)
+    yield ops.continuous_bernoulli_log_likelihood, (t(6, 9, grad=False), (x > 0.5).to(torch.uint8), False)
+    levels = torch.randint(0, 16, (3, 10), device=device)
+    yield ops.categorical_log_likelihood, (t(3, 16, 10), levels, True)
+    # Class-innermost (channels-last) logits in bf16, uint8 levels: the gradient strided alike.
+    cl = t(3, 10, 16, dtype=torch.bfloat16, grad=False).transpose(1, 2).requires_grad_(True)
+    yield ops.categorical_log_likelihood, (cl, levels.to(torch.uint8), True)
+    yield ops.categorical_log_likelihood, (t(3, 16, 10, grad=False), levels, False)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -60,7 +69,7 @@ def test_opcheck_every_op(device):
             op, (torch.randn(3, 2, device=device, requires_grad=True), torch.randn(3, 2, device=device), 2),
             test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
         )
-    assert len(checked) == 12  # every op
+    assert len(checked) == 14  # every op
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())

@@ -1,14 +1,16 @@
 """Fused VAE loss terms: the public, user-facing functions, one module per op family.
 
-=================  =====================================================================
+=======================  ===============================================================
 ``sampling``       :func:`reparameterize`, :func:`reparameterize_with_kl`
 ``kl``             :func:`kl_standard_normal`
 ``kl_normal``      :func:`kl_normal` (and ``reparameterize_with_kl``'s prior)
 ``likelihood``     :func:`bernoulli_log_likelihood`, :func:`gaussian_log_likelihood`
+``continuous_bernoulli``  :func:`continuous_bernoulli_log_likelihood`
+``categorical``    :func:`categorical_log_likelihood` (integer levels, K-way softmax)
 ``density``        :func:`gaussian_log_density`, :func:`standard_normal_log_density`
 ``elbo``           :func:`elbo`
 ``iwae``           :func:`iwae_bound`, :func:`dreg_gate`
-=================  =====================================================================
+=======================  ===============================================================
 
 Each function checks its arguments (raising ``ValueError`` that names the bad one), broadcasts,
 flattens to the ``(rows, cols)`` layout the kernels use and reshapes the result back. Operands
@@ -20,6 +22,8 @@ float64 inputs. Every floating input that requires grad gets its gradient.
 """
 from __future__ import annotations
 
+from .categorical import categorical_log_likelihood
+from .continuous_bernoulli import continuous_bernoulli_log_likelihood
 from .density import gaussian_log_density, standard_normal_log_density
 from .elbo import elbo
 from .iwae import dreg_gate, iwae_bound
@@ -35,6 +39,8 @@ __all__ = [
     "kl_normal",
     "bernoulli_log_likelihood",
     "gaussian_log_likelihood",
+    "continuous_bernoulli_log_likelihood",
+    "categorical_log_likelihood",
     "gaussian_log_density",
     "standard_normal_log_density",
     "elbo",
