@@ -39,3 +39,18 @@ def check_forward_and_backward(fused, ref, args, dtype, out_tol=None, grad_tol=N
         if a.requires_grad:
             assert a.grad is not None and a.grad.dtype == a.dtype and a.grad.shape == a.shape
             assert rel_err(a.grad, b.grad) <= (grad_tol or TOL[dtype] * 4)
+
+
+def check_compile_fullgraph(ll, logits, *rest, tol=1e-6):
+    """-mean(ll(logits, *rest)) and its gradient for logits under torch.compile(fullgraph=True,
+    inductor) against eager."""
+    torch._dynamo.reset()
+
+    def loss(l, *r):
+        return -ll(l, *r).mean()
+
+    eager = loss(logits, *rest)
+    (g_eager,) = torch.autograd.grad(eager, logits)
+    compiled = torch.compile(loss, fullgraph=True, backend="inductor")(logits, *rest)
+    (g_compiled,) = torch.autograd.grad(compiled, logits)
+    assert rel_err(compiled, eager) < tol and rel_err(g_compiled, g_eager) < tol

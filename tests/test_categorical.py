@@ -12,7 +12,7 @@ from fastvae import functional as F
 from fastvae import reference as R
 
 from .conftest import TOL, cpu_and_cuda, rel_err
-from .reference_checks import DTYPES, check_forward_and_backward
+from .reference_checks import DTYPES, check_compile_fullgraph, check_forward_and_backward
 
 # (B, K, C, *spatial): 1, 7, 1035 and 100003 subpixels.
 SHAPES = [(1, 256, 1), (1, 256, 7), (3, 256, 3, 5, 23), (1, 16, 100003)]
@@ -114,18 +114,9 @@ def test_gradcheck_float64():
 
 
 def test_compile_fullgraph():
-    torch._dynamo.reset()
     logits = torch.randn(4, 256, 3, 4, 4).to(memory_format=torch.channels_last_3d).requires_grad_(True)
     x = torch.randint(0, 256, (4, 3, 4, 4), dtype=torch.uint8)
-
-    def loss(l, xx):
-        return -F.categorical_log_likelihood(l, xx).mean()
-
-    eager = loss(logits, x)
-    (g_eager,) = torch.autograd.grad(eager, logits)
-    compiled = torch.compile(loss, fullgraph=True, backend="inductor")(logits, x)
-    (g_compiled,) = torch.autograd.grad(compiled, logits)
-    assert rel_err(compiled, eager) < 1e-6 and rel_err(g_compiled, g_eager) < 1e-6
+    check_compile_fullgraph(F.categorical_log_likelihood, logits, x)
 
 
 @pytest.mark.parametrize("logits, x, name", [

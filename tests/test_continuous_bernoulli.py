@@ -12,7 +12,7 @@ from fastvae import functional as F
 from fastvae import reference as R
 
 from .conftest import cpu_and_cuda, rel_err
-from .reference_checks import COLS, DTYPES, check_forward_and_backward, inputs, rows_for
+from .reference_checks import COLS, DTYPES, check_compile_fullgraph, check_forward_and_backward, inputs, rows_for
 
 SWITCH = 1.0  # csrc/common/continuous_bernoulli.h kCbSeriesBelow
 
@@ -134,18 +134,8 @@ def test_gradcheck_float64():
 
 
 def test_compile_fullgraph():
-    torch._dynamo.reset()
-    logits = (torch.randn(6, 40) * 2).requires_grad_(True)
-    x = torch.rand(6, 40)
-
-    def loss(l, xx):
-        return -F.continuous_bernoulli_log_likelihood(l, xx).mean()
-
-    eager = loss(logits, x)
-    (g_eager,) = torch.autograd.grad(eager, logits)
-    compiled = torch.compile(loss, fullgraph=True, backend="inductor")(logits, x)
-    (g_compiled,) = torch.autograd.grad(compiled, logits)
-    assert rel_err(compiled, eager) < 1e-6 and rel_err(g_compiled, g_eager) < 1e-6
+    check_compile_fullgraph(F.continuous_bernoulli_log_likelihood, (torch.randn(6, 40) * 2).requires_grad_(True),
+                            torch.rand(6, 40))
 
 
 @pytest.mark.parametrize("logits, x, name", [

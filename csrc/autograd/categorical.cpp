@@ -28,7 +28,8 @@ class CategoricalLogLikelihood : public torch::autograd::Function<CategoricalLog
     at::Tensor grad_logits;
     if (!grad_ll.defined() || !ctx->needs_input_grad(0)) return {grad_logits, at::Tensor(), at::Tensor()};
     const at::Tensor dlogits = ctx->get_saved_variables()[0];
-    TORCH_CHECK(dlogits.sym_numel() != 0, kName, " was called with compute_grad=False, so it has no gradient for logits");
+    TORCH_CHECK(dlogits.sym_numel() != 0, kName,
+                " was called with compute_grad=False, so it has no gradient for logits");
     if (dlogits.is_contiguous()) {
       // Times the per-image factor in the accumulation type, into a new tensor (dlogits is also
       // the op's second output, which its callers may hold).

@@ -5,6 +5,7 @@
 #include <ATen/OpMathType.h>
 
 #include "common/checks.h"
+#include "cpu/logit_rows.h"
 #include "cpu/row_reduce.h"
 #include "cpu/outputs.h"
 #include "ops.h"
@@ -14,48 +15,17 @@ namespace cpu {
 
 namespace {
 
-template <typename scalar_t, typename x_t>
-void bernoulli_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t rows = logits.size(0), cols = logits.size(1), x_rows = x.size(0);
-  const scalar_t* l = logits.const_data_ptr<scalar_t>();
-  const x_t* xp = x.const_data_ptr<x_t>();
-  scalar_t* g = grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr;
-  auto x_at = [&](int64_t r, int64_t j) { return xp + (r % x_rows) * cols + j; };
-  // The gradient x - sigmoid(l) is written in the same pass: backward scales it by the incoming
-  // gradient, or hands it on untouched where that is 1.
-  row_sums<acc_t>(
-      rows, cols, ll.mutable_data_ptr<acc_t>(),
-      [&](int64_t r, int64_t j) {
-        Vec<acc_t> dl;
-        const auto ll = bernoulli_ll_with_grad(load_widened<acc_t>(l + r * cols + j),
-                                               load_widened<acc_t>(x_at(r, j)), &dl);
-        if (g) store_narrowed<acc_t>(g + r * cols + j, dl);
-        return ll;
-      },
-      [&](int64_t r, int64_t j) {
-        acc_t dl;
-        const acc_t ll = bernoulli_ll_with_grad(static_cast<acc_t>(l[r * cols + j]),
-                                                static_cast<acc_t>(*x_at(r, j)), &dl);
-        if (g) g[r * cols + j] = static_cast<scalar_t>(dl);
-        return ll;
-      });
-}
+struct BernoulliMath {
+  static constexpr const char* kName = "bernoulli_ll";
+  template <typename T>
+  static T apply(T l, T x, T* dl) { return bernoulli_ll_with_grad(l, x, dl); }
+};
 
 }  // namespace
 
+// x - sigmoid(l) is written in the same pass, ready for backward (cpu/logit_rows.h).
 TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
-  check_bernoulli(logits, x);
-  auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
-  at::Tensor grad = compute_grad ? large_output(at::empty_like(logits)) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "bernoulli_ll", [&] {
-    switch (x.scalar_type()) {
-      case at::kByte: bernoulli_forward<scalar_t, uint8_t>(logits, x, ll, grad); break;
-      case at::kBool: bernoulli_forward<scalar_t, bool>(logits, x, ll, grad); break;
-      default: bernoulli_forward<scalar_t, scalar_t>(logits, x, ll, grad);
-    }
-  });
-  return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
+  return logit_rows_log_likelihood<BernoulliMath>(logits, x, compute_grad);
 }
 
 at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar) {

@@ -1,75 +1,22 @@
-// The continuous Bernoulli log-likelihood per row, mirroring csrc/cpu/continuous_bernoulli.cpp;
-// x may broadcast over the leading rows (row r reads x row r % x.rows).
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAGuard.h>
-
-#include "common/checks.h"
+// The continuous Bernoulli log-likelihood per row (csrc/common/continuous_bernoulli.h), mirroring
+// csrc/cpu/continuous_bernoulli.cpp: the rows of cuda/logit_rows.cuh, d ll / d logits written in
+// the same pass; x may broadcast over the leading rows (row r reads x row r % x.rows).
 #include "common/continuous_bernoulli.h"
-#include "cuda/launch.cuh"
-#include "ops.h"
+#include "cuda/logit_rows.cuh"
 
 namespace fastvae {
 namespace cuda {
 
-using namespace cuda_detail;
-
 namespace {
-
-// Terms of rows of logits against x; d ll / d logits is written in the same pass.
-template <typename scalar_t, typename x_t>
-struct ContinuousBernoulliRows {
-  using acc_t = at::opmath_type<scalar_t>;
-  static constexpr int kPack = pack_width<scalar_t>();
-  const scalar_t* logits;
-  const x_t* x;
-  scalar_t* grad;  // null: no gradient asked for
-  int64_t cols, x_rows;
-
-  bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, logits, x, grad); }
-
-  template <int V>
-  __device__ acc_t sum(int64_t r, int64_t j) const {
-    const auto l = load_pack<V>(logits + r * cols + j);
-    const auto xv = load_pack<V>(x + (r % x_rows) * cols + j);
-    Pack<scalar_t, V> g;
-    acc_t s = 0;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      acc_t dl;
-      s += continuous_bernoulli_ll_with_grad(static_cast<acc_t>(l.v[v]), static_cast<acc_t>(xv.v[v]), &dl);
-      g.v[v] = static_cast<scalar_t>(dl);
-    }
-    if (grad) store_pack<V>(grad + r * cols + j, g);
-    return s;
-  }
+struct ContinuousBernoulliMath {
+  static constexpr const char* kName = "continuous_bernoulli_ll_cuda";
+  template <typename T>
+  __device__ static T apply(T l, T x, T* dl) { return continuous_bernoulli_ll_with_grad(l, x, dl); }
 };
-
-template <typename scalar_t, typename x_t>
-void cb_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const ContinuousBernoulliRows<scalar_t, x_t> rows{logits.const_data_ptr<scalar_t>(), x.const_data_ptr<x_t>(),
-                                                    grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
-                                                    logits.size(1), x.size(0)};
-  row_sums<acc_t>(logits.size(0), logits.size(1), ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
-}
-
 }  // namespace
 
 TensorPair continuous_bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
-  check_bernoulli(logits, x);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
-  at::Tensor grad = compute_grad ? at::empty_like(logits) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "continuous_bernoulli_ll_cuda", [&] {
-    switch (x.scalar_type()) {
-      case at::kByte: cb_forward<scalar_t, uint8_t>(logits, x, ll, grad); break;
-      case at::kBool: cb_forward<scalar_t, bool>(logits, x, ll, grad); break;
-      default: cb_forward<scalar_t, scalar_t>(logits, x, ll, grad);
-    }
-  });
-  return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
+  return cuda_detail::logit_rows_log_likelihood<ContinuousBernoulliMath>(logits, x, compute_grad);
 }
 
 }  // namespace cuda

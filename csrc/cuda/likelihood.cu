@@ -8,6 +8,7 @@
 #include "common/checks.h"
 #include "cuda/gaussian_rows.cuh"
 #include "cuda/launch.cuh"
+#include "cuda/logit_rows.cuh"
 #include "ops.h"
 
 namespace fastvae {
@@ -17,60 +18,17 @@ using namespace cuda_detail;
 
 namespace {
 
-// Terms of rows of logits against x (row r reads x row r % x_rows); x - sigmoid(l) is written in
-// the same pass, ready for backward.
-template <typename scalar_t, typename x_t>
-struct BernoulliRows {
-  using acc_t = at::opmath_type<scalar_t>;
-  static constexpr int kPack = pack_width<scalar_t>();
-  const scalar_t* logits;
-  const x_t* x;
-  scalar_t* grad;  // null: no gradient asked for
-  int64_t cols, x_rows;
-
-  bool packs_fit() const { return cuda_detail::packs_fit<kPack>(cols, logits, x, grad); }
-
-  template <int V>
-  __device__ acc_t sum(int64_t r, int64_t j) const {
-    const auto l = load_pack<V>(logits + r * cols + j);
-    const auto xv = load_pack<V>(x + (r % x_rows) * cols + j);
-    Pack<scalar_t, V> g;
-    acc_t s = 0;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      acc_t dl;
-      s += bernoulli_ll_with_grad(static_cast<acc_t>(l.v[v]), static_cast<acc_t>(xv.v[v]), &dl);
-      g.v[v] = static_cast<scalar_t>(dl);
-    }
-    if (grad) store_pack<V>(grad + r * cols + j, g);
-    return s;
-  }
+struct BernoulliMath {
+  static constexpr const char* kName = "bernoulli_ll_cuda";
+  template <typename T>
+  __device__ static T apply(T l, T x, T* dl) { return bernoulli_ll_with_grad(l, x, dl); }
 };
-
-template <typename scalar_t, typename x_t>
-void bernoulli_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const BernoulliRows<scalar_t, x_t> rows{logits.const_data_ptr<scalar_t>(), x.const_data_ptr<x_t>(),
-                                          grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
-                                          logits.size(1), x.size(0)};
-  row_sums<acc_t>(logits.size(0), logits.size(1), ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
-}
 
 }  // namespace
 
+// x - sigmoid(l) is written in the same pass, ready for backward (cuda/logit_rows.cuh).
 TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
-  check_bernoulli(logits, x);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
-  at::Tensor grad = compute_grad ? at::empty_like(logits) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "bernoulli_ll_cuda", [&] {
-    switch (x.scalar_type()) {
-      case at::kByte: bernoulli_forward<scalar_t, uint8_t>(logits, x, ll, grad); break;
-      case at::kBool: bernoulli_forward<scalar_t, bool>(logits, x, ll, grad); break;
-      default: bernoulli_forward<scalar_t, scalar_t>(logits, x, ll, grad);
-    }
-  });
-  return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
+  return logit_rows_log_likelihood<BernoulliMath>(logits, x, compute_grad);
 }
 
 at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar) {

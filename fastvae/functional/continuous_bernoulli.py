@@ -11,9 +11,7 @@ from typing import Optional
 import torch
 
 from ..ops import ops
-from ._checks import (
-    FLOATS, as_rows, broadcast_shape, cast, check_devices, check_event_dims, check_float, check_nonempty, split_event,
-)
+from .likelihood import logit_rows
 
 __all__ = ["continuous_bernoulli_log_likelihood"]
 
@@ -34,21 +32,4 @@ def continuous_bernoulli_log_likelihood(
     read the data on the host); the density is then meaningless. The gradient for ``logits`` is
     computed in the forward pass, when logits require grad.
     """
-    check_float("logits", logits)
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not (x.dtype in FLOATS or x.dtype in (torch.bool, torch.uint8)):
-        raise ValueError(f"x must be float, bool or uint8, got {x.dtype}")
-    check_devices(logits=logits, x=x)
-    shape = broadcast_shape(logits=logits, x=x)
-    if len(shape) == 0:
-        raise ValueError("logits must be at least 1-D")
-    e = check_event_dims(event_dims, len(shape), "logits")
-    check_nonempty(shape, "logits")
-    if x.dtype in FLOATS:
-        x = cast(x, logits.dtype)
-    compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    ll, _ = ops.continuous_bernoulli_log_likelihood(
-        as_rows(logits, shape, e, full=True), as_rows(x, shape, e), compute_grad
-    )
-    return ll.view(split_event(shape, e))
+    return logit_rows(ops.continuous_bernoulli_log_likelihood, logits, x, event_dims)

@@ -5,7 +5,7 @@ csrc: ``csrc/{cpu,cuda,autograd}/likelihood.*``; ops ``fastvae::bernoulli_log_li
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -27,6 +27,12 @@ def bernoulli_log_likelihood(
     broadcast over leading dims of ``logits`` (e.g. K samples of logits against one batch).
     The gradient for ``logits`` is computed in the forward pass, when logits require grad.
     """
+    return logit_rows(ops.bernoulli_log_likelihood, logits, x, event_dims)
+
+
+def logit_rows(op: Callable, logits: torch.Tensor, x: torch.Tensor, event_dims: Optional[int]) -> torch.Tensor:
+    """A likelihood of the logit-rows kind (csrc/{cpu,cuda}/logit_rows.*: the Bernoulli ones): the
+    arguments checked, broadcast and flattened to rows, ``op(logits_rows, x_rows, compute_grad)``."""
     check_float("logits", logits)
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -41,7 +47,7 @@ def bernoulli_log_likelihood(
     if x.dtype in FLOATS:
         x = cast(x, logits.dtype)
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    ll, _ = ops.bernoulli_log_likelihood(as_rows(logits, shape, e, full=True), as_rows(x, shape, e), compute_grad)
+    ll, _ = op(as_rows(logits, shape, e, full=True), as_rows(x, shape, e), compute_grad)
     return ll.view(split_event(shape, e))
 
 
