@@ -64,8 +64,8 @@ FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The continuous Bernoulli (x in [0, 1]) as the Bernoulli above: rows of logits, x broadcast
   // over them, d ll / d logits written in the same pass with compute_grad.
   m.def("continuous_bernoulli_log_likelihood(Tensor logits, Tensor x, bool compute_grad) -> (Tensor, Tensor)");
-  // logits (B, K, S) of any strides, x (B, S) integer levels: per-image sums of log softmax at x,
-  // and with compute_grad onehot(x) - softmax (strided like logits) from the same pass.
+  // logits (B, K, C, P) of any strides, x (B, C * P) integer levels: per-image sums of log softmax
+  // at x, and with compute_grad onehot(x) - softmax (strided like logits) from the same pass.
   m.def("categorical_log_likelihood(Tensor logits, Tensor x, bool compute_grad) -> (Tensor, Tensor)");
   m.def("gaussian_log_likelihood_backward(Tensor grad, Tensor mean, Tensor x, Tensor logvar, bool logvar_grad) -> (Tensor, Tensor)");
   m.def("gaussian_log_density(Tensor z, Tensor mu, Tensor logvar) -> Tensor");

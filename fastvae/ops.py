@@ -120,11 +120,11 @@ def _(logits, x, compute_grad):
 
 @torch.library.register_fake("fastvae::categorical_log_likelihood")
 def _(logits, x, compute_grad):
-    # Mirrors csrc/common/categorical.h: logits (B, K, S), x (B, S); the gradient strided like logits.
+    # Mirrors csrc/common/categorical.h: logits (B, K, C, P), x (B, C * P); the gradient strided like logits.
     _same_device(logits=logits, x=x)
-    if logits.dim() != 3 or x.dim() != 2 or x.shape != (logits.shape[0], logits.shape[2]):
+    if logits.dim() != 4 or x.dim() != 2 or x.shape != (logits.shape[0], logits.shape[2] * logits.shape[3]):
         raise ValueError(f"fastvae: x has shape {tuple(x.shape)} but logits has shape {tuple(logits.shape)} "
-                         "(x must be (B, S) for logits (B, K, S))")
+                         "(x must be (B, C * P) for logits (B, K, C, P))")
     grad = torch.empty_like(logits) if compute_grad else logits.new_empty((0,))
     return _rows_out(logits), grad
 

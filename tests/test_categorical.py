@@ -35,24 +35,37 @@ def test_against_reference(device, dtype, shape):
     _check(logits, _levels(shape, device, torch.uint8 if shape[1] == 256 else torch.int64), dtype)
 
 
+def _layouts(b, k, c, h, w, dtype, device):
+    """Logits (b, k, c, h, w) in the layouts decoders produce: a conv's channels-last output
+    (b, k * c, h, w) viewed as (b, k, c, h, w) (channels innermost, classes next) and as
+    (b, c, k, h, w) transposed (classes innermost), a spatial slice, a transposed image."""
+    def r(*shape):
+        return (torch.randn(*shape, device=device) * 2).to(dtype)
+    return {
+        "conv_channels_last": r(b, h, w, k * c).permute(0, 3, 1, 2).unflatten(1, (k, c)),
+        "classes_innermost": r(b, c, h, w, k).permute(0, 4, 1, 2, 3),
+        "sliced": r(b, k, c, h, 2 * w)[..., ::2],
+        "transposed": r(b, k, c, w, h).transpose(3, 4),
+    }
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_channels_last_and_non_contiguous_in_place(device, dtype):
-    """Class-innermost logits (a channels-last decoder's), a spatial slice and a transposed image:
-    the kernel gets a view (no copy of the logits) and the gradient keeps the logits' strides."""
-    b, k, c, h, w = 2, 256, 3, 5, 9
-    cl = (torch.randn(b, c, h, w, k, device=device) * 2).to(dtype).permute(0, 4, 1, 2, 3)
-    sliced = (torch.randn(b, k, c, h, 2 * w, device=device) * 2).to(dtype)[..., ::2]
-    transposed = (torch.randn(b, k, c, w, h, device=device) * 2).to(dtype).transpose(3, 4)
-    for logits in (cl, sliced):
-        assert logits.flatten(2).data_ptr() == logits.data_ptr() and logits.flatten(2)._base is not None
-    for logits in (cl, sliced, transposed):
-        x = _levels(logits.shape, device)
-        _check(logits, x, dtype)
-    # The gradient the forward pass writes is laid out as the logits (class-innermost), not copied.
-    flat = cl.flatten(2)
-    _, grad = torch.ops.fastvae.categorical_log_likelihood(flat, _levels(cl.shape, device).flatten(1), True)
-    assert grad.stride() == flat.stride() and flat.stride(1) == 1
+@pytest.mark.parametrize("layout", ["conv_channels_last", "classes_innermost", "sliced", "transposed"])
+def test_strided_logits_read_in_place(device, dtype, layout):
+    """Values and gradients; where the spatial dims merge (every layout but the transposed image,
+    which is reshaped once) the kernel gets a view of the logits and writes the gradient strided
+    like them."""
+    logits = _layouts(2, 256, 3, 5, 9, dtype, device)[layout]
+    x = _levels(logits.shape, device)
+    _check(logits, x, dtype)
+    if layout == "transposed":
+        return
+    view = logits.reshape(2, 256, 3, -1)
+    assert view.data_ptr() == logits.data_ptr() and view._base is not None  # a view, not a copy
+    _, grad = torch.ops.fastvae.categorical_log_likelihood(view, x.flatten(1), True)
+    if layout != "sliced":  # a dense layout is kept; a sliced one gets a dense gradient
+        assert grad.stride() == view.stride()
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -98,12 +111,12 @@ def test_levels_out_of_range_are_nan_on_the_cuda_kernels():
 
     if not emu.AVAILABLE:
         pytest.skip(emu.SKIP_REASON)
-    logits = torch.randn(3, 16, 12)
+    logits = torch.randn(3, 16, 2, 6)
     x = torch.randint(0, 16, (3, 12))
     x[1, 5] = 16
     ll, grad = torch.ops.fastvae_emu.categorical_log_likelihood(logits, x, True)
-    ref = R.categorical_log_likelihood(logits.double(), x.clamp_max(15))
-    assert ll[1].isnan() and grad[1, :, 5].isnan().all()
+    ref = R.categorical_log_likelihood(logits.double(), x.clamp_max(15).view(3, 2, 6))
+    assert ll[1].isnan() and grad[1, :, 0, 5].isnan().all() and not grad[1, :, 1].isnan().any()
     assert rel_err(ll[[0, 2]], ref[[0, 2]]) < TOL[torch.float32]
 
 
@@ -122,6 +135,7 @@ def test_compile_fullgraph():
 @pytest.mark.parametrize("logits, x, name", [
     (torch.randn(2, 8, 3), torch.rand(2, 3), "x"),
     (torch.randn(2, 8, 3), torch.zeros(2, 4, dtype=torch.int64), "x"),
+    (torch.randn(2, 8, 3, 5), torch.zeros(2, 15, dtype=torch.int64), "x"),
     (torch.randn(2, 8), torch.zeros(2, dtype=torch.int64), "logits"),
     (torch.randn(2, 8, 3).long(), torch.zeros(2, 3, dtype=torch.int64), "logits"),
     (torch.randn(2, 8, 3), torch.zeros(2, 3, dtype=torch.int64, device="meta"), "x"),

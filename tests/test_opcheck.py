@@ -49,11 +49,11 @@ def _samples(device):
     yield ops.continuous_bernoulli_log_likelihood, (t(6, 9, dtype=torch.bfloat16), x.bfloat16(), True)
     yield ops.continuous_bernoulli_log_likelihood, (t(6, 9, grad=False), (x > 0.5).to(torch.uint8), False)
     levels = torch.randint(0, 16, (3, 10), device=device)
-    yield ops.categorical_log_likelihood, (t(3, 16, 10), levels, True)
+    yield ops.categorical_log_likelihood, (t(3, 16, 2, 5), levels, True)
     # Class-innermost (channels-last) logits in bf16, uint8 levels: the gradient strided alike.
-    cl = t(3, 10, 16, dtype=torch.bfloat16, grad=False).transpose(1, 2).requires_grad_(True)
+    cl = t(3, 2, 5, 16, dtype=torch.bfloat16, grad=False).permute(0, 3, 1, 2).requires_grad_(True)
     yield ops.categorical_log_likelihood, (cl, levels.to(torch.uint8), True)
-    yield ops.categorical_log_likelihood, (t(3, 16, 10, grad=False), levels, False)
+    yield ops.categorical_log_likelihood, (t(3, 16, 1, 10, grad=False), levels, False)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())

@@ -36,7 +36,7 @@ class CategoricalLogLikelihood : public torch::autograd::Function<CategoricalLog
       grad_logits = hand_on_precomputed(grad_ll, {dlogits}, /*in_place_ok=*/false)[0];
     } else {
       // Strided (e.g. channels-last) gradients keep their layout: one broadcast product.
-      grad_logits = dlogits.mul(grad_ll.view_symint({grad_ll.sym_size(0), 1, 1})).to(dlogits.scalar_type());
+      grad_logits = dlogits.mul(grad_ll.view_symint({grad_ll.sym_size(0), 1, 1, 1})).to(dlogits.scalar_type());
     }
     return once_differentiable(kName, {grad_logits, at::Tensor(), at::Tensor()}, grads);
   }

@@ -1,10 +1,11 @@
 // The categorical op family (a K-way softmax per subpixel, e.g. K = 256 grey levels): argument
 // checks and per-element math shared by the CPU and CUDA kernels.
 //
-// logits (B, K, S): any strides (the class dim where F.cross_entropy has it; a channels-last
-// decoder output has K innermost); x (B, S): contiguous integer levels, uint8 or int64.
-// ll[b] = sum_s logits[b, x[b, s], s] - logsumexp_k logits[b, k, s], and with compute_grad the
-// gradient onehot(x) - softmax, written in the same pass.
+// logits (B, K, C, P): any strides (the class dim where F.cross_entropy has it, the spatial dims
+// merged into P; a channels-last decoder output has them strided, e.g. K or C innermost);
+// x (B, C * P): contiguous integer levels, uint8 or int64, subpixel s = (channel s / P, position
+// s % P). ll[b] = sum_s logits[b, x[b, s], s] - logsumexp_k logits[b, k, s], and with
+// compute_grad the gradient onehot(x) - softmax, written in the same pass.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -16,16 +17,16 @@
 namespace fastvae {
 
 inline void check_categorical(const at::Tensor& logits, const at::Tensor& x) {
-  TORCH_CHECK_VALUE(logits.dim() == 3, "fastvae: logits must be 3-D (B, K, S), got ", logits.dim(), "-D");
+  TORCH_CHECK_VALUE(logits.dim() == 4, "fastvae: logits must be 4-D (B, K, C, P), got ", logits.dim(), "-D");
   TORCH_CHECK_VALUE(is_reduced_or_float(logits.scalar_type()),
                     "fastvae: logits must be float64, float32, bfloat16 or float16, got ", logits.scalar_type());
   TORCH_CHECK_VALUE(logits.size(1) >= 1, "fastvae: logits must have at least one class (dim 1)");
   TORCH_CHECK_VALUE(x.scalar_type() == at::kByte || x.scalar_type() == at::kLong,
                     "fastvae: x must hold integer levels as uint8 or int64, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() == 2 && x.is_contiguous(), "fastvae: x must be a contiguous 2-D (B, S) tensor");
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.is_contiguous(), "fastvae: x must be a contiguous 2-D (B, C * P) tensor");
   check_same_device(logits, "logits", x, "x");
-  TORCH_CHECK_VALUE(x.size(0) == logits.size(0) && x.size(1) == logits.size(2), "fastvae: x has shape ", x.sizes(),
-                    " but logits has shape ", logits.sizes(), " (x must be (B, S) for logits (B, K, S))");
+  TORCH_CHECK_VALUE(x.size(0) == logits.size(0) && x.size(1) == logits.size(2) * logits.size(3), "fastvae: x has shape ",
+                    x.sizes(), " but logits has shape ", logits.sizes(), " (x must be (B, C * P) for logits (B, K, C, P))");
 }
 
 // One step of the running log-sum-exp over classes: (m, s) = (max so far, sum of exp(v - m)).

@@ -1,12 +1,17 @@
 // The categorical log-likelihood of integer levels under per-subpixel K-way softmaxes, summed per
 // image, with d ll / d logits = onehot(x) - softmax written in the same pass (csrc/common/categorical.h).
 //
-// Work is cut into tiles of W subpixels of one image (W = two vectors of lanes). A tile's K x W
-// logits are gathered, widened to acc_t, into a small buffer laid out class-major (whatever the
-// logits' strides: class-innermost channels-last or spatial-innermost NCHW), so that the max, the
-// exps (one per logit) and the softmax run on whole vectors of subpixels, the buffer staying in
-// the core's cache: the logits are read from memory once and the log-softmax is never stored.
-// Tile boundaries depend only on the shape and each image sums its tiles in order: deterministic.
+// logits (B, K, C, P) of any strides (P: the spatial dims, merged); subpixel s of an image is
+// channel s / P, position s % P. Two walks, both reading the logits from memory once and never
+// storing the log-softmax:
+// * class-contiguous logits (a channels-last decoder output with the classes innermost): each
+//   subpixel's K logits in vectors along the classes (max, exps and their sum, softmax);
+// * any other strides (e.g. NCHW, positions innermost): tiles of W subpixels of one image
+//   (W = two vectors of lanes) gathered, widened to acc_t, into a class-major buffer that stays
+//   in the core's cache, so that the max, the exps (one per logit) and the softmax run on whole
+//   vectors of subpixels.
+// Task boundaries (W subpixels) depend only on the shape and each image sums its tasks in order:
+// deterministic whatever the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -15,7 +20,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <limits>
 #include <vector>
 
 #include "cpu/vec_math.h"
@@ -28,35 +32,44 @@ namespace cpu {
 
 namespace {
 
+// Strides of a (B, K, C, P) tensor, and the offset of subpixel s within an image.
 struct Strides {
-  int64_t b, k, s;
-  explicit Strides(const at::Tensor& t) : b(t.stride(0)), k(t.stride(1)), s(t.stride(2)) {}
+  int64_t b, k, c, p, positions;
+  explicit Strides(const at::Tensor& t)
+      : b(t.stride(0)), k(t.stride(1)), c(t.stride(2)), p(t.stride(3)), positions(t.size(3)) {}
+  int64_t at(int64_t s) const { return (s / positions) * c + (s % positions) * p; }
 };
 
-// Copies n <= W subpixels x K classes between a strided tensor and the class-major buffer, in the
-// order that walks the tensor's smaller stride innermost. to_buf: tensor -> buffer, else back.
-template <int64_t W, typename acc_t, typename P>
-void move_tile(P* t, const Strides& st, int64_t K, int64_t n, acc_t* buf, bool to_buf) {
+// Copies n <= W subpixels (s0 ..) x K classes of image base t between the tensor and the
+// class-major buffer buf[k * W + i], walking the smaller stride innermost. to_buf: into buf.
+template <int64_t W, typename acc_t, typename T>
+void move_tile(T* t, const Strides& st, int64_t K, int64_t s0, int64_t n, acc_t* buf) {
   constexpr int64_t V = Vec<acc_t>::size();
-  if (st.s == 1 && n == W) {
+  constexpr bool to_buf = std::is_const_v<T>;
+  int64_t off[W];
+  for (int64_t i = 0; i < n; ++i) off[i] = st.at(s0 + i);
+  bool row = n == W;  // W consecutive elements: whole vectors
+  for (int64_t i = 1; row && i < n; ++i) row = off[i] == off[0] + i;
+  if (row) {
+    T* first = t + off[0];
     for (int64_t k = 0; k < K; ++k)
       for (int64_t i = 0; i < W; i += V) {
-        if constexpr (std::is_const_v<P>) {
-          load_widened<acc_t>(t + k * st.k + i).store(buf + k * W + i);
+        if constexpr (to_buf) {
+          load_widened<acc_t>(first + k * st.k + i).store(buf + k * W + i);
         } else {
-          store_narrowed<acc_t>(t + k * st.k + i, Vec<acc_t>::loadu(buf + k * W + i));
+          store_narrowed<acc_t>(first + k * st.k + i, Vec<acc_t>::loadu(buf + k * W + i));
         }
       }
     return;
   }
   auto one = [&](int64_t k, int64_t i) {
-    if constexpr (std::is_const_v<P>) {
-      buf[k * W + i] = static_cast<acc_t>(t[k * st.k + i * st.s]);
+    if constexpr (to_buf) {
+      buf[k * W + i] = static_cast<acc_t>(t[k * st.k + off[i]]);
     } else {
-      t[k * st.k + i * st.s] = static_cast<std::remove_const_t<P>>(buf[k * W + i]);
+      t[k * st.k + off[i]] = static_cast<std::remove_const_t<T>>(buf[k * W + i]);
     }
   };
-  if (std::abs(st.k) <= std::abs(st.s)) {
+  if (std::abs(st.k) <= std::abs(st.p)) {
     for (int64_t i = 0; i < n; ++i)
       for (int64_t k = 0; k < K; ++k) one(k, i);
   } else {
@@ -66,7 +79,7 @@ void move_tile(P* t, const Strides& st, int64_t K, int64_t n, acc_t* buf, bool t
 }
 
 template <typename scalar_t, typename x_t>
-struct CategoricalTiles {
+struct Categorical {
   using acc_t = at::opmath_type<scalar_t>;
   static constexpr int64_t V = Vec<acc_t>::size();
   static constexpr int64_t W = 2 * V;
@@ -77,10 +90,64 @@ struct CategoricalTiles {
   const x_t* x;
   int64_t K, S;
 
+  bool by_class() const { return ls.k == 1 && K >= V; }
+
   // The log-likelihood summed over subpixels s0 .. s0 + n of image b; buf holds K * W acc_t.
   double run(int64_t b, int64_t s0, int64_t n, acc_t* buf) const {
-    const scalar_t* lb = l + b * ls.b + s0 * ls.s;
-    move_tile<W>(lb, ls, K, n, buf, true);
+    if (!by_class()) return tile(b, s0, n, buf);
+    double total = 0;
+    for (int64_t i = 0; i < n; ++i) total += subpixel(b, s0 + i, buf);
+    return total;
+  }
+
+  // One subpixel of class-contiguous logits; buf keeps its exps for the gradient.
+  double subpixel(int64_t b, int64_t s, acc_t* buf) const {
+    const scalar_t* p = l + b * ls.b + ls.at(s);
+    const int64_t kv = K - K % V;
+    Vec<acc_t> mv = load_widened<acc_t>(p);
+    for (int64_t k = V; k < kv; k += V) mv = at::vec::maximum(mv, load_widened<acc_t>(p + k));
+    alignas(64) acc_t lanes[V];
+    mv.store(lanes);
+    acc_t m = lanes[0];
+    auto take_max = [&](acc_t v) { m = (v > m || v != v) ? v : m; };  // NaN wins
+    for (int64_t v = 1; v < V; ++v) take_max(lanes[v]);
+    for (int64_t k = kv; k < K; ++k) take_max(static_cast<acc_t>(p[k]));
+    const Vec<acc_t> mb(m);
+    Vec<acc_t> sv(acc_t(0));
+    for (int64_t k = 0; k < kv; k += V) {
+      const Vec<acc_t> e = fv_exp(load_widened<acc_t>(p + k) - mb);
+      if (g) e.store(buf + k);
+      sv = sv + e;
+    }
+    sv.store(lanes);
+    acc_t sum = 0;
+    for (int64_t v = 0; v < V; ++v) sum += lanes[v];
+    for (int64_t k = kv; k < K; ++k) {
+      buf[k] = std::exp(static_cast<acc_t>(p[k]) - m);
+      sum += buf[k];
+    }
+    const int64_t xi = static_cast<int64_t>(x[b * S + s]);
+    const double ll = static_cast<double>(static_cast<acc_t>(p[xi]) - (m + std::log(sum)));
+    if (!g) return ll;
+    const acc_t inv = acc_t(-1) / sum;
+    const Vec<acc_t> iv(inv);
+    for (int64_t k = 0; k < kv; k += V) (Vec<acc_t>::loadu(buf + k) * iv).store(buf + k);
+    for (int64_t k = kv; k < K; ++k) buf[k] *= inv;
+    buf[xi] += acc_t(1);
+    scalar_t* gp = g + b * gs.b + gs.at(s);
+    if (gs.k == 1) {
+      for (int64_t k = 0; k < kv; k += V) store_narrowed<acc_t>(gp + k, Vec<acc_t>::loadu(buf + k));
+      for (int64_t k = kv; k < K; ++k) gp[k] = static_cast<scalar_t>(buf[k]);
+    } else {
+      for (int64_t k = 0; k < K; ++k) gp[k * gs.k] = static_cast<scalar_t>(buf[k]);
+    }
+    return ll;
+  }
+
+  // Subpixels s0 .. s0 + n of image b as a class-major tile of W lanes (lanes past n zero).
+  double tile(int64_t b, int64_t s0, int64_t n, acc_t* buf) const {
+    const scalar_t* lb = l + b * ls.b;
+    move_tile<W>(lb, ls, K, s0, n, buf);
     if (n < W)
       for (int64_t k = 0; k < K; ++k) std::fill(buf + k * W + n, buf + (k + 1) * W, acc_t(0));
     Vec<acc_t> m0 = Vec<acc_t>::loadu(buf), m1 = Vec<acc_t>::loadu(buf + V);
@@ -105,8 +172,7 @@ struct CategoricalTiles {
     double total = 0;
     const x_t* xb = x + b * S + s0;
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t xi = static_cast<int64_t>(xb[i]);
-      const acc_t lx = static_cast<acc_t>(lb[xi * ls.k + i * ls.s]);
+      const acc_t lx = static_cast<acc_t>(lb[static_cast<int64_t>(xb[i]) * ls.k + ls.at(s0 + i)]);
       total += static_cast<double>(lx - (mx[i] + std::log(sum[i])));
     }
     if (!g) return total;
@@ -116,12 +182,12 @@ struct CategoricalTiles {
       (Vec<acc_t>::loadu(buf + k * W + V) * i1).store(buf + k * W + V);
     }
     for (int64_t i = 0; i < n; ++i) buf[static_cast<int64_t>(xb[i]) * W + i] += acc_t(1);
-    move_tile<W>(g + b * gs.b + s0 * gs.s, gs, K, n, buf, false);
+    move_tile<W>(g + b * gs.b, gs, K, s0, n, buf);
     return total;
   }
 };
 
-// CPU only (the CUDA kernels turn such a subpixel's result into NaN, not to sync): every level a class.
+// CPU only (the CUDA kernels give such a subpixel NaN rather than sync): every level a class.
 template <typename x_t>
 void check_levels(const at::Tensor& x, int64_t classes) {
   if (std::is_same_v<x_t, uint8_t> && classes >= 256) return;
@@ -134,21 +200,21 @@ void check_levels(const at::Tensor& x, int64_t classes) {
 
 template <typename scalar_t, typename x_t>
 void categorical_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad) {
-  using Tiles = CategoricalTiles<scalar_t, x_t>;
-  using acc_t = typename Tiles::acc_t;
+  using Op = Categorical<scalar_t, x_t>;
+  using acc_t = typename Op::acc_t;
   check_levels<x_t>(x, logits.size(1));
-  const int64_t B = logits.size(0), K = logits.size(1), S = logits.size(2);
-  const Tiles t{logits.const_data_ptr<scalar_t>(), Strides(logits),
-                grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
-                grad.defined() ? Strides(grad) : Strides(logits), x.const_data_ptr<x_t>(), K, S};
-  const int64_t per_row = (S + Tiles::W - 1) / Tiles::W, tasks = B * per_row;
+  const int64_t B = logits.size(0), K = logits.size(1), S = x.size(1);
+  const Op op{logits.const_data_ptr<scalar_t>(), Strides(logits),
+              grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
+              grad.defined() ? Strides(grad) : Strides(logits), x.const_data_ptr<x_t>(), K, S};
+  const int64_t per_row = (S + Op::W - 1) / Op::W, tasks = B * per_row;
   std::vector<double> partial(static_cast<size_t>(tasks));
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(K * Tiles::W, 1));
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(K * Op::W, 1));
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(static_cast<size_t>(K * Tiles::W));
+    std::vector<acc_t> buf(static_cast<size_t>(K * Op::W));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / per_row, s0 = (task % per_row) * Tiles::W;
-      partial[task] = t.run(b, s0, std::min(Tiles::W, S - s0), buf.data());
+      const int64_t b = task / per_row, s0 = (task % per_row) * Op::W;
+      partial[task] = op.run(b, s0, std::min(Op::W, S - s0), buf.data());
     }
   });
   acc_t* out = ll.mutable_data_ptr<acc_t>();

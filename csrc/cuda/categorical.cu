@@ -1,7 +1,7 @@
-// The categorical log-likelihood per image, mirroring csrc/cpu/categorical.cpp: one thread per
-// subpixel walks its K logits (any strides) once for a running max and sum of exps
-// (common/categorical.h's lse_step), then, with compute_grad, once more to write
-// onehot(x) - softmax. The per-image sums go through launch.cuh's deterministic row sums. A level
+// The categorical log-likelihood per image, mirroring csrc/cpu/categorical.cpp: logits
+// (B, K, C, P); one thread per subpixel (channel, position) walks its K logits (any strides) once
+// for a running max and sum of exps (common/categorical.h's lse_step), then, with compute_grad,
+// once more to write onehot(x) - softmax. The per-image sums go through launch.cuh's deterministic row sums. A level
 // outside 0 .. K-1 makes that subpixel's term (and its gradients) NaN: checking it on the host
 // would cost a device sync.
 #include <ATen/ATen.h>
@@ -29,9 +29,9 @@ struct CategoricalRows {
   const scalar_t* logits;
   const x_t* x;
   scalar_t* grad;  // null: no gradient asked for
-  int64_t classes, cols;
-  int64_t lb, lk, ls;  // logits' strides (image, class, subpixel)
-  int64_t gb, gk, gs;  // grad's
+  int64_t classes, cols, positions;  // K, C * P, P
+  int64_t lb, lk, lc, lp;  // logits' strides (image, class, channel, position)
+  int64_t gb, gk, gc, gp;  // grad's
 
   bool packs_fit() const { return false; }
 
@@ -44,7 +44,8 @@ struct CategoricalRows {
   }
 
   __device__ acc_t subpixel(int64_t r, int64_t j) const {
-    const scalar_t* l = logits + r * lb + j * ls;
+    const int64_t c = j / positions, p = j - c * positions;
+    const scalar_t* l = logits + r * lb + c * lc + p * lp;
     acc_t m = -std::numeric_limits<acc_t>::infinity(), se = 0;
     for (int64_t k = 0; k < classes; ++k) lse_step(static_cast<acc_t>(l[k * lk]), m, se);
     const acc_t lse = m + fv_log(se);
@@ -53,7 +54,7 @@ struct CategoricalRows {
     const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
     const int64_t xi = ok ? static_cast<int64_t>(level) : 0;
     if (grad) {
-      scalar_t* g = grad + r * gb + j * gs;
+      scalar_t* g = grad + r * gb + c * gc + p * gp;
       const acc_t bad = ok ? acc_t(0) : nan;
       for (int64_t k = 0; k < classes; ++k) {
         const acc_t p = fv_exp(static_cast<acc_t>(l[k * lk]) - lse);
@@ -70,10 +71,10 @@ void categorical_forward(const at::Tensor& logits, const at::Tensor& x, at::Tens
   const at::Tensor& gt = grad.defined() ? grad : logits;
   const CategoricalRows<scalar_t, x_t> rows{logits.const_data_ptr<scalar_t>(), x.const_data_ptr<x_t>(),
                                             grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
-                                            logits.size(1), logits.size(2),
-                                            logits.stride(0), logits.stride(1), logits.stride(2),
-                                            gt.stride(0), gt.stride(1), gt.stride(2)};
-  row_sums<acc_t>(logits.size(0), logits.size(2), ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
+                                            logits.size(1), x.size(1), logits.size(3),
+                                            logits.stride(0), logits.stride(1), logits.stride(2), logits.stride(3),
+                                            gt.stride(0), gt.stride(1), gt.stride(2), gt.stride(3)};
+  row_sums<acc_t>(logits.size(0), x.size(1), ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
 }
 
 }  // namespace

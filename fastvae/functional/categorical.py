@@ -21,8 +21,8 @@ def categorical_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.T
 
     ``logits``: (B, K, C, *spatial) (K classes in dim 1, where ``F.cross_entropy`` has them, e.g.
     K = 2^bits levels), float64/32, bf16 or fp16, any strides: a channels-last decoder output
-    (classes innermost) is read in place when its dims after the class dim merge into one (a view),
-    else reshaped once. ``x``: (B, C, *spatial) integer levels 0 .. K - 1 (uint8 is read as is,
+    (classes or channels innermost) is read in place when its spatial dims merge into one (a view,
+    as for every conv output), else reshaped once. ``x``: (B, C, *spatial) integer levels 0 .. K - 1 (uint8 is read as is,
     other integer dtypes as int64). A level outside 0 .. K - 1 raises ValueError on the CPU; the
     CUDA kernels, which cannot raise without a device sync, give that image NaN instead.
 
@@ -48,5 +48,8 @@ def categorical_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.T
     if x.dtype != torch.uint8:
         x = x.long()
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
-    ll, _ = ops.categorical_log_likelihood(logits.flatten(2), x.reshape(x.shape[0], -1).contiguous(), compute_grad)
+    # (B, K, C, P): the spatial dims merge into a view for any conv output's layout (contiguous or
+    # channels-last, where C or K is innermost); C stays apart, its stride need not match theirs.
+    b, k, c = logits.shape[:3]
+    ll, _ = ops.categorical_log_likelihood(logits.reshape(b, k, c, -1), x.reshape(b, -1).contiguous(), compute_grad)
     return ll
