@@ -30,13 +30,17 @@ class CategoricalLogLikelihood : public torch::autograd::Function<CategoricalLog
     const at::Tensor dlogits = ctx->get_saved_variables()[0];
     TORCH_CHECK(dlogits.sym_numel() != 0, kName,
                 " was called with compute_grad=False, so it has no gradient for logits");
-    if (dlogits.is_contiguous()) {
-      // Times the per-image factor in the accumulation type, into a new tensor (dlogits is also
-      // the op's second output, which its callers may hold).
-      grad_logits = hand_on_precomputed(grad_ll, {dlogits}, /*in_place_ok=*/false)[0];
+    const c10::SymInt rows = dlogits.sym_size(0), n = dlogits.sym_numel();
+    if (dlogits.is_non_overlapping_and_dense() && (rows == 1 || dlogits.sym_stride(0) * rows == n)) {
+      // Each image's gradient is one block of memory (any layout within it, e.g. channels-last):
+      // times the per-image factor in the accumulation type, as a (rows, n / rows) matrix, into
+      // a new tensor (dlogits is also the op's second output, which its callers may hold), then
+      // laid out as dlogits.
+      const at::Tensor flat = dlogits.as_strided_symint({rows, n / rows}, {n / rows, 1});
+      grad_logits = hand_on_precomputed(grad_ll, {flat}, /*in_place_ok=*/false)[0].as_strided_symint(
+          dlogits.sym_sizes(), dlogits.sym_strides());
     } else {
-      // Strided (e.g. channels-last) gradients keep their layout: one broadcast product.
-      grad_logits = dlogits.mul(grad_ll.view_symint({grad_ll.sym_size(0), 1, 1, 1})).to(dlogits.scalar_type());
+      grad_logits = dlogits.mul(grad_ll.view_symint({rows, 1, 1, 1})).to(dlogits.scalar_type());
     }
     return once_differentiable(kName, {grad_logits, at::Tensor(), at::Tensor()}, grads);
   }

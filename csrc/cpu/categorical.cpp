@@ -230,7 +230,13 @@ void categorical_forward(const at::Tensor& logits, const at::Tensor& x, at::Tens
 TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
   check_categorical(logits, x);
   auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
-  at::Tensor grad = compute_grad ? large_output(at::empty_like(logits)) : at::Tensor();
+  at::Tensor grad;
+  if (compute_grad) {
+    // Strided like the logits (e.g. channels-last); large_output's huge-page hint for any dense
+    // layout, through a flat view of the same memory.
+    grad = at::empty_like(logits);
+    if (grad.is_non_overlapping_and_dense()) large_output(grad.as_strided({grad.numel()}, {1}));
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "categorical_ll", [&] {
     if (x.scalar_type() == at::kByte) {
       categorical_forward<scalar_t, uint8_t>(logits, x, ll, grad);
