@@ -7,12 +7,13 @@
 namespace fastvae {
 namespace autograd {
 
-struct ContinuousBernoulliOp {
+class ContinuousBernoulliLogLikelihood : public LogitsLikelihood<ContinuousBernoulliLogLikelihood> {
+ public:
   static constexpr const char* kName = "fastvae::continuous_bernoulli_log_likelihood";
 };
 
 TORCH_LIBRARY_IMPL(fastvae, Autograd, m) {
-  m.impl("continuous_bernoulli_log_likelihood", &LogitsLikelihood<ContinuousBernoulliOp>::apply_pair);
+  m.impl("continuous_bernoulli_log_likelihood", &ContinuousBernoulliLogLikelihood::apply_pair);
 }
 
 }  // namespace autograd

@@ -10,7 +10,8 @@
 namespace fastvae {
 namespace autograd {
 
-struct BernoulliOp {
+class BernoulliLogLikelihood : public LogitsLikelihood<BernoulliLogLikelihood> {
+ public:
   static constexpr const char* kName = "fastvae::bernoulli_log_likelihood";
 };
 
@@ -50,7 +51,7 @@ at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastvae, Autograd, m) {
-  m.impl("bernoulli_log_likelihood", &LogitsLikelihood<BernoulliOp>::apply_pair);
+  m.impl("bernoulli_log_likelihood", &BernoulliLogLikelihood::apply_pair);
   m.impl("gaussian_log_likelihood", &gaussian_log_likelihood);
 }
 

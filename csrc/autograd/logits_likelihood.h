@@ -10,9 +10,10 @@
 namespace fastvae {
 namespace autograd {
 
-// Op: a type with `static constexpr const char* kName`, the op's qualified name.
+// Op: the autograd Function itself (its node's name), deriving from LogitsLikelihood<Op>, with
+// `static constexpr const char* kName`, the op's qualified name.
 template <typename Op>
-class LogitsLikelihood : public torch::autograd::Function<LogitsLikelihood<Op>> {
+class LogitsLikelihood : public torch::autograd::Function<Op> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& x,
                                bool compute_grad) {
@@ -48,7 +49,7 @@ class LogitsLikelihood : public torch::autograd::Function<LogitsLikelihood<Op>> 
   }
 
   static TensorPair apply_pair(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
-    auto out = LogitsLikelihood::apply(logits, x, compute_grad);
+    auto out = Op::apply(logits, x, compute_grad);
     return {out[0], out[1]};
   }
 };
