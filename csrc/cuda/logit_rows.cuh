@@ -17,8 +17,9 @@
 namespace fastvae {
 namespace cuda_detail {
 
+// The Bernoulli kind of rows (Math: the Bernoulli or the continuous Bernoulli term).
 template <typename scalar_t, typename x_t, typename Math>
-struct LogitRows {
+struct BernoulliRows {
   using acc_t = at::opmath_type<scalar_t>;
   static constexpr int kPack = pack_width<scalar_t>();
   const scalar_t* logits;
@@ -48,7 +49,7 @@ struct LogitRows {
 template <typename scalar_t, typename x_t, typename Math>
 void logit_rows_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad) {
   using acc_t = at::opmath_type<scalar_t>;
-  const LogitRows<scalar_t, x_t, Math> rows{logits.const_data_ptr<scalar_t>(), x.const_data_ptr<x_t>(),
+  const BernoulliRows<scalar_t, x_t, Math> rows{logits.const_data_ptr<scalar_t>(), x.const_data_ptr<x_t>(),
                                             grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
                                             logits.size(1), x.size(0)};
   row_sums<acc_t>(logits.size(0), logits.size(1), ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
