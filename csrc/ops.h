@@ -68,7 +68,7 @@ using ElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, a
   /* continuous_bernoulli: x in [0, 1], logits rows (as bernoulli_log_likelihood) */           \
   TensorPair continuous_bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x,  \
                                                  bool compute_grad);                             \
-  /* categorical: logits (B, K, S) any strides, x (B, S) uint8 / int64 levels */                 \
+  /* categorical: logits (B, K, C, P) any strides, x (B, C * P) uint8 / int64 levels */         \
   TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor& x,           \
                                         bool compute_grad);                                      \
   /* density */                                                                                  \
