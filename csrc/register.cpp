@@ -28,8 +28,8 @@
 // refuse a stale build (7: cpu_isa, parallel_threads; 8: the sampling ops' Philox counter in
 // curand's layout, a new eps for a given seed; 9: the likelihoods without grad_scale, and the
 // Gaussian one without compute_grad and its gradient outputs; 10: num_samples optional in the
-// samplers, and fastvae::elbo; 11: the kl_normal family; 12: fastvae::iwae_bound and fastvae::dreg_gate).
-#define FASTVAE_OPS_VERSION 12
+// samplers, and fastvae::elbo; 11: the kl_normal family; 12: fastvae::iwae_bound and fastvae::dreg_gate; 13: the discretized_logistic family).
+#define FASTVAE_OPS_VERSION 13
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a
@@ -61,6 +61,13 @@ FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   m.def("bernoulli_log_likelihood(Tensor logits, Tensor x, bool compute_grad) -> (Tensor, Tensor)");
   m.def("gaussian_log_likelihood(Tensor mean, Tensor x, Tensor logvar) -> Tensor");
   m.def("gaussian_log_likelihood_backward(Tensor grad, Tensor mean, Tensor x, Tensor logvar, bool logvar_grad) -> (Tensor, Tensor)");
+  // Discretized logistic likelihoods of 2^bits-level data (B,): the NVAE / PixelCNN++ mixture of
+  // params (B, 10 M or 3 M, S) and one logistic of mean / log_scale (B, C, S), against x (B, C, S)
+  // (levels, or float values in [-1, 1]); with compute_grad the parameters' gradients too.
+  m.def("discretized_mix_logistic_log_likelihood(Tensor params, Tensor x, int num_mixtures, int bits, "
+        "bool compute_grad) -> (Tensor, Tensor)");
+  m.def("discretized_logistic_log_likelihood(Tensor mean, Tensor log_scale, Tensor x, int bits, "
+        "bool compute_grad) -> (Tensor, Tensor, Tensor)");
   m.def("gaussian_log_density(Tensor z, Tensor mu, Tensor logvar) -> Tensor");
   m.def("gaussian_log_density_backward(Tensor grad, Tensor z, Tensor mu, Tensor logvar) -> (Tensor, Tensor, Tensor)");
   m.def("standard_normal_log_density(Tensor z) -> Tensor");
@@ -135,6 +142,8 @@ at::Tensor elbo_loss_only(const at::Tensor& recon, const at::Tensor& x, const st
   m.impl("bernoulli_log_likelihood", &fastvae::ns::bernoulli_log_likelihood);                  \
   m.impl("gaussian_log_likelihood", &fastvae::ns::gaussian_log_likelihood);                    \
   m.impl("gaussian_log_likelihood_backward", &fastvae::ns::gaussian_log_likelihood_backward);  \
+  m.impl("discretized_mix_logistic_log_likelihood", &fastvae::ns::discretized_mix_logistic_log_likelihood); \
+  m.impl("discretized_logistic_log_likelihood", &fastvae::ns::discretized_logistic_log_likelihood); \
   m.impl("gaussian_log_density", &fastvae::ns::gaussian_log_density);                          \
   m.impl("gaussian_log_density_backward", &fastvae::ns::gaussian_log_density_backward);        \
   m.impl("standard_normal_log_density", &fastvae::ns::standard_normal_log_density);            \

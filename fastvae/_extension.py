@@ -12,8 +12,9 @@ import torch
 # Must equal FASTVAE_OPS_VERSION in csrc/register.cpp; bumped whenever an op schema or the
 # module's attributes change (or the sampling stream: 8 put the Philox counter in curand's layout;
 # 9: the likelihoods' schemas without grad_scale / compute_grad; 10: num_samples optional in the
-# samplers; 11: the kl_normal family; 12: fastvae::iwae_bound and fastvae::dreg_gate).
-OPS_VERSION = 12
+# samplers; 11: the kl_normal family; 12: fastvae::iwae_bound and fastvae::dreg_gate;
+# 13: the discretized_logistic family).
+OPS_VERSION = 13
 
 _BUILD_HINT = (
     "Build it from the repository root with:\n"

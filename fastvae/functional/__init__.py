@@ -5,6 +5,7 @@
 ``kl``             :func:`kl_standard_normal`
 ``kl_normal``      :func:`kl_normal` (and ``reparameterize_with_kl``'s prior)
 ``likelihood``     :func:`bernoulli_log_likelihood`, :func:`gaussian_log_likelihood`
+``discretized_logistic``  :func:`discretized_mix_logistic_log_likelihood`, :func:`discretized_logistic_log_likelihood`
 ``density``        :func:`gaussian_log_density`, :func:`standard_normal_log_density`
 ``elbo``           :func:`elbo`
 ``iwae``           :func:`iwae_bound`, :func:`dreg_gate`
@@ -20,6 +21,7 @@ float64 inputs. Every floating input that requires grad gets its gradient.
 """
 from __future__ import annotations
 
+from .discretized_logistic import discretized_logistic_log_likelihood, discretized_mix_logistic_log_likelihood
 from .density import gaussian_log_density, standard_normal_log_density
 from .elbo import elbo
 from .iwae import dreg_gate, iwae_bound
@@ -35,6 +37,8 @@ __all__ = [
     "kl_normal",
     "bernoulli_log_likelihood",
     "gaussian_log_likelihood",
+    "discretized_mix_logistic_log_likelihood",
+    "discretized_logistic_log_likelihood",
     "gaussian_log_density",
     "standard_normal_log_density",
     "elbo",
