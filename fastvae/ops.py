@@ -133,18 +133,30 @@ def _grad_like(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty(t.shape)
 
 
-@torch.library.register_fake("fastvae::discretized_mix_logistic_log_likelihood")
+@torch.library.register_fake("fastvae::discretized_mix_logistic_log_likelihood_with_grad")
 def _(params, x, num_mixtures, bits, compute_grad):
     _same_device(params=params, x=x)
     return _rows_out(params), (_grad_like(params) if compute_grad else params.new_empty((0,)))
 
 
-@torch.library.register_fake("fastvae::discretized_logistic_log_likelihood")
+@torch.library.register_fake("fastvae::discretized_logistic_log_likelihood_with_grad")
 def _(mean, log_scale, x, bits, compute_grad):
     _same_device(mean=mean, log_scale=log_scale, x=x)
     if not compute_grad:
         return _rows_out(mean), mean.new_empty((0,)), mean.new_empty((0,))
     return _rows_out(mean), _grad_like(mean), _grad_like(log_scale)
+
+
+@torch.library.register_fake("fastvae::discretized_mix_logistic_log_likelihood")
+def _(params, x, num_mixtures, bits):
+    _same_device(params=params, x=x)
+    return _rows_out(params)
+
+
+@torch.library.register_fake("fastvae::discretized_logistic_log_likelihood")
+def _(mean, log_scale, x, bits):
+    _same_device(mean=mean, log_scale=log_scale, x=x)
+    return _rows_out(mean)
 
 
 @torch.library.register_fake("fastvae::gaussian_log_density")

@@ -262,16 +262,38 @@ def test_opcheck(device):
     x3, x1 = _levels(2, 3, (5,), 8, device), _levels(2, 1, (4,), 5, device, torch.int64)
     mean = torch.randn(2, 3, 5, device=device, requires_grad=True)
     ls = torch.randn(1, 3, 1, device=device).expand(2, 3, 5).detach().requires_grad_()
+    mix, one = ops.discretized_mix_logistic_log_likelihood_with_grad, ops.discretized_logistic_log_likelihood_with_grad
     cases = [
-        (ops.discretized_mix_logistic_log_likelihood, (p3, x3, 2, 8, True)),
-        (ops.discretized_mix_logistic_log_likelihood, (p3.detach(), x3, 2, 8, False)),
-        (ops.discretized_mix_logistic_log_likelihood, (p1, x1, 3, 5, True)),
-        (ops.discretized_mix_logistic_log_likelihood, (cl, _levels(2, 3, (12,), 8, device), 2, 8, True)),
-        (ops.discretized_logistic_log_likelihood, (mean, ls, x3, 8, True)),
-        (ops.discretized_logistic_log_likelihood, (mean.detach(), ls.detach(), x3.float() / 128 - 1, 8, False)),
+        (mix, (p3, x3, 2, 8, True)),
+        (mix, (p3.detach(), x3, 2, 8, False)),
+        (mix, (p1, x1, 3, 5, True)),
+        (mix, (cl, _levels(2, 3, (12,), 8, device), 2, 8, True)),
+        (one, (mean, ls, x3, 8, True)),
+        (one, (mean.detach(), ls.detach(), x3.float() / 128 - 1, 8, False)),
+        (ops.discretized_mix_logistic_log_likelihood, (p3, x3, 2, 8)),
+        (ops.discretized_mix_logistic_log_likelihood, (cl, _levels(2, 3, (12,), 8, device), 2, 8)),
+        (ops.discretized_mix_logistic_log_likelihood, (p1.detach(), x1, 3, 5)),
+        (ops.discretized_logistic_log_likelihood, (mean, ls, x3, 8)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
+
+
+def test_gradient_buffers_are_scaled_in_place_and_the_with_grad_outputs_are_not():
+    """The log-likelihood ops scale their own gradient buffers in backward; the _with_grad ops'
+    gradient outputs, which callers may hold, stay the gradients for an incoming gradient of 1."""
+    params = _params(3, 3, 2, (4, 5), torch.float32).requires_grad_()
+    x = _levels(3, 3, (4, 5), 8)
+    w = torch.rand(3) + 0.5
+    op = ops.discretized_mix_logistic_log_likelihood_with_grad
+    ll, g1 = op(params.view(3, 20, 20), x.view(3, 3, 20), 2, 8, True)
+    kept = g1.clone()
+    ll.backward(w)
+    assert torch.equal(g1, kept)
+    assert torch.allclose(params.grad.view(3, 20, 20), kept * w.view(3, 1, 1), rtol=1e-6, atol=0)
+    fused = params.detach().clone().requires_grad_()
+    F.discretized_mix_logistic_log_likelihood(fused, x, 2).backward(w)
+    assert torch.equal(fused.grad, params.grad)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
@@ -344,12 +366,12 @@ def test_bad_input_raises_value_error_naming_argument(call, match):
 def test_raw_ops_reject_bad_layouts():
     x = torch.zeros(2, 3, 16, dtype=torch.uint8)
     with pytest.raises(RuntimeError, match="params must be 3-D"):
-        ops.discretized_mix_logistic_log_likelihood(_p(2, 20, 4, 4), x, 2, 8, False)
+        ops.discretized_mix_logistic_log_likelihood_with_grad(_p(2, 20, 4, 4), x, 2, 8, False)
     with pytest.raises(RuntimeError, match="params must have 20 channels"):
-        ops.discretized_mix_logistic_log_likelihood(_p(2, 21, 16), x, 2, 8, False)
+        ops.discretized_mix_logistic_log_likelihood_with_grad(_p(2, 21, 16), x, 2, 8, False)
     with pytest.raises(RuntimeError, match="x must be uint8"):
-        ops.discretized_mix_logistic_log_likelihood(_p(2, 20, 16), x.short(), 2, 8, False)
+        ops.discretized_mix_logistic_log_likelihood_with_grad(_p(2, 20, 16), x.short(), 2, 8, False)
     with pytest.raises(RuntimeError, match="batch and pixels must match"):
-        ops.discretized_mix_logistic_log_likelihood(_p(2, 20, 15), x, 2, 8, False)
+        ops.discretized_mix_logistic_log_likelihood_with_grad(_p(2, 20, 15), x, 2, 8, False)
     with pytest.raises(RuntimeError, match="must share a dtype"):
-        ops.discretized_logistic_log_likelihood(_p(2, 3, 16), _p(2, 3, 16).double(), x, 8, False)
+        ops.discretized_logistic_log_likelihood_with_grad(_p(2, 3, 16), _p(2, 3, 16).double(), x, 8, False)

@@ -224,7 +224,7 @@ void logistic_forward(const at::Tensor& mean, const at::Tensor& log_scale, const
 
 }  // namespace
 
-TensorPair discretized_mix_logistic_log_likelihood(const at::Tensor& params, const at::Tensor& x,
+TensorPair discretized_mix_logistic_log_likelihood_with_grad(const at::Tensor& params, const at::Tensor& x,
                                                    int64_t num_mixtures, int64_t bits, bool compute_grad) {
   check_mix_logistic(params, x, num_mixtures, bits);
   auto ll = at::empty({params.size(0)}, params.options().dtype(acc_dtype(params.scalar_type())));
@@ -236,7 +236,7 @@ TensorPair discretized_mix_logistic_log_likelihood(const at::Tensor& params, con
   return {ll, compute_grad ? grad : at::empty({0}, params.options())};
 }
 
-TensorTriple discretized_logistic_log_likelihood(const at::Tensor& mean, const at::Tensor& log_scale,
+TensorTriple discretized_logistic_log_likelihood_with_grad(const at::Tensor& mean, const at::Tensor& log_scale,
                                                  const at::Tensor& x, int64_t bits, bool compute_grad) {
   check_logistic(mean, log_scale, x, bits);
   auto ll = at::empty({mean.size(0)}, mean.options().dtype(acc_dtype(mean.scalar_type())));

@@ -113,7 +113,7 @@ struct LogisticRows {
 
 }  // namespace
 
-TensorPair discretized_mix_logistic_log_likelihood(const at::Tensor& params, const at::Tensor& x,
+TensorPair discretized_mix_logistic_log_likelihood_with_grad(const at::Tensor& params, const at::Tensor& x,
                                                    int64_t num_mixtures, int64_t bits, bool compute_grad) {
   check_mix_logistic(params, x, num_mixtures, bits);
   const c10::cuda::CUDAGuard guard(params.device());
@@ -135,7 +135,7 @@ TensorPair discretized_mix_logistic_log_likelihood(const at::Tensor& params, con
   return {ll, compute_grad ? grad : at::empty({0}, params.options())};
 }
 
-TensorTriple discretized_logistic_log_likelihood(const at::Tensor& mean, const at::Tensor& log_scale,
+TensorTriple discretized_logistic_log_likelihood_with_grad(const at::Tensor& mean, const at::Tensor& log_scale,
                                                  const at::Tensor& x, int64_t bits, bool compute_grad) {
   check_logistic(mean, log_scale, x, bits);
   const c10::cuda::CUDAGuard guard(mean.device());

@@ -3,7 +3,8 @@ PixelCNN++ / NVAE / VDVAE decoders, and one logistic per subpixel (NVAE's ``Disc
 
 csrc: ``csrc/{cpu,cuda,autograd}/discretized_logistic.*``, per-element math in
 ``csrc/common/discretized_logistic.h``; ops ``fastvae::discretized_mix_logistic_log_likelihood``
-and ``fastvae::discretized_logistic_log_likelihood``.
+and ``fastvae::discretized_logistic_log_likelihood`` (their ``_with_grad`` twins write the
+gradients for the autograd kernels, in the forward pass).
 
 Bins: level v of ``2^bits`` levels is the value ``x = 2 v / (2^bits - 1) - 1`` in [-1, 1], its
 bin ``[x - h, x + h]`` with ``h = 1 / (2^bits - 1)``; level 0's bin is open below and the top
@@ -92,10 +93,7 @@ def discretized_mix_logistic_log_likelihood(
                          f"channels needs {K}")
     if params.numel() == 0:
         raise ValueError(f"params is empty (shape {tuple(params.shape)}); fastvae ops need at least one element")
-    compute_grad = params.requires_grad and torch.is_grad_enabled()
-    ll, _ = ops.discretized_mix_logistic_log_likelihood(_pixels(params), _pixels(xl), int(num_mixtures), bits,
-                                                        compute_grad)
-    return ll
+    return ops.discretized_mix_logistic_log_likelihood(_pixels(params), _pixels(xl), int(num_mixtures), bits)
 
 
 def discretized_logistic_log_likelihood(
@@ -128,7 +126,4 @@ def discretized_logistic_log_likelihood(
     if mean.numel() == 0:
         raise ValueError(f"mean is empty (shape {tuple(mean.shape)}); fastvae ops need at least one element")
     ls = log_scale if log_scale.dtype == mean.dtype else log_scale.to(mean.dtype)
-    compute_grad = (mean.requires_grad or ls.requires_grad) and torch.is_grad_enabled()
-    ll, _, _ = ops.discretized_logistic_log_likelihood(_pixels(mean), _pixels(ls.expand(mean.shape)), _pixels(xl),
-                                                       bits, compute_grad)
-    return ll
+    return ops.discretized_logistic_log_likelihood(_pixels(mean), _pixels(ls.expand(mean.shape)), _pixels(xl), bits)
