@@ -71,6 +71,15 @@ using ElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, a
   /* categorical: logits (B, K, C, P) any strides, x (B, C * P) uint8 / int64 levels */         \
   TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor& x,           \
                                         bool compute_grad);                                      \
+  /* discretized_logistic: (B,) log p(x) of 2^bits-level data, and with compute_grad the   */  \
+  /* gradients for an incoming gradient of 1 (else empty)                                   */  \
+  TensorPair discretized_mix_logistic_log_likelihood_with_grad(const at::Tensor& params, const at::Tensor& x, \
+                                                     int64_t num_mixtures, int64_t bits,          \
+                                                     bool compute_grad);                         \
+  TensorTriple discretized_logistic_log_likelihood_with_grad(const at::Tensor& mean,                       \
+                                                   const at::Tensor& log_scale,                  \
+                                                   const at::Tensor& x, int64_t bits,            \
+                                                   bool compute_grad);                           \
   /* density */                                                                                  \
   at::Tensor gaussian_log_density(const at::Tensor& z, const at::Tensor& mu,                     \
                                   const at::Tensor& logvar);                                     \

@@ -29,7 +29,8 @@
 // curand's layout, a new eps for a given seed; 9: the likelihoods without grad_scale, and the
 // Gaussian one without compute_grad and its gradient outputs; 10: num_samples optional in the
 // samplers, and fastvae::elbo; 11: the kl_normal family; 12: fastvae::iwae_bound and fastvae::dreg_gate;
-// 13: fastvae::continuous_bernoulli_log_likelihood and fastvae::categorical_log_likelihood).
+// 13: the image likelihoods: fastvae::continuous_bernoulli_log_likelihood,
+// fastvae::categorical_log_likelihood and the discretized_logistic family).
 #define FASTVAE_OPS_VERSION 13
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
@@ -68,6 +69,20 @@ FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // at x, and with compute_grad onehot(x) - softmax (strided like logits) from the same pass.
   m.def("categorical_log_likelihood(Tensor logits, Tensor x, bool compute_grad) -> (Tensor, Tensor)");
   m.def("gaussian_log_likelihood_backward(Tensor grad, Tensor mean, Tensor x, Tensor logvar, bool logvar_grad) -> (Tensor, Tensor)");
+  // Discretized logistic likelihoods of 2^bits-level data (B,): the NVAE / PixelCNN++ mixture of
+  // params (B, 10 M or 3 M, S) and one logistic of mean / log_scale (B, C, S), against x (B, C, S)
+  // (levels, or float values in [-1, 1]); with compute_grad the parameters' gradients for an
+  // incoming gradient of 1 too (else empty outputs).
+  m.def("discretized_mix_logistic_log_likelihood_with_grad(Tensor params, Tensor x, int num_mixtures, int bits, "
+        "bool compute_grad) -> (Tensor, Tensor)");
+  m.def("discretized_logistic_log_likelihood_with_grad(Tensor mean, Tensor log_scale, Tensor x, int bits, "
+        "bool compute_grad) -> (Tensor, Tensor, Tensor)");
+#ifndef FASTVAE_EMU
+  // The log-likelihoods alone, for fastvae.functional: their autograd kernels decide which
+  // gradients the forward pass writes (and scale them in place in backward: they never leave it).
+  m.def("discretized_mix_logistic_log_likelihood(Tensor params, Tensor x, int num_mixtures, int bits) -> Tensor");
+  m.def("discretized_logistic_log_likelihood(Tensor mean, Tensor log_scale, Tensor x, int bits) -> Tensor");
+#endif
   m.def("gaussian_log_density(Tensor z, Tensor mu, Tensor logvar) -> Tensor");
   m.def("gaussian_log_density_backward(Tensor grad, Tensor z, Tensor mu, Tensor logvar) -> (Tensor, Tensor, Tensor)");
   m.def("standard_normal_log_density(Tensor z) -> Tensor");
@@ -124,6 +139,25 @@ at::Tensor elbo_loss_only(const at::Tensor& recon, const at::Tensor& x, const st
   return std::get<0>(op.call(recon, x, kl, mu, logvar, obs_logvar, obs_logvar_value, likelihood, beta, reduction,
                              std::array<bool, 3>{false, false, false}));
 }
+
+// fastvae::discretized_*_log_likelihood below autograd (every backend): the _with_grad op with no
+// gradient written, its log-likelihood.
+at::Tensor dmol_ll_only(const at::Tensor& params, const at::Tensor& x, int64_t num_mixtures, int64_t bits) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastvae::discretized_mix_logistic_log_likelihood_with_grad", "")
+                             .typed<TensorPair(const at::Tensor&, const at::Tensor&, int64_t, int64_t, bool)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return std::get<0>(op.call(params, x, num_mixtures, bits, false));
+}
+
+at::Tensor logistic_ll_only(const at::Tensor& mean, const at::Tensor& log_scale, const at::Tensor& x, int64_t bits) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastvae::discretized_logistic_log_likelihood_with_grad", "")
+          .typed<TensorTriple(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return std::get<0>(op.call(mean, log_scale, x, bits, false));
+}
 #endif
 
 }  // namespace
@@ -144,6 +178,10 @@ at::Tensor elbo_loss_only(const at::Tensor& recon, const at::Tensor& x, const st
   m.impl("continuous_bernoulli_log_likelihood", &fastvae::ns::continuous_bernoulli_log_likelihood); \
   m.impl("categorical_log_likelihood", &fastvae::ns::categorical_log_likelihood);              \
   m.impl("gaussian_log_likelihood_backward", &fastvae::ns::gaussian_log_likelihood_backward);  \
+  m.impl("discretized_mix_logistic_log_likelihood_with_grad",                                 \
+         &fastvae::ns::discretized_mix_logistic_log_likelihood_with_grad);                      \
+  m.impl("discretized_logistic_log_likelihood_with_grad",                                     \
+         &fastvae::ns::discretized_logistic_log_likelihood_with_grad);                          \
   m.impl("gaussian_log_density", &fastvae::ns::gaussian_log_density);                          \
   m.impl("gaussian_log_density_backward", &fastvae::ns::gaussian_log_density_backward);        \
   m.impl("standard_normal_log_density", &fastvae::ns::standard_normal_log_density);            \
@@ -160,6 +198,8 @@ FASTVAE_LIBRARY_IMPL(FASTVAE_NAMESPACE, CPU, m) { FASTVAE_IMPL_ALL(cuda) }
 TORCH_LIBRARY_IMPL(fastvae, CPU, m) {
   FASTVAE_IMPL_ALL(cpu)
   m.impl("elbo", &fastvae::elbo_loss_only);
+  m.impl("discretized_mix_logistic_log_likelihood", &fastvae::dmol_ll_only);
+  m.impl("discretized_logistic_log_likelihood", &fastvae::logistic_ll_only);
 }
 #endif
 
@@ -167,6 +207,8 @@ TORCH_LIBRARY_IMPL(fastvae, CPU, m) {
 TORCH_LIBRARY_IMPL(fastvae, CUDA, m) {
   FASTVAE_IMPL_ALL(cuda)
   m.impl("elbo", &fastvae::elbo_loss_only);
+  m.impl("discretized_mix_logistic_log_likelihood", &fastvae::dmol_ll_only);
+  m.impl("discretized_logistic_log_likelihood", &fastvae::logistic_ll_only);
 }
 #endif
 

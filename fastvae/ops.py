@@ -141,6 +141,42 @@ def _(grad, mean, x, logvar, logvar_grad):
     return torch.empty_like(mean), (torch.empty_like(logvar) if logvar_grad else logvar.new_empty((0,)))
 
 
+def _grad_like(t: torch.Tensor) -> torch.Tensor:
+    """csrc/common/discretized_logistic_checks.h's grad_like: t's strides when t is dense with its
+    batch dim outermost, else contiguous."""
+    from torch._prims_common import is_non_overlapping_and_dense_or_false
+
+    if is_non_overlapping_and_dense_or_false(t) and (t.shape[0] == 1 or t.stride(0) * t.shape[0] == t.numel()):
+        return torch.empty_like(t)
+    return t.new_empty(t.shape)
+
+
+@torch.library.register_fake("fastvae::discretized_mix_logistic_log_likelihood_with_grad")
+def _(params, x, num_mixtures, bits, compute_grad):
+    _same_device(params=params, x=x)
+    return _rows_out(params), (_grad_like(params) if compute_grad else params.new_empty((0,)))
+
+
+@torch.library.register_fake("fastvae::discretized_logistic_log_likelihood_with_grad")
+def _(mean, log_scale, x, bits, compute_grad):
+    _same_device(mean=mean, log_scale=log_scale, x=x)
+    if not compute_grad:
+        return _rows_out(mean), mean.new_empty((0,)), mean.new_empty((0,))
+    return _rows_out(mean), _grad_like(mean), _grad_like(log_scale)
+
+
+@torch.library.register_fake("fastvae::discretized_mix_logistic_log_likelihood")
+def _(params, x, num_mixtures, bits):
+    _same_device(params=params, x=x)
+    return _rows_out(params)
+
+
+@torch.library.register_fake("fastvae::discretized_logistic_log_likelihood")
+def _(mean, log_scale, x, bits):
+    _same_device(mean=mean, log_scale=log_scale, x=x)
+    return _rows_out(mean)
+
+
 @torch.library.register_fake("fastvae::gaussian_log_density")
 def _(z, mu, logvar):
     _same_device(z=z, mu=mu, logvar=logvar)

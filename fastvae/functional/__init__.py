@@ -7,6 +7,7 @@
 ``likelihood``     :func:`bernoulli_log_likelihood`, :func:`gaussian_log_likelihood`
 ``continuous_bernoulli``  :func:`continuous_bernoulli_log_likelihood`
 ``categorical``    :func:`categorical_log_likelihood` (integer levels, K-way softmax)
+``discretized_logistic``  :func:`discretized_mix_logistic_log_likelihood`, :func:`discretized_logistic_log_likelihood`
 ``density``        :func:`gaussian_log_density`, :func:`standard_normal_log_density`
 ``elbo``           :func:`elbo`
 ``iwae``           :func:`iwae_bound`, :func:`dreg_gate`
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from .categorical import categorical_log_likelihood
 from .continuous_bernoulli import continuous_bernoulli_log_likelihood
+from .discretized_logistic import discretized_logistic_log_likelihood, discretized_mix_logistic_log_likelihood
 from .density import gaussian_log_density, standard_normal_log_density
 from .elbo import elbo
 from .iwae import dreg_gate, iwae_bound
@@ -41,6 +43,8 @@ __all__ = [
     "gaussian_log_likelihood",
     "continuous_bernoulli_log_likelihood",
     "categorical_log_likelihood",
+    "discretized_mix_logistic_log_likelihood",
+    "discretized_logistic_log_likelihood",
     "gaussian_log_density",
     "standard_normal_log_density",
     "elbo",
