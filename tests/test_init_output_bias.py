@@ -80,3 +80,38 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="per_element"):
         init_output_bias(build_mlp_vae(10, hidden=(5,), latent_dim=2, likelihood="gaussian", obs_var="per_element"),
                          torch.rand(4, 10))
+
+
+def test_trainer_option_sets_the_bias_and_resume_keeps_the_saved_weights(tmp_path):
+    from fastvae.training import Trainer, TrainConfig
+
+    data = _sparse_binary(64, 37)
+    cfg = dict(epochs=1, batch_size=16, device="cpu", seed=2, progress=False)
+    torch.manual_seed(0)
+    fresh = Trainer(build_hierarchical_vae(input_dim=37, latent_dims=(6, 3), hidden=((12,), (8,))), data, None,
+                    TrainConfig(output_bias="marginal", **cfg), out_dir=tmp_path / "run")
+    p = data.double().mean(0).clamp(1e-3, 1 - 1e-3)
+    torch.testing.assert_close(_last_linear(fresh.model).bias.detach().double(), torch.log(p / (1 - p)),
+                               rtol=1e-6, atol=1e-6)
+    torch.manual_seed(0)
+    plain = Trainer(build_hierarchical_vae(input_dim=37, latent_dims=(6, 3), hidden=((12,), (8,))), data, None,
+                    TrainConfig(**cfg))
+    assert not torch.allclose(_last_linear(plain.model).bias, _last_linear(fresh.model).bias)
+    fresh.fit()
+    trained = _last_linear(fresh.model).bias.detach().clone()
+    resumed = Trainer.from_checkpoint(str(tmp_path / "run"), data, None, out_dir=tmp_path / "run", epochs=2)
+    assert resumed.config.output_bias == "marginal"
+    assert torch.equal(_last_linear(resumed.model).bias.detach(), trained)
+
+
+def test_cli_output_bias_flag(tmp_path):
+    from fastvae import cli
+    from fastvae.training import load_model
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "--arch", "hierarchical", "--levels", "2", "--latent-dim", "4", "--epochs", "1",
+                     "--output-bias", "marginal", "--out", str(out), "--hidden", "16", "--no-progress",
+                     "--device", "cpu", "--no-plots"]) == 0
+    assert load_model(out)[1]["train_config"]["output_bias"] == "marginal"
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--output-bias", "mean", "--out", str(tmp_path / "bad")])

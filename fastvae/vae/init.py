@@ -51,15 +51,15 @@ def init_output_bias(model: VAE, data: torch.Tensor, eps: float = 1e-3) -> VAE:
     if model.obs_var == "per_element":
         raise ValueError("init_output_bias does not support obs_var='per_element' (mean and log-variance share the layer)")
     layer = _output_layer(model)
-    x = model._input(data).double()
-    flat = x.reshape(x.shape[0], -1)
-    if isinstance(layer, nn.Linear):
-        mean = flat.mean(0)
-    else:
-        channels = model.data_shape[0] if len(model.data_shape) == 3 else None
-        if channels is None:
+    total: Optional[torch.Tensor] = None
+    for chunk in data.split(4096):  # float64 sums without a float64 copy of the whole set
+        part = model._input(chunk).reshape(chunk.shape[0], -1).double().sum(0)
+        total = part if total is None else total + part
+    mean = total / data.shape[0]
+    if not isinstance(layer, nn.Linear):
+        if len(model.data_shape) != 3:
             raise ValueError(f"a conv output layer needs (C, H, W) data, the model's data_shape is {model.data_shape}")
-        mean = flat.reshape(flat.shape[0], channels, -1).mean(dim=(0, 2))
+        mean = mean.reshape(model.data_shape[0], -1).mean(1)
     if mean.numel() != layer.bias.numel():
         raise ValueError(f"the decoder's output bias has {layer.bias.numel()} entries, the data's marginal {mean.numel()}")
     if model.likelihood == "bernoulli":
