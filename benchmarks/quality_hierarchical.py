@@ -4,6 +4,8 @@ Both models train on the 50 000 Larochelle binarised-MNIST training images for t
 of epochs with the single-sample ELBO (Adam, same batch size, learning rate and seed), then the
 validation NLL, -log p(x), is estimated by importance sampling with K samples per image on a
 fixed subset of the validation split (the first ``--valid`` images; all 10 000 with 10000).
+Both start with the decoder's output bias at the training data's marginal logits
+(``--output-bias marginal``, the default; ``zero`` keeps PyTorch's initialisation).
 
     python benchmarks/quality_hierarchical.py --model hierarchical --epochs 10 --out DIR
     python benchmarks/quality_hierarchical.py --model flat --epochs 10 --out DIR
@@ -63,6 +65,9 @@ def main() -> None:
     p.add_argument("--valid", type=int, default=10000, help="validation images scored (first N)")
     p.add_argument("-k", "--num-samples", type=int, default=5000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--output-bias", choices=("marginal", "zero"), default="marginal",
+                   help="decoder output bias at the start: the training data's marginal logits "
+                        "(`fastvae.vae.init_output_bias`, both models) or PyTorch's default")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality-hierarchical")
     p.add_argument("--run-dir", type=Path, default=None,
@@ -85,6 +90,9 @@ def main() -> None:
     else:
         torch.manual_seed(args.seed)
         model = build(args.model)
+        if args.output_bias == "marginal":
+            from fastvae.vae import init_output_bias
+            init_output_bias(model, train)
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              device="cpu", binarize=None, eval_samples=0, progress=False)
         trainer = Trainer(model, train, None, config, out_dir=run_dir)
@@ -94,7 +102,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {
         "model": args.model, "arch": model.config, "parameters": sum(q.numel() for q in model.parameters()),
-        "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "output_bias": args.output_bias,
         "objective": "single-sample ELBO", "data": "binarized-mnist (Larochelle), 50000 train",
         "num_samples": args.num_samples, "train_seconds": summary.get("time"), "wall_train_seconds": train_time,
         "threads": args.threads, "run_dir": str(run_dir), "machine": platform.processor() or platform.machine(), "commit": commit,

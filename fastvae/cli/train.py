@@ -34,7 +34,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    + "); flags given with it override its settings")
     add_flags(p, DataOptions, ("data", "data_dir", "npz_key"))
     add_flags(p.add_argument_group("optimisation"), TrainConfig,
-              ("epochs", "batch_size", "lr", "lr_schedule", "lr_final", "max_steps", "time_budget", "seed"))
+              ("epochs", "batch_size", "lr", "lr_schedule", "lr_final", "max_steps", "time_budget", "seed",
+               "output_bias"))
     add_flags(p.add_argument_group("model"), ModelOptions,
               ("arch", "levels", "hidden", "channels", "activation", "latent_dim", "likelihood", "obs_var",
                "obs_logvar"))

@@ -12,12 +12,14 @@ from ..vae.model import LOSS_IMPLS
 from ..vae.objectives import GRADIENTS, OBJECTIVES, make_objective
 from .options import check_fields, choice, device, flag, integer, option, real, seed_number, split_resume
 
-__all__ = ["TrainConfig", "LOSS_IMPLS", "WARMUP_UNITS", "BINARIZE_MODES", "RESUME_OVERRIDABLE", "LR_SCHEDULES"]
+__all__ = ["TrainConfig", "LOSS_IMPLS", "WARMUP_UNITS", "BINARIZE_MODES", "RESUME_OVERRIDABLE", "LR_SCHEDULES", "OUTPUT_BIAS_INITS"]
 
 WARMUP_UNITS = ("epochs", "steps")
 #: Learning-rate schedules: from lr to lr_final over the run (its steps, or its time budget).
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 BINARIZE_MODES = (None, "static", "dynamic")
+#: Decoder output bias at the start of a fresh run (`fastvae.vae.init_output_bias`).
+OUTPUT_BIAS_INITS = ("default", "marginal")
 
 
 def _minutes(name: str, value: object) -> Optional[float]:
@@ -41,6 +43,10 @@ class TrainConfig:
     warmup: int = option(0, "KL warm-up length: beta ramps linearly from 0 over this many "
                             "warmup units (0: no warm-up)", integer(0))
     warmup_unit: str = option("epochs", "unit of the warm-up", choice(*WARMUP_UNITS), choices=WARMUP_UNITS)
+    output_bias: str = option("default", "decoder output bias at the start of a fresh run: 'marginal' is the training "
+                                         "data's marginal (logits for a Bernoulli likelihood), which skips the early "
+                                         "plateau that collapses hierarchical VAEs; 'default' keeps the initialisation",
+                              choice(*OUTPUT_BIAS_INITS), choices=OUTPUT_BIAS_INITS)
     free_bits: float = option(0.0, "KL floor per latent dimension, in nats (0 keeps the fully fused loss)",
                               real(0.0))
     seed: int = option(0, "seed for data order, binarisation and sampling noise (and, on the command "

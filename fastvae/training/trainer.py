@@ -32,6 +32,7 @@ import torch
 
 from ..vae import VAE
 from ..vae.data import binarize
+from ..vae.init import init_output_bias
 from . import batching
 from .checkpoint import CHECKPOINT_NAME
 from .config import TrainConfig
@@ -110,6 +111,8 @@ class Trainer(TrainerState):
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
                              f"({self.dist.world_size}): each rank takes an equal share of the global batch")
         self.model = model.to(self.device)
+        if cfg.output_bias == "marginal":  # a resumed run loads its weights over this
+            init_output_bias(self.model, self.train_data)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.extra = dict(extra or {})
         self.callbacks = list(callbacks)
