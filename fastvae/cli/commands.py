@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -110,6 +111,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "test_log_likelihood_se": means["log_likelihood_se"], "nll": -means["log_likelihood"],
               "num_samples": args.num_samples, "test_bound": means["bound"],
               "bound_objective": trained_bound["objective"], "bound_num_samples": trained_bound["num_samples"]}
+    if model.likelihood in ("dmol", "logistic", "categorical"):  # image papers' unit: nats / (D ln 2)
+        per_dim = math.log(2) * data.input_dim
+        result.update(test_bits_per_dim=-means["log_likelihood"] / per_dim, elbo_bits_per_dim=-means["elbo"] / per_dim)
     if args.json:
         print(json.dumps(result))
     else:
@@ -120,4 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{split} log p(x) (K={args.num_samples}): {result['test_log_likelihood']:.4f} nats "
               f"+- {result['test_log_likelihood_se']:.4f} (standard error over examples)")
         print(f"{split} NLL (K={args.num_samples}): {result['nll']:.4f} +- {result['test_log_likelihood_se']:.4f} nats")
+        if "test_bits_per_dim" in result:
+            print(f"{split} bits/dim (K={args.num_samples}): {result['test_bits_per_dim']:.4f} "
+                  f"(negative ELBO: {result['elbo_bits_per_dim']:.4f})")
     return 0

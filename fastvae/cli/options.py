@@ -17,7 +17,9 @@ _ARCHS = ("mlp", "conv", "hierarchical", "hierarchical-conv")
 HIERARCHICAL_ARCHS = ("hierarchical", "hierarchical-conv")
 # Kept here (not imported from fastvae.vae) so that building the parser loads no model code.
 _ACTIVATIONS = ("relu", "elu", "silu", "tanh")
-_LIKELIHOODS = ("bernoulli", "gaussian")
+_LIKELIHOODS = ("bernoulli", "gaussian", "dmol", "logistic", "categorical", "continuous_bernoulli")
+#: The likelihoods over 8-bit levels (fastvae.vae.image_likelihoods), reported in bits/dim too.
+DISCRETE_LIKELIHOODS = ("dmol", "logistic", "categorical")
 _OBS_VARS = ("fixed", "scalar", "per_dim", "per_element")
 DATA_HELP = ("'digits' (scikit-learn's 8x8 digits, bundled), 'mnist' (IDX files in --data-dir), "
              "'binarized-mnist' (Larochelle's binarized_mnist_{train,valid,test}.amat[.gz] in --data-dir; "
@@ -79,8 +81,12 @@ class ModelOptions:
     activation: str = option("relu", "hidden activation", choice(*_ACTIVATIONS), choices=_ACTIVATIONS)
     latent_dim: int = option(20, "latent dimensions", integer(1), cli_default="auto",
                              default_help="2 for the digits, so latents.png shows the latent space; 20 otherwise")
-    likelihood: str = option("bernoulli", "p(x|z): Bernoulli on logits or Gaussian on a mean",
+    likelihood: str = option("bernoulli", "p(x|z): Bernoulli on logits, Gaussian on a mean, or for 8-bit images "
+                                          "a discretised logistic mixture (dmol), one discretised logistic, a "
+                                          "2^bits-way categorical, or the continuous Bernoulli (grey levels)",
                              choice(*_LIKELIHOODS), choices=_LIKELIHOODS)
+    num_mixtures: int = option(10, "logistic mixture components per pixel (--likelihood dmol)", integer(1))
+    bits: int = option(8, "bits per subpixel of the discrete image likelihoods", integer(1, 8))
     obs_var: str = option("fixed", "Gaussian observation variance: fixed at --obs-logvar, one learned "
                                    "scalar, one learned per pixel, or predicted by the decoder",
                           choice(*_OBS_VARS), choices=_OBS_VARS)

@@ -6,6 +6,7 @@ default, help, check and whether ``--resume`` may change it are declared there o
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -13,7 +14,7 @@ from typing import Any, Callable, Dict, List
 from ..training.config import TrainConfig
 from .checks import CLIError, check_device
 from .flags import add_flags, check_values, defaults, fields_of, flag_name
-from .options import HIERARCHICAL_ARCHS, DataOptions, ModelOptions, OutputOptions, csv_ints
+from .options import DISCRETE_LIKELIHOODS, HIERARCHICAL_ARCHS, DataOptions, ModelOptions, OutputOptions, csv_ints
 from .recipes import RECIPES, recipe_settings
 
 __all__ = ["add_train_args", "cmd_train", "TRAIN_FIELDS"]
@@ -37,8 +38,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
               ("epochs", "batch_size", "lr", "lr_schedule", "lr_final", "max_steps", "time_budget", "seed",
                "output_bias"))
     add_flags(p.add_argument_group("model"), ModelOptions,
-              ("arch", "levels", "hidden", "channels", "activation", "latent_dim", "likelihood", "obs_var",
-               "obs_logvar"))
+              ("arch", "levels", "hidden", "channels", "activation", "latent_dim", "likelihood", "num_mixtures",
+               "bits", "obs_var", "obs_logvar"))
     add_flags(p.add_argument_group("objective"), TrainConfig,
               ("objective", "num_samples", "gradient", "binarize", "beta", "warmup", "warmup_unit", "free_bits",
                "loss_impl"))
@@ -62,8 +63,13 @@ def check_train_flags(cfg: Dict[str, Any]) -> None:
     """Every setting present in ``cfg``, before any data is loaded or model built: each field's
     own check, then the rules that join fields or ask this machine."""
     check_values(cfg, TRAIN_FIELDS, skip=_SKIP_CHECK)
-    if cfg.get("likelihood") == "bernoulli" and cfg.get("obs_var") not in (None, "fixed"):
-        raise CLIError(f"--obs-var {cfg['obs_var']} needs --likelihood gaussian (a Bernoulli has no variance)")
+    likelihood = cfg.get("likelihood")
+    if likelihood not in (None, "gaussian") and cfg.get("obs_var") not in (None, "fixed"):
+        raise CLIError(f"--obs-var {cfg['obs_var']} needs --likelihood gaussian (a {likelihood} likelihood has no "
+                       f"variance)")
+    if likelihood not in (None, "bernoulli", "gaussian") and cfg.get("arch", "mlp") in HIERARCHICAL_ARCHS:
+        raise CLIError(f"--likelihood {likelihood} needs --arch mlp or conv (the hierarchical VAE's loss is the "
+                       f"whole-ELBO op: bernoulli or gaussian)")
     if cfg.get("levels") not in (None, "auto") and cfg.get("arch", "mlp") not in HIERARCHICAL_ARCHS:
         raise CLIError(f"--levels needs --arch {' or '.join(HIERARCHICAL_ARCHS)}")
     if cfg.get("device") is not None:
@@ -138,6 +144,8 @@ def _build_model(cfg: Dict[str, Any], image_shape, input_dim: int):
 
     common = dict(latent_dim=cfg["latent_dim"], likelihood=cfg["likelihood"], activation=cfg["activation"],
                   obs_var=cfg["obs_var"], obs_logvar=cfg["obs_logvar"], beta=cfg["beta"])
+    if cfg["likelihood"] not in ("bernoulli", "gaussian"):
+        common.update(num_mixtures=cfg.get("num_mixtures", 10), bits=cfg.get("bits", 8))
     if cfg["arch"] in HIERARCHICAL_ARCHS:
         return _build_hierarchical(cfg, image_shape, input_dim, common)
     if cfg["arch"] == "conv":
@@ -228,6 +236,10 @@ def _report(trainer, summary: Dict[str, Any], data, cfg: Dict[str, Any], out: Pa
         parts.append(f"test ELBO {summary['test_elbo']:.3f} nats")
     if "test_log_likelihood" in summary:
         parts.append(f"test log p(x) ~ {summary['test_log_likelihood']:.3f} nats (K={cfg['eval_samples']})")
+    if cfg["likelihood"] in DISCRETE_LIKELIHOODS:  # image papers' unit: nats / (D ln 2)
+        value = summary.get("test_log_likelihood", summary.get("test_elbo"))
+        if value is not None:
+            parts.append(f"{-value / (data.input_dim * math.log(2)):.4f} bits/dim")
     print("done: " + ", ".join(parts) + f" in {summary['time']:.1f} s")
     written = [out / CHECKPOINT_NAME, out / METRICS_NAME]
     if cfg["plots"]:

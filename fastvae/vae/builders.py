@@ -11,6 +11,7 @@ from typing import Any, Dict, Sequence, Tuple
 from torch import nn
 
 from .._args import check_int
+from .image_likelihoods import IMAGE_LIKELIHOODS, decoder_channels
 from .model import VAE
 
 __all__ = ["build_mlp_vae", "build_conv_vae", "build_vae", "ACTIVATIONS"]
@@ -33,6 +34,14 @@ def _sizes(name: str, values: Any) -> tuple:
 def _out_factor(vae_kwargs: Dict[str, Any]) -> int:
     # The decoder predicts mean and log-variance side by side for per-element variance.
     return 2 if vae_kwargs.get("obs_var", "fixed") == "per_element" else 1
+
+
+def _out_channels(likelihood: str, channels: int, vae_kwargs: Dict[str, Any]) -> int:
+    """Decoder output channels per pixel (per data element for flat data)."""
+    if likelihood in IMAGE_LIKELIHOODS:
+        return decoder_channels(likelihood, channels, check_int("num_mixtures", vae_kwargs.get("num_mixtures", 10), 1),
+                                check_int("bits", vae_kwargs.get("bits", 8), 1))
+    return _out_factor(vae_kwargs) * channels
 
 
 def conv_stacks(image_shape: Sequence[int], channels: Sequence[int], activation: str,
@@ -104,7 +113,10 @@ def build_mlp_vae(
     for h in reversed(hidden):
         dec += [nn.Linear(width, h), _activation(activation)]
         width = h
-    dec.append(nn.Linear(width, _out_factor(vae_kwargs) * input_dim))
+    # Image likelihoods: per pixel of a (C, H, W) data_shape, their parameters (image_likelihoods).
+    pixels = math.prod(data_shape[1:]) if len(data_shape) == 3 else input_dim
+    chans = data_shape[0] if len(data_shape) == 3 else 1
+    dec.append(nn.Linear(width, _out_channels(likelihood, chans, vae_kwargs) * pixels))
 
     vae = VAE(nn.Sequential(*enc), nn.Sequential(*dec), latent_dim, likelihood=likelihood,
               data_shape=data_shape, **vae_kwargs)
@@ -137,7 +149,7 @@ def build_conv_vae(
     if vae_kwargs.get("data_shape") is not None and tuple(vae_kwargs["data_shape"]) != (c, h, w):
         raise ValueError(f"data_shape {vae_kwargs['data_shape']} differs from image_shape {(c, h, w)}")
     vae_kwargs.pop("data_shape", None)
-    enc, dec_tail, flat = conv_stacks((c, h, w), channels, activation, _out_factor(vae_kwargs) * c)
+    enc, dec_tail, flat = conv_stacks((c, h, w), channels, activation, _out_channels(likelihood, c, vae_kwargs))
     enc += [nn.Flatten(), nn.Linear(math.prod(flat), 2 * latent_dim)]
     dec: list = [nn.Linear(latent_dim, math.prod(flat)), _activation(activation), nn.Unflatten(1, flat)] + dec_tail
 

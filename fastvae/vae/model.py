@@ -24,12 +24,14 @@ from .. import reference as _R
 from .._args import check_int, check_real
 from .inputs import check_choice as _check_choice
 from .inputs import check_input
+from . import image_likelihoods as _I
 from . import objectives as _O
 from .objectives import Objective, free_bits_kl, make_objective
 
 __all__ = ["VAEOutput", "VAE", "LIKELIHOODS", "OBS_VARS", "LOSS_IMPLS", "free_bits_kl"]
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+#: The whole-ELBO op's likelihoods, then the image likelihoods (`fastvae.vae.image_likelihoods`).
+LIKELIHOODS = ("bernoulli", "gaussian") + _I.IMAGE_LIKELIHOODS
 OBS_VARS = ("fixed", "scalar", "per_dim", "per_element")
 #: `VAE.loss` implementations: the fused kernels, or plain PyTorch (`fastvae.reference`).
 LOSS_IMPLS = ("fused", "reference")
@@ -63,7 +65,10 @@ class VAE(nn.Module):
         decoder: module mapping z (N, latent_dim) to the parameters of p(x|z), (N, *data_shape),
             or (N, 2 * C, ...) / (N, 2 * D) for ``obs_var="per_element"`` (mean, then logvar).
         latent_dim: Z, the number of latent dimensions.
-        likelihood: "bernoulli" (decoder gives logits) or "gaussian" (decoder gives the mean).
+        likelihood: "bernoulli" (decoder gives logits) or "gaussian" (decoder gives the mean),
+            or an image likelihood: "dmol", "logistic", "categorical" (8-bit images in [0, 1],
+            ``data_shape`` (C, H, W) up front) or "continuous_bernoulli" (grey levels in [0, 1]);
+            see `fastvae.vae.image_likelihoods` for what the decoder gives.
         obs_var: how the Gaussian observation variance is modelled: "fixed" (``obs_logvar``),
             "scalar" (one learned log-variance), "per_dim" (one learned log-variance per data
             element, needs ``data_shape``) or "per_element" (predicted by the decoder).
@@ -71,6 +76,8 @@ class VAE(nn.Module):
         data_shape: shape of one example, e.g. (784,) or (1, 28, 28); inferred from the first
             batch when None (except for "per_dim", which needs it up front).
         beta: default weight of the KL term in `loss`.
+        num_mixtures: logistic mixture components per pixel for likelihood="dmol".
+        bits: bits per subpixel of the discrete image likelihoods (5 ... 8).
     """
 
     def __init__(
@@ -83,14 +90,22 @@ class VAE(nn.Module):
         obs_logvar: float = 0.0,
         data_shape: Optional[Sequence[int]] = None,
         beta: float = 1.0,
+        num_mixtures: int = 10,
+        bits: int = 8,
     ) -> None:
         super().__init__()
         _check_choice("likelihood", likelihood, LIKELIHOODS)
         _check_choice("obs_var", obs_var, OBS_VARS)
-        if likelihood == "bernoulli" and obs_var != "fixed":
+        if likelihood != "gaussian" and obs_var != "fixed":
             raise ValueError(
-                f"obs_var={obs_var!r} needs likelihood='gaussian'; a Bernoulli likelihood has no variance"
+                f"obs_var={obs_var!r} needs likelihood='gaussian'; a {likelihood} likelihood has no variance"
             )
+        self.num_mixtures = check_int("num_mixtures", num_mixtures, 1)
+        self.bits = check_int("bits", bits, 1)
+        if bits > 8:
+            raise ValueError(f"bits must be at most 8 (the data are 8-bit images), got {bits}")
+        if likelihood in _I.DISCRETE_LIKELIHOODS and (data_shape is None or len(data_shape) != 3):
+            raise ValueError(f"likelihood={likelihood!r} needs data_shape=(C, H, W), got {data_shape!r}")
         self.latent_dim = check_int("latent_dim", latent_dim, 1)
         self.beta = check_real("beta", beta, 0.0)
         obs_logvar = check_real("obs_logvar", obs_logvar)
@@ -151,11 +166,10 @@ class VAE(nn.Module):
             mean, logvar = params.chunk(2, dim=1)
             return mean.reshape(*lead, -1), logvar.reshape(*lead, -1)
         recon = params.reshape(*lead, -1)
-        return recon, (0.0 if self.likelihood == "bernoulli" else self.obs_logvar)
+        return recon, (self.obs_logvar if self.likelihood == "gaussian" else 0.0)
 
-    @staticmethod
-    def _check_recon(recon: torch.Tensor, x_flat: torch.Tensor) -> None:
-        if recon.shape[-1] != x_flat.shape[-1]:
+    def _check_recon(self, recon: torch.Tensor, x_flat: torch.Tensor) -> None:
+        if self.likelihood in LIKELIHOODS[:2] and recon.shape[-1] != x_flat.shape[-1]:
             raise ValueError(
                 f"decoder gives {recon.shape[-1]} values per example but x has {x_flat.shape[-1]}"
             )
@@ -166,6 +180,9 @@ class VAE(nn.Module):
         """log p(x|z) summed over the data dim; recon (..., B, D) broadcasts x_flat (B, D)."""
         self._check_recon(recon, x_flat)
         ops = _F if fused else _R
+        if self.likelihood in _I.IMAGE_LIKELIHOODS:
+            return _I.image_log_px(self.likelihood, recon, x_flat, self.data_shape, self.num_mixtures, self.bits,
+                                   fused)
         if self.likelihood == "bernoulli":
             return ops.bernoulli_log_likelihood(recon, x_flat, event_dims=1)
         return ops.gaussian_log_likelihood(recon, x_flat, obs_logvar, event_dims=1)
@@ -173,6 +190,8 @@ class VAE(nn.Module):
     def _data_mean(self, params: torch.Tensor) -> torch.Tensor:
         """Mean of p(x|z) in data space, shaped (N, *data_shape) when data_shape is known."""
         n = params.shape[0]
+        if self.likelihood in _I.IMAGE_LIKELIHOODS:
+            return _I.image_mean(self.likelihood, params, self.data_shape, self.num_mixtures, self.bits)
         recon, _ = self._observation(params, (n,))
         mean = torch.sigmoid(recon) if self.likelihood == "bernoulli" else recon
         return mean.reshape(n, *self.data_shape) if self.data_shape is not None else mean
@@ -232,12 +251,16 @@ class VAE(nn.Module):
                     reduction: str) -> torch.Tensor:
         x_flat = self._flat(x)
         recon, obs_logvar = self._observation(out.recon, (x_flat.shape[0],))
-        if free_bits == 0:
+        if free_bits == 0 and self.likelihood in LIKELIHOODS[:2]:
             self._check_recon(recon, x_flat)
             return _F.elbo(recon, x_flat, out.mu, out.logvar, likelihood=self.likelihood,
                            obs_logvar=obs_logvar, beta=beta, reduction=reduction, kl=out.kl)
         # Free bits need the KL of each latent dim before summing; the likelihood stays fused.
-        loss = -self._log_px(recon, x_flat, obs_logvar) + beta * free_bits_kl(out.mu, out.logvar, free_bits)
+        # The image likelihoods are their own ops (not yet terms of the whole-ELBO op).
+        kl = free_bits_kl(out.mu, out.logvar, free_bits) if free_bits else out.kl
+        if kl is None:
+            kl = _F.kl_standard_normal(out.mu, out.logvar)
+        loss = -self._log_px(recon, x_flat, obs_logvar) + beta * kl
         return _O.reduce(loss, reduction)
 
     def _reference_loss(self, x: torch.Tensor, beta: float, free_bits: float, reduction: str) -> torch.Tensor:
@@ -246,11 +269,12 @@ class VAE(nn.Module):
         mu, logvar = self._encode(x)
         z = _R.reparameterize(mu, logvar)
         recon, obs_logvar = self._observation(self.decode(z), (x_flat.shape[0],))
-        if free_bits == 0:
+        if free_bits == 0 and self.likelihood in LIKELIHOODS[:2]:
             self._check_recon(recon, x_flat)
             return _R.elbo(recon, x_flat, mu, logvar, likelihood=self.likelihood,
                            obs_logvar=obs_logvar, beta=beta, reduction=reduction)
-        loss = -self._log_px(recon, x_flat, obs_logvar, fused=False) + beta * free_bits_kl(mu, logvar, free_bits)
+        kl = free_bits_kl(mu, logvar, free_bits) if free_bits else _R.kl_standard_normal(mu, logvar)
+        loss = -self._log_px(recon, x_flat, obs_logvar, fused=False) + beta * kl
         return _O.reduce(loss, reduction)
 
     def _multi_sample_loss(self, x: torch.Tensor, beta: float, reduction: str, objective: Objective,
@@ -331,6 +355,8 @@ class VAE(nn.Module):
         params = self.decode(self._sample_latent(n, generator))
         if mean:
             return self._data_mean(params)
+        if self.likelihood in _I.IMAGE_LIKELIHOODS:
+            return _I.image_sample(self.likelihood, params, self.data_shape, self.num_mixtures, self.bits, generator)
         if self.likelihood == "bernoulli":
             return torch.bernoulli(self._data_mean(params), generator=generator)
         # Gaussian: every obs_logvar form (float, 0-dim, (D,), (n, D)) broadcasts over (n, D).
@@ -392,6 +418,8 @@ class VAE(nn.Module):
             data_shape=list(self.data_shape) if self.data_shape is not None else None,
             beta=self.beta,
         )
+        if self.likelihood in _I.IMAGE_LIKELIHOODS:
+            cfg.update(num_mixtures=self.num_mixtures, bits=self.bits)
         return cfg
 
     def extra_repr(self) -> str:
