@@ -80,6 +80,9 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="per_element"):
         init_output_bias(build_mlp_vae(10, hidden=(5,), latent_dim=2, likelihood="gaussian", obs_var="per_element"),
                          torch.rand(4, 10))
+    with pytest.raises(ValueError, match="not 'continuous_bernoulli'"):
+        init_output_bias(build_mlp_vae(10, hidden=(5,), latent_dim=2, likelihood="continuous_bernoulli"),
+                         torch.rand(4, 10))
 
 
 def test_trainer_option_sets_the_bias_and_resume_keeps_the_saved_weights(tmp_path):

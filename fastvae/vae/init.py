@@ -48,6 +48,8 @@ def init_output_bias(model: VAE, data: torch.Tensor, eps: float = 1e-3) -> VAE:
         raise ValueError("data must be a tensor of at least one example, shaped (N, *data_shape)")
     if not 0.0 < eps < 0.5:
         raise ValueError(f"eps must lie in (0, 0.5), got {eps}")
+    if model.likelihood not in ("bernoulli", "gaussian"):
+        raise ValueError(f"init_output_bias supports the bernoulli and gaussian likelihoods, not {model.likelihood!r}")
     if model.obs_var == "per_element":
         raise ValueError("init_output_bias does not support obs_var='per_element' (mean and log-variance share the layer)")
     layer = _output_layer(model)
