@@ -10,7 +10,7 @@ from pathlib import Path
 from .._args import check_int
 from ..training.options import seed_number
 from .checks import CLIError, check_device
-from .options import DATA_HELP, DataOptions, data_name
+from .options import DATA_HELP, DISCRETE_LIKELIHOODS, DataOptions, data_name
 
 __all__ = ["add_sample_args", "add_eval_args", "cmd_sample", "cmd_eval"]
 
@@ -111,7 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "test_log_likelihood_se": means["log_likelihood_se"], "nll": -means["log_likelihood"],
               "num_samples": args.num_samples, "test_bound": means["bound"],
               "bound_objective": trained_bound["objective"], "bound_num_samples": trained_bound["num_samples"]}
-    if model.likelihood in ("dmol", "logistic", "categorical"):  # image papers' unit: nats / (D ln 2)
+    if model.likelihood in DISCRETE_LIKELIHOODS:  # image papers' unit: nats / (D ln 2)
         per_dim = math.log(2) * data.input_dim
         result.update(test_bits_per_dim=-means["log_likelihood"] / per_dim, elbo_bits_per_dim=-means["elbo"] / per_dim)
     if args.json:

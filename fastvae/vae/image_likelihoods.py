@@ -95,6 +95,14 @@ def _logistic_mean_and_mixture(p: torch.Tensor, c: int, m: int) -> Tuple[torch.T
     return logit, rest
 
 
+def _component(blocks: torch.Tensor, pick: torch.Tensor, j: int) -> torch.Tensor:
+    """Entry j (0 means, 1 log-scales, 2 coefficients) of each pixel's picked mixture component:
+    blocks (n, C, 3 | 2, M, H, W), pick (n, 1, H, W) component indices -> (n, C, H, W)."""
+    n, c = blocks.shape[:2]
+    index = pick.unsqueeze(1).expand(n, c, 1, *pick.shape[2:])
+    return blocks[:, :, j].gather(2, index).squeeze(2)
+
+
 def image_mean(likelihood: str, params: torch.Tensor, image_shape: Sequence[int], num_mixtures: int,
                bits: int) -> torch.Tensor:
     """A point estimate of x | z in [0, 1], (n, C, H, W): the mean (mixtures: the mean of the
@@ -113,10 +121,10 @@ def image_mean(likelihood: str, params: torch.Tensor, image_shape: Sequence[int]
         return ((p[:, :c].clamp(-1, 1) + 1) / 2)
     logit, blocks = _logistic_mean_and_mixture(p, c, num_mixtures)
     pick = logit.argmax(dim=1, keepdim=True)  # (n, 1, H, W)
-    means = blocks[:, :, 0].gather(2, pick.unsqueeze(1).expand(n, c, 1, *p.shape[2:])).squeeze(2)
+    means = _component(blocks, pick, 0)
     out = means.clone()
     if c == 3:
-        coef = torch.tanh(blocks[:, :, 2].gather(2, pick.unsqueeze(1).expand(n, c, 1, *p.shape[2:])).squeeze(2))
+        coef = torch.tanh(_component(blocks, pick, 2))
         red = out[:, 0].clamp(-1, 1)
         out[:, 1] = means[:, 1] + coef[:, 0] * red
         green = out[:, 1].clamp(-1, 1)
@@ -161,16 +169,12 @@ def image_sample(likelihood: str, params: torch.Tensor, image_shape: Sequence[in
         return to_levels(logistic(p[:, :c], p[:, c:])) / top
     logit, blocks = _logistic_mean_and_mixture(p, c, num_mixtures)
     gumbel = -torch.log(-torch.log(uniform(logit.shape)))
-    pick = (logit + gumbel).argmax(dim=1, keepdim=True).unsqueeze(1).expand(n, c, 1, *p.shape[2:])
-
-    def chosen(j: int) -> torch.Tensor:
-        return blocks[:, :, j].gather(2, pick).squeeze(2)  # (n, C, H, W)
-
-    mean, log_scale = chosen(0), chosen(1)
+    pick = (logit + gumbel).argmax(dim=1, keepdim=True)
+    mean, log_scale = _component(blocks, pick, 0), _component(blocks, pick, 1)
     out = torch.empty_like(mean)
     out[:, 0] = to_levels(logistic(mean[:, 0], log_scale[:, 0])) / top * 2 - 1
     if c == 3:
-        coef = torch.tanh(chosen(2))
+        coef = torch.tanh(_component(blocks, pick, 2))
         out[:, 1] = to_levels(logistic(mean[:, 1] + coef[:, 0] * out[:, 0], log_scale[:, 1])) / top * 2 - 1
         out[:, 2] = to_levels(logistic(mean[:, 2] + coef[:, 1] * out[:, 0] + coef[:, 2] * out[:, 1],
                                        log_scale[:, 2])) / top * 2 - 1

@@ -30,8 +30,10 @@ from .objectives import Objective, free_bits_kl, make_objective
 
 __all__ = ["VAEOutput", "VAE", "LIKELIHOODS", "OBS_VARS", "LOSS_IMPLS", "free_bits_kl"]
 
-#: The whole-ELBO op's likelihoods, then the image likelihoods (`fastvae.vae.image_likelihoods`).
-LIKELIHOODS = ("bernoulli", "gaussian") + _I.IMAGE_LIKELIHOODS
+#: The likelihoods of the whole-ELBO op (`fastvae.functional.elbo`).
+_ELBO_OP_LIKELIHOODS = ("bernoulli", "gaussian")
+#: Those, then the image likelihoods (`fastvae.vae.image_likelihoods`).
+LIKELIHOODS = _ELBO_OP_LIKELIHOODS + _I.IMAGE_LIKELIHOODS
 OBS_VARS = ("fixed", "scalar", "per_dim", "per_element")
 #: `VAE.loss` implementations: the fused kernels, or plain PyTorch (`fastvae.reference`).
 LOSS_IMPLS = ("fused", "reference")
@@ -169,7 +171,7 @@ class VAE(nn.Module):
         return recon, (self.obs_logvar if self.likelihood == "gaussian" else 0.0)
 
     def _check_recon(self, recon: torch.Tensor, x_flat: torch.Tensor) -> None:
-        if self.likelihood in LIKELIHOODS[:2] and recon.shape[-1] != x_flat.shape[-1]:
+        if self.likelihood in _ELBO_OP_LIKELIHOODS and recon.shape[-1] != x_flat.shape[-1]:
             raise ValueError(
                 f"decoder gives {recon.shape[-1]} values per example but x has {x_flat.shape[-1]}"
             )
@@ -251,7 +253,7 @@ class VAE(nn.Module):
                     reduction: str) -> torch.Tensor:
         x_flat = self._flat(x)
         recon, obs_logvar = self._observation(out.recon, (x_flat.shape[0],))
-        if free_bits == 0 and self.likelihood in LIKELIHOODS[:2]:
+        if free_bits == 0 and self.likelihood in _ELBO_OP_LIKELIHOODS:
             self._check_recon(recon, x_flat)
             return _F.elbo(recon, x_flat, out.mu, out.logvar, likelihood=self.likelihood,
                            obs_logvar=obs_logvar, beta=beta, reduction=reduction, kl=out.kl)
@@ -269,7 +271,7 @@ class VAE(nn.Module):
         mu, logvar = self._encode(x)
         z = _R.reparameterize(mu, logvar)
         recon, obs_logvar = self._observation(self.decode(z), (x_flat.shape[0],))
-        if free_bits == 0 and self.likelihood in LIKELIHOODS[:2]:
+        if free_bits == 0 and self.likelihood in _ELBO_OP_LIKELIHOODS:
             self._check_recon(recon, x_flat)
             return _R.elbo(recon, x_flat, mu, logvar, likelihood=self.likelihood,
                            obs_logvar=obs_logvar, beta=beta, reduction=reduction)
