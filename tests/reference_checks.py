@@ -54,3 +54,13 @@ def check_compile_fullgraph(ll, logits, *rest, tol=1e-6):
     compiled = torch.compile(loss, fullgraph=True, backend="inductor")(logits, *rest)
     (g_compiled,) = torch.autograd.grad(compiled, logits)
     assert rel_err(compiled, eager) < tol and rel_err(g_compiled, g_eager) < tol
+
+
+def stream_eps(mu64, logvar64, num_samples, generator, seed):
+    """The eps the fused sampler draws for ``seed``, from a float64 draw of the same stream
+    (z = mu + e^(logvar/2) eps solved for eps): the float64 reference then samples the same z."""
+    from fastvae import functional as F
+
+    z64 = F.reparameterize(mu64.detach(), logvar64.detach(), num_samples=num_samples,
+                           generator=generator.manual_seed(seed))
+    return (z64 - mu64.detach()) / torch.exp(0.5 * logvar64.detach())

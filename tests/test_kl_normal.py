@@ -15,7 +15,7 @@ from fastvae import reference as R
 from fastvae.bench.dispatch import DispatchCounter, op_base
 
 from .conftest import TOL, cpu_and_cuda, rel_err
-from .reference_checks import DTYPES, check_forward_and_backward
+from .reference_checks import DTYPES, check_forward_and_backward, stream_eps
 
 ops = torch.ops.fastvae
 # (rows, cols): 1, 7, 1025 and 100003 rows; a row longer than the CPU's row chunk (65536).
@@ -150,8 +150,7 @@ def test_sample_with_prior_is_sample_and_kl_in_one(device, dtype, shape, p_shape
     # Reference on float64 copies, with the stream's eps from a float64 draw of the same seed.
     leaves64 = [t.detach().double().requires_grad_() for t in (mu, lv, pm, plv)]
     m64, l64 = leaves64[:2]
-    z64 = F.reparameterize(m64.detach(), l64.detach(), num_samples=num_samples, generator=gen.manual_seed(seed))
-    eps = (z64 - m64.detach()) / torch.exp(0.5 * l64.detach())
+    eps = stream_eps(m64, l64, num_samples, gen, seed)
     z_ref, kl_ref = R.reparameterize_with_kl(m64, l64, num_samples, eps, prior_mu=leaves64[2],
                                              prior_logvar=leaves64[3])
     assert torch.allclose(kl_ref, _distributions_kl(*leaves64), rtol=1e-12, atol=0)

@@ -13,7 +13,7 @@ from fastvae import reference as R
 
 from .conftest import TOL, cpu_and_cuda, rel_err
 from .philox_ref import fastvae_eps
-from .reference_checks import DTYPES
+from .reference_checks import DTYPES, stream_eps
 
 ops = torch.ops.fastvae
 
@@ -124,8 +124,7 @@ def test_reparameterize_with_kl_is_sample_and_kl_in_one(device, dtype, shape, us
     assert rel_err(z, z_alone) <= (0 if device == "cpu" else 1e-6 if dtype != torch.float64 else 1e-14)
     # Reference on float64 copies, with the stream's eps from a float64 draw of the same seed.
     m64, l64 = mu.detach().double().requires_grad_(), lv.detach().double().requires_grad_()
-    z64 = F.reparameterize(m64.detach(), l64.detach(), num_samples=3, generator=gen.manual_seed(seed))
-    eps = (z64 - m64.detach()) / torch.exp(0.5 * l64.detach())
+    eps = stream_eps(m64, l64, 3, gen, seed)
     z_ref, kl_ref = R.reparameterize(m64, l64, num_samples=3, eps=eps), R.kl_standard_normal(m64, l64)
     assert rel_err(z, z_ref) <= TOL[dtype] and rel_err(kl, kl_ref) <= TOL[dtype]
     w_z, w_kl = torch.randn_like(z_ref), torch.randn_like(kl_ref)
