@@ -137,6 +137,9 @@ left() { echo $((DEADLINE - $(date +%s))); }
 kit_works() {  # kit_works [SECONDS]: fastvae imports here, CUDA built (and on the device: a GPU seen)
   local check="import fastvae, torch; assert fastvae.CUDA_BUILT, 'built without CUDA'" t
   [ "$DRY" = 1 ] || check+="; assert fastvae.cuda_available(), 'no CUDA device visible'"
+  # A dry run on a machine whose build left the CUDA kernels out (make's rule when no GPU is
+  # visible) rehearses the rest; with FASTVAE_CUDA=1 (CI) the CUDA build is required as on the device.
+  [ "$DRY" = 1 ] && [ "${FASTVAE_CUDA:-}" != 1 ] && check="import fastvae, torch"
   t=$(left); [ "$t" -gt "${1:-60}" ] && t=${1:-60}
   [ "$t" -gt 0 ] || { echo "kit: no time left in the stage's cap"; return 124; }
   timeout -k 2 "$t" "$PY" -c "$check; print('fastvae', fastvae.__file__, 'CUDA built', fastvae.CUDA_BUILT)"

@@ -353,7 +353,7 @@ def test_the_loss_op_writes_only_the_gradients_autograd_needs(device, form):
         assert torch.equal(ops.elbo(*(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
                                       and a is not x else a for a in args)), full[0])
     loss = ops.elbo(*args)
-    assert loss.grad_fn.name() == "torch::autograd::CppNode<fastvae::autograd::ElboLoss>"
+    assert loss.grad_fn.name() == "fastvae::autograd::ElboLoss"
     got = torch.autograd.grad(loss, [recon, mu, lv])
     want = torch.autograd.grad(ops.elbo_loss(*args, [True, True, o is not None])[0], [recon, mu, lv])
     for g, w in zip(got, want):

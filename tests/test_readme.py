@@ -9,6 +9,8 @@ and links they show exist.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shlex
@@ -68,10 +70,15 @@ def _env() -> Dict[str, str]:
 
 @lru_cache(maxsize=None)
 def cli_help(sub: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "fastvae", sub, "--help"], capture_output=True, text=True,
-                            timeout=300, env=_env(), cwd=ROOT)
-    assert result.returncode == 0, f"fastvae {sub} --help failed: {result.stderr[-2000:]}"
-    return result.stdout
+    """`fastvae SUB --help`, from the CLI's own entry point in this process (a fresh interpreter per
+    subcommand cost a torch import each; tests/test_cli.py runs `python -m fastvae --help`)."""
+    from fastvae.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exited:
+        main([sub, "--help"])
+    assert exited.value.code in (0, None), f"fastvae {sub} --help exited with {exited.value.code}"
+    return out.getvalue()
 
 
 def fastvae_calls(line: str) -> List[Tuple[str, List[str]]]:

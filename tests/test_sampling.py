@@ -85,7 +85,25 @@ def test_no_sample_dim_is_one_sample_shaped_like_mu(device, op):
     for g, r in zip(got, want):
         assert torch.equal(g, r)
     z = F.reparameterize(mu, lv)
-    assert z.shape == mu.shape and z.grad_fn.name().startswith("torch::autograd::CppNode")  # no view node
+    assert z.shape == mu.shape and z.grad_fn.name() == "fastvae::autograd::Reparameterize"  # no view node
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("shape", [(5, 7), (1, 1), (3, 1025)])
+def test_backward_op_reads_a_mu_shaped_grad_z_as_one_sample(device, shape):
+    """The autograd node hands z's gradient to reparameterize_backward as it is (no per-step
+    unsqueeze): mu's shape means one sample, the same gradients as (1, *shape); other shapes raise."""
+    mu, lv = torch.randn(shape, device=device), torch.randn(shape, device=device)
+    state = torch.tensor([int(torch.randint(0, 2**62, ())), 3], device=device)
+    gz, gkl = torch.randn(shape, device=device), torch.randn(shape[0], device=device)
+    for kl in (None, gkl):
+        flat = torch.ops.fastvae.reparameterize_backward(gz, mu, lv, state, kl)
+        one = torch.ops.fastvae.reparameterize_backward(gz.unsqueeze(0), mu, lv, state, kl)
+        for a, b in zip(flat, one):
+            assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="grad_z must be"):
+        torch.ops.fastvae.reparameterize_backward(gz.t().contiguous() if shape[0] != shape[1] else gz[:, :0],
+                                                  mu, lv, state, None)
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())

@@ -2,6 +2,7 @@
 // Autograd key): calling an op's kernel below autograd, and refusing double backward loudly.
 #pragma once
 
+#include <ATen/FuncTorchTLS.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -37,6 +38,12 @@ template <typename Ret, typename... Args, typename... CallArgs>
 Ret call_below_autograd(const c10::TypedOperatorHandle<Ret(Args...)>& op, CallArgs&&... args) {
   at::AutoDispatchBelowADInplaceOrView guard;
   return op.call(std::forward<CallArgs>(args)...);
+}
+
+// What torch::autograd::Function::apply does first, for the hand-written nodes: functorch's
+// transforms (vmap, grad) do not support C++ autograd nodes, so they raise instead of computing.
+inline void refuse_functorch() {
+  if (const auto& tls = at::functorch::functorchTLSAccessor()) tls->checkSupportsCppAutogradFunction();
 }
 
 namespace detail {

@@ -1,6 +1,11 @@
 // Autograd for reparameterised sampling. Only mu, logvar and the 2-element Philox state (the
 // sampling op's last output) are saved: the backward kernels draw eps again from the state
 // instead of storing it.
+//
+// The node is written by hand, as torch's generated ones are, not with
+// torch::autograd::Function: every training step runs it, and at small sizes Function's general
+// machinery (per-input and per-output metadata copies, view, dirty and forward-AD handling)
+// costs more host time than the kernel itself (issue 17, benchmarks/bench_host.py).
 #include <torch/library.h>
 
 #include "autograd/common.h"
@@ -9,94 +14,92 @@
 namespace fastvae {
 namespace autograd {
 
+using torch::autograd::SavedVariable;
+
+// The backward node of reparameterize (kl_output false: one output, z) and of
+// reparameterize_with_kl (outputs z and kl; the state output gets no gradient). Edges: mu, logvar.
+struct ReparameterizeNode : torch::autograd::Node {
+  ReparameterizeNode(bool kl_output, const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& state)
+      : kl_output_(kl_output), mu_(mu, false), logvar_(logvar, false), state_(state, false) {}
+
+  std::string name() const override {
+    return kl_output_ ? "fastvae::autograd::ReparameterizeWithKl" : "fastvae::autograd::Reparameterize";
+  }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    mu_.reset_data();
+    logvar_.reset_data();
+    state_.reset_data();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const at::Tensor& grad_z = grads[0];
+    const at::Tensor grad_kl = kl_output_ ? grads[1] : at::Tensor();
+    if (!grad_z.defined() && !grad_kl.defined()) return variable_list(2);
+    const at::Tensor mu = mu_.unpack(), logvar = logvar_.unpack(), state = state_.unpack();
+    at::Tensor grad_mu, grad_logvar;
+    if (!grad_z.defined()) {
+      // Only the KL was used: its own backward, which draws no eps.
+      static const auto kl_op = find_op<TensorPair(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
+          "fastvae::kl_standard_normal_backward");
+      std::tie(grad_mu, grad_logvar) = call_below_autograd(kl_op, grad_kl.contiguous(), mu, logvar);
+    } else {
+      // The sample's gradient, and the KL's when it was used too: one pass over mu and logvar.
+      // grad_z has z's shape: (num_samples, *mu.shape), or mu's own for one sample drawn without
+      // the sample dim, which the backward op reads as one sample.
+      using BackwardSig = TensorPair(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                     const std::optional<at::Tensor>&);
+      static const auto op = find_op<BackwardSig>("fastvae::reparameterize_backward");
+      std::tie(grad_mu, grad_logvar) = call_below_autograd(
+          op, grad_z.contiguous(), mu, logvar, state,
+          grad_kl.defined() ? std::optional<at::Tensor>(grad_kl.contiguous()) : std::nullopt);
+    }
+    return once_differentiable(kl_output_ ? "fastvae::reparameterize_with_kl" : "fastvae::reparameterize",
+                               {grad_mu, grad_logvar}, grads);
+  }
+
+ private:
+  const bool kl_output_;
+  SavedVariable mu_, logvar_, state_;
+};
+
 namespace {
-
-using BackwardSig = TensorPair(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               const std::optional<at::Tensor>&);
-
-// d/dmu and d/dlogvar from the sample's gradient, plus the KL's when grad_kl is given: one pass.
-// A sample drawn without the sample dim (num_samples None) is one sample to the backward op.
-TensorPair sampling_backward(const at::Tensor& grad_z, const variable_list& saved,
-                             const std::optional<at::Tensor>& grad_kl) {
-  static const auto op = find_op<BackwardSig>("fastvae::reparameterize_backward");
-  const at::Tensor g = grad_z.dim() == saved[0].dim() ? grad_z.unsqueeze(0) : grad_z;
-  return call_below_autograd(op, g.contiguous(), saved[0], saved[1], saved[2], grad_kl);
-}
-
-}  // namespace
 
 using SampleSig = TensorPair(const at::Tensor&, const at::Tensor&, std::optional<int64_t>,
                              std::optional<at::Generator>, const std::optional<at::Tensor>&);
 using SampleKlSig = TensorTriple(const at::Tensor&, const at::Tensor&, std::optional<int64_t>,
                                  std::optional<at::Generator>, const std::optional<at::Tensor>&);
 
-// Outputs (z, [kl,] rng_state): the state is saved for the backward pass and gets no gradient.
-class Reparameterize : public torch::autograd::Function<Reparameterize> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
-                               std::optional<int64_t> num_samples, std::optional<at::Generator> generator,
-                               const std::optional<at::Tensor>& rng_state) {
-    static const auto op = find_op<SampleSig>("fastvae::reparameterize");
-    auto [z, state] = call_below_autograd(op, mu, logvar, num_samples, std::move(generator), rng_state);
-    ctx->save_for_backward({mu, logvar, state});
-    ctx->mark_non_differentiable({state});
-    ctx->set_materialize_grads(false);
-    return {z, state};
-  }
+// z (and kl) get the node as their history when mu or logvar needs a gradient; the state never.
+void attach(bool kl_output, const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& z,
+            const at::Tensor& kl, const at::Tensor& state) {
+  refuse_functorch();
+  if (!torch::autograd::compute_requires_grad(mu, logvar)) return;
+  auto node = detail::make_node<ReparameterizeNode>(kl_output, mu, logvar, state);
+  node->set_next_edges(torch::autograd::collect_next_edges(mu, logvar));
+  torch::autograd::set_history(z, node);
+  if (kl_output) torch::autograd::set_history(kl, node);
+}
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return variable_list(5);
-    auto [grad_mu, grad_logvar] = sampling_backward(grads[0], ctx->get_saved_variables(), std::nullopt);
-    return once_differentiable("fastvae::reparameterize", {grad_mu, grad_logvar, {}, {}, {}}, grads);
-  }
-};
-
-class ReparameterizeWithKl : public torch::autograd::Function<ReparameterizeWithKl> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
-                               std::optional<int64_t> num_samples, std::optional<at::Generator> generator,
-                               const std::optional<at::Tensor>& rng_state) {
-    static const auto op = find_op<SampleKlSig>("fastvae::reparameterize_with_kl");
-    auto [z, kl, state] = call_below_autograd(op, mu, logvar, num_samples, std::move(generator), rng_state);
-    ctx->save_for_backward({mu, logvar, state});
-    ctx->mark_non_differentiable({state});
-    // A term nobody used sends no gradient: no zero tensor of z's size is made for it.
-    ctx->set_materialize_grads(false);
-    return {z, kl, state};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const at::Tensor &grad_z = grads[0], &grad_kl = grads[1];
-    if (!grad_z.defined() && !grad_kl.defined()) return variable_list(5);
-    const auto saved = ctx->get_saved_variables();
-    at::Tensor grad_mu, grad_logvar;
-    if (!grad_z.defined()) {
-      // Only the KL was used: its own backward, which draws no eps.
-      static const auto kl_op = find_op<TensorPair(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
-          "fastvae::kl_standard_normal_backward");
-      std::tie(grad_mu, grad_logvar) = call_below_autograd(kl_op, grad_kl.contiguous(), saved[0], saved[1]);
-    } else {
-      // Both terms' gradients in one pass over mu and logvar.
-      std::tie(grad_mu, grad_logvar) = sampling_backward(
-          grad_z, saved, grad_kl.defined() ? std::optional<at::Tensor>(grad_kl.contiguous()) : std::nullopt);
-    }
-    return once_differentiable("fastvae::reparameterize_with_kl", {grad_mu, grad_logvar, {}, {}, {}}, grads);
-  }
-};
-
-namespace {
 TensorPair reparameterize(const at::Tensor& mu, const at::Tensor& logvar, std::optional<int64_t> num_samples,
                           std::optional<at::Generator> generator, const std::optional<at::Tensor>& rng_state) {
-  auto out = Reparameterize::apply(mu, logvar, num_samples, std::move(generator), rng_state);
-  return {out[0], out[1]};
+  static const auto op = find_op<SampleSig>("fastvae::reparameterize");
+  auto [z, state] = call_below_autograd(op, mu, logvar, num_samples, std::move(generator), rng_state);
+  attach(false, mu, logvar, z, at::Tensor(), state);
+  return {z, state};
 }
+
 TensorTriple reparameterize_with_kl(const at::Tensor& mu, const at::Tensor& logvar,
-                                    std::optional<int64_t> num_samples,
-                                    std::optional<at::Generator> generator,
+                                    std::optional<int64_t> num_samples, std::optional<at::Generator> generator,
                                     const std::optional<at::Tensor>& rng_state) {
-  auto out = ReparameterizeWithKl::apply(mu, logvar, num_samples, std::move(generator), rng_state);
-  return {out[0], out[1], out[2]};
+  static const auto op = find_op<SampleKlSig>("fastvae::reparameterize_with_kl");
+  auto [z, kl, state] = call_below_autograd(op, mu, logvar, num_samples, std::move(generator), rng_state);
+  attach(true, mu, logvar, z, kl, state);
+  return {z, kl, state};
 }
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastvae, Autograd, m) {

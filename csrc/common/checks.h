@@ -156,15 +156,22 @@ inline void check_kl_grad(const std::optional<at::Tensor>& grad_kl, const at::Te
 }
 
 // reparameterize_backward: the sampling inputs, the KL output's gradient if any, and grad_z, the
-// incoming gradient of z: contiguous (num_samples, *mu.shape), of mu's dtype and device.
+// incoming gradient of z: contiguous (num_samples, *mu.shape), or mu's shape for one sample
+// drawn without the sample dim (no view is made for it on every step), of mu's dtype and device.
 inline void check_sampling_backward(const at::Tensor& grad_z, const at::Tensor& mu, const at::Tensor& logvar,
                                     const at::Tensor& rng_state, const std::optional<at::Tensor>& grad_kl) {
   check_sampling_inputs(mu, logvar, rng_state);
   check_kl_grad(grad_kl, mu);
-  TORCH_CHECK(grad_z.dim() == mu.dim() + 1 && grad_z.numel() == grad_z.size(0) * mu.numel() &&
+  const bool one = grad_z.dim() == mu.dim() && grad_z.sizes() == mu.sizes();
+  TORCH_CHECK((one || (grad_z.dim() == mu.dim() + 1 && grad_z.numel() == grad_z.size(0) * mu.numel())) &&
                   grad_z.scalar_type() == mu.scalar_type() && grad_z.is_contiguous(),
-              "fastvae: grad_z must be a contiguous (num_samples, *mu.shape) tensor of mu's dtype");
+              "fastvae: grad_z must be a contiguous (num_samples, *mu.shape) or mu-shaped tensor of mu's dtype");
   check_same_device(grad_z, "grad_z", mu, "mu");
+}
+
+// The samples grad_z holds (check_sampling_backward's two shapes).
+inline int64_t grad_z_samples(const at::Tensor& grad_z, const at::Tensor& mu) {
+  return grad_z.dim() == mu.dim() ? 1 : grad_z.size(0);
 }
 
 }  // namespace fastvae

@@ -216,7 +216,7 @@ TensorQuad reparameterize_with_kl_normal_backward(const at::Tensor& grad_z, cons
   GradTensors out(mu, logvar, prior_mu, prior_logvar);
   TensorQuad result;
   const PhiloxState st = read_state(rng_state);
-  const int64_t n = mu.numel(), cols = mu.size(1), samples = grad_z.size(0);
+  const int64_t n = mu.numel(), cols = mu.size(1), samples = grad_z_samples(grad_z, mu);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_with_kl_normal_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     constexpr int64_t V = Vec<acc_t>::size();

@@ -99,7 +99,7 @@ TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& m
   auto grad_mu = large_output(at::empty_like(mu));
   auto grad_logvar = large_output(at::empty_like(logvar));
   const PhiloxState st = read_state(rng_state);
-  const int64_t samples = grad_z.size(0);
+  const int64_t samples = grad_z_samples(grad_z, mu);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparameterize_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* g = grad_z.const_data_ptr<scalar_t>();

@@ -299,7 +299,7 @@ TensorQuad reparameterize_with_kl_normal_backward(const at::Tensor& grad_z, cons
     const acc_t* g = grad_kl.const_data_ptr<acc_t>();
     row_map(mu.size(0), mu.size(1),
             KlNormalGradsFn<scalar_t>{a, g, out.pointers<scalar_t>(), grad_z.const_data_ptr<scalar_t>(),
-                                      rng_state.const_data_ptr<int64_t>(), mu.numel(), grad_z.size(0)});
+                                      rng_state.const_data_ptr<int64_t>(), mu.numel(), grad_z_samples(grad_z, mu)});
     result = out.finish<scalar_t>(a, prior_mu, prior_logvar, mu.size(0), g);
   });
   return result;

@@ -254,7 +254,7 @@ TensorPair reparameterize_backward(const at::Tensor& grad_z, const at::Tensor& m
             SampleGrads<scalar_t>{grad_z.const_data_ptr<scalar_t>(), mu.const_data_ptr<scalar_t>(),
                                   logvar.const_data_ptr<scalar_t>(), rng_state.const_data_ptr<int64_t>(), gkl,
                                   grad_mu.mutable_data_ptr<scalar_t>(), grad_logvar.mutable_data_ptr<scalar_t>(), n,
-                                  grad_z.size(0), mu.dim() == 2 ? mu.size(1) : 1});
+                                  grad_z_samples(grad_z, mu), mu.dim() == 2 ? mu.size(1) : 1});
   });
   return {grad_mu, grad_logvar};
 }
