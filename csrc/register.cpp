@@ -5,7 +5,7 @@
 #include <torch/library.h>
 #ifndef FASTVAE_NO_PYTHON
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>  // not torch/extension.h: the module binds no tensors, and that header doubles the compile
 
 #include <algorithm>
 #include <vector>

@@ -193,6 +193,8 @@ class ElboLossWithGrads : public torch::autograd::Function<ElboLossWithGrads> {
   }
 };
 
+namespace {
+
 // fastvae::elbo's backward node: its edges are the present tensor inputs in schema order.
 struct ElboLoss : torch::autograd::Node {
   explicit ElboLoss(ElboState s) : flags_(s.flags), x_rows_(std::move(s.x_rows)), rows_(std::move(s.rows)) {
@@ -227,8 +229,6 @@ struct ElboLoss : torch::autograd::Node {
   c10::SymInt x_rows_, rows_;
   std::array<torch::autograd::SavedVariable, kNumSaved> saved_;
 };
-
-namespace {
 
 ElboOutputs elbo_loss(const at::Tensor& recon, const at::Tensor& x, const std::optional<at::Tensor>& kl,
                       const std::optional<at::Tensor>& mu, const std::optional<at::Tensor>& logvar,
