@@ -5,7 +5,10 @@ formula, written here from its description): the benchmark baseline of
 What it does that the fused op does not: a bin whose probability is below 1e-5 gets the density
 at its centre times the bin width instead of its probability (and the difference of the two CDFs
 is clamped at 1e-10 inside the log), and the edge bins are chosen by ``x < -0.999`` /
-``x > 0.999``. Every intermediate is a (B, 3, M, H, W) tensor that autograd keeps.
+``x > 0.999`` (PixelCNN++'s thresholds: level 2^bits - 2 stays an interior bin; NVAE's ``x > 0.99``
+would send 8-bit level 254 to the top bin). Every intermediate is a (B, C, M, H, W) tensor that
+autograd keeps. Grey images (C = 1, PixelCNN++'s one-channel variant) take params (B, 3 M, H, W):
+logits, means, log-scales, no channel coupling.
 """
 from __future__ import annotations
 
@@ -17,19 +20,23 @@ import torch.nn.functional as F
 
 def eager_dmol_log_likelihood(params: torch.Tensor, x: torch.Tensor, num_mixtures: int,
                               bits: int = 8) -> torch.Tensor:
-    """log p(x) per image (B,) for params (B, 10 M, H, W) and x (B, 3, H, W) float in [-1, 1]."""
+    """log p(x) per image (B,) for params (B, 10 M, H, W) and x (B, 3, H, W) float in [-1, 1]
+    (or params (B, 3 M, H, W) and x (B, 1, H, W))."""
     M = num_mixtures
     B, C, H, W = x.shape
+    if C not in (1, 3):
+        raise ValueError(f"x must have 1 or 3 channels, got {C}")
     top = 2**bits - 1
     logits = params[:, :M]
-    blocks = params[:, M:].reshape(B, C, 3 * M, H, W)
+    blocks = params[:, M:].reshape(B, C, (3 if C == 3 else 2) * M, H, W)
     means = blocks[:, :, :M]
     log_scales = torch.clamp(blocks[:, :, M:2 * M], min=-7.0)
-    coefs = torch.tanh(blocks[:, :, 2 * M:3 * M])
     xe = x.unsqueeze(2).expand(B, C, M, H, W)
-    green = means[:, 1] + coefs[:, 0] * xe[:, 0]
-    blue = means[:, 2] + coefs[:, 1] * xe[:, 0] + coefs[:, 2] * xe[:, 1]
-    means = torch.stack([means[:, 0], green, blue], dim=1)
+    if C == 3:
+        coefs = torch.tanh(blocks[:, :, 2 * M:3 * M])
+        green = means[:, 1] + coefs[:, 0] * xe[:, 0]
+        blue = means[:, 2] + coefs[:, 1] * xe[:, 0] + coefs[:, 2] * xe[:, 1]
+        means = torch.stack([means[:, 0], green, blue], dim=1)
     centred = xe - means
     inv_s = torch.exp(-log_scales)
     plus = inv_s * (centred + 1.0 / top)
