@@ -32,6 +32,7 @@ import math
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -173,7 +174,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device="cpu",
                          binarize=None, eval_samples=0, progress=False, checkpoint_every=0)
     t0 = time.perf_counter()
-    summary = Trainer(model, train, None, config).fit()
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"fastvae-quality-{args.data}-{args.variant}-"))
+    summary = Trainer(model, train, None, config, out_dir=run_dir).fit()
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     scores = evaluate(model, test, 10, torch.device("cpu"), args.seed + 7, num_samples=args.num_samples)
@@ -193,7 +195,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "paired_bits_per_dim_baseline_formula": bits_per_dim(base.mean().item(), dims),
         "baseline_formula_minus_exact_nats": diff.mean().item(),
         "baseline_formula_minus_exact_nats_max": diff.max().item(),
-        "train_seconds": train_s, "eval_seconds": eval_s, "threads": torch.get_num_threads(),
+        "run_dir": str(run_dir), "train_seconds": train_s, "eval_seconds": eval_s, "threads": torch.get_num_threads(),
         "device": f"cpu ({_cpu()})", "torch": torch.__version__,
         "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -243,6 +245,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--samples", action="store_true", help="also write OUT/<data>-<variant>-samples.png")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="where the Trainer writes checkpoint.pt and metrics.jsonl (default: a temporary directory)")
     p.add_argument("--table", action="store_true", help="print the Markdown table of OUT/*.json and exit")
     args = p.parse_args()
     if args.table:
