@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -143,23 +141,9 @@ def load(name: str, train_size: Optional[int], test_size: Optional[int]) -> Tupl
     return train, test, f"{name}: {len(train)} train / {len(test)} test of {tuple(data.image_shape)} ({where})"
 
 
-def _cpu() -> str:
-    """The CPU's model name (Linux), else the platform's word for it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Train one variant, score it, write its JSON (and samples); returns the result."""
+    from fastvae.bench.report import environment
     from fastvae.training import TrainConfig, Trainer, evaluate, seed_everything
     from fastvae.vae import build_conv_vae
     from fastvae.vae import plots
@@ -196,9 +180,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "baseline_formula_minus_exact_nats": diff.mean().item(),
         "baseline_formula_minus_exact_nats_max": diff.max().item(),
         "run_dir": str(run_dir), "train_seconds": train_s, "eval_seconds": eval_s, "threads": torch.get_num_threads(),
-        "device": f"cpu ({_cpu()})", "torch": torch.__version__,
-        "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+    env = environment(torch.device("cpu"))
+    result.update(device=f"cpu ({env['device']})", torch=env["torch"], commit=env["fastvae_commit"],
+                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), environment=env)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.data}-{args.variant}-seed{args.seed}.json").write_text(json.dumps(result, indent=1) + "\n")
     if args.samples:
