@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -193,8 +194,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 def table(results: Sequence[Dict[str, Any]]) -> str:
     """Markdown table: one row per data set and variant, the seeds' bits/dim side by side."""
-    rows = ["| data | loss in training | test bits/dim, IS (per seed) | ELBO bits/dim (per seed) | "
-            "baseline formula's bits/dim (per seed) | train s (per seed) |", "|---|---|---|---|---|---|"]
+    rows = ["| data | loss in training | test bits/dim, IS (per seed) | mean ± sd | ELBO bits/dim (per seed) | "
+            "baseline formula's bits/dim (per seed) | train s (per seed) |", "|---|---|---|---|---|---|---|"]
     groups: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["data"], r["variant"]), []).append(r)
@@ -206,7 +207,9 @@ def table(results: Sequence[Dict[str, Any]]) -> str:
             return " / ".join(fmt.format(r[key]) for r in runs)
 
         name = "fused (exact)" if variant == "fused" else "eager baseline"
-        rows.append(f"| {data} | {name} | {col('bits_per_dim')} | {col('bits_per_dim_elbo')} | "
+        bpd = [r["bits_per_dim"] for r in runs]
+        spread = f"{statistics.mean(bpd):.4f} ± {statistics.stdev(bpd):.4f}" if len(bpd) > 1 else "-"
+        rows.append(f"| {data} | {name} | {col('bits_per_dim')} | {spread} | {col('bits_per_dim_elbo')} | "
                     f"{col('paired_bits_per_dim_baseline_formula')} | {col('train_seconds', '{:.0f}')} |")
     return "\n".join(rows)
 

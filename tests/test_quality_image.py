@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -109,4 +110,6 @@ def test_table_lists_each_variant_with_its_seeds_in_order():
     lines = text.splitlines()
     assert len(lines) == 5
     assert lines[2].startswith("| photos | fused") and "4.0000 / 4.1000" in lines[2]
+    assert f"{statistics.mean([4.0, 4.1]):.4f} ± {statistics.stdev([4.0, 4.1]):.4f}" in lines[2]
+    assert "| - |" in lines[4]  # one seed: no spread
     assert lines[3].startswith("| mnist | fused") and lines[4].startswith("| mnist | eager")
