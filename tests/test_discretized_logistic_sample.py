@@ -90,6 +90,34 @@ def test_mix_levels_follow_the_likelihood(device, C, bits, dtype, M):
         assert_frequencies_differ(counts, _mix_probs(rolled, M, bits))
 
 
+def _continuous_coupling_sample(base, M, bits, N):
+    """NVAE's / PixelCNN++'s eager sampler: as the op, but green and blue are coupled with red's and
+    green's clipped continuous draws instead of their levels' values (not the likelihood's law)."""
+    top, P = 2**bits - 1, base.shape[2]
+    p = base.expand(N, -1, -1)
+    pick = (p[:, :M] - torch.log(-torch.log(torch.rand(N, M, P, dtype=p.dtype)))).argmax(1, keepdim=True)
+    blocks = p[:, M:].reshape(N, 3, 3, M, P)
+    take = lambda j: blocks[:, :, j].gather(2, pick.unsqueeze(1).expand(N, 3, 1, P)).squeeze(2)  # noqa: E731
+    mean, log_scale, coef = take(0), take(1), torch.tanh(take(2))
+    y, levels = [], []
+    for c in range(3):
+        m = mean[:, c] + (coef[:, 0] * y[0] if c == 1 else 0) + (coef[:, 1] * y[0] + coef[:, 2] * y[1] if c == 2 else 0)
+        u = torch.rand(m.shape, dtype=m.dtype)
+        y.append((m + log_scale[:, c].clamp(min=-7).exp() * (u.log() - (-u).log1p())).clamp(-1, 1))
+        levels.append(torch.round((y[-1] + 1) / 2 * top))
+    return torch.stack(levels, 1)
+
+
+def test_the_frequency_test_rejects_coupling_with_continuous_draws():
+    """Positive control for the coupling: the eager sampler that couples with the continuous draws
+    (a law close to the likelihood's: only the rounding of red and green differs) is rejected by
+    the same test at the same N that the op passes."""
+    M, bits, N = 1, 3, 60000
+    base = _mix_params(3, M, 3)
+    counts = counts_of(_outcomes(_continuous_coupling_sample(base, M, bits, N), bits), 512)
+    assert_frequencies_differ(counts, _mix_probs(base, M, bits))
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_logistic_levels_follow_the_likelihood(device, dtype):

@@ -77,6 +77,17 @@ def _check_mix_params(params: object, num_mixtures: object, bits: object) -> int
     return _check_bits(bits)
 
 
+def _check_logistic_args(mean: object, log_scale: object, bits: object) -> int:
+    """One logistic's mean (B, C, *spatial) and log_scale floating tensors on one device; bits checked."""
+    check_float("mean", mean)
+    check_float("log_scale", log_scale)
+    if mean.dim() < 2:
+        raise ValueError(f"mean must be (B, C, *spatial), got shape {tuple(mean.shape)}")
+    bits = _check_bits(bits)
+    check_devices(mean=mean, log_scale=log_scale)
+    return bits
+
+
 def _mean_and_log_scale(mean: torch.Tensor, log_scale: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """One logistic's operands as (B, C, S) pixels of mean's dtype: log_scale broadcast to mean's
     shape (read in place, not copied)."""
@@ -141,12 +152,7 @@ def discretized_logistic_log_likelihood(
     to mean's dtype; ``x`` has mean's shape, levels or float values in [-1, 1] as for
     :func:`discretized_mix_logistic_log_likelihood` (same bins, same clamp of the log-scale).
     """
-    check_float("mean", mean)
-    check_float("log_scale", log_scale)
-    if mean.dim() < 2:
-        raise ValueError(f"mean must be (B, C, *spatial), got shape {tuple(mean.shape)}")
-    bits = _check_bits(bits)
-    check_devices(mean=mean, log_scale=log_scale)
+    bits = _check_logistic_args(mean, log_scale, bits)
     xl = _levels(x, mean, "mean")
     if xl.shape != mean.shape:
         raise ValueError(f"x has shape {tuple(xl.shape)} but mean has shape {tuple(mean.shape)}")
@@ -193,12 +199,7 @@ def sample_discretized_logistic(
     broadcasts to mean's shape as for the likelihood; strides, dtypes, ``generator`` and NaN as
     for :func:`sample_discretized_mix_logistic`.
     """
-    check_float("mean", mean)
-    check_float("log_scale", log_scale)
-    if mean.dim() < 2:
-        raise ValueError(f"mean must be (B, C, *spatial), got shape {tuple(mean.shape)}")
-    bits = _check_bits(bits)
-    check_devices(mean=mean, log_scale=log_scale)
+    bits = _check_logistic_args(mean, log_scale, bits)
     check_generator(generator, mean, "mean")
     m, ls = _mean_and_log_scale(mean, log_scale)
     return ops.sample_discretized_logistic(m, ls, bits, generator).view(mean.shape)
