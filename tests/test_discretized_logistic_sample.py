@@ -3,7 +3,8 @@ sample_discretized_logistic): the empirical frequencies of every level (jointly 
 channels of the mixture, so that the coupling with the channels drawn first is checked) against
 the exact probabilities of the likelihood ops, with positive controls; the Philox stream (the
 uniforms of the Gaussian sampler's counters); the emulated CUDA kernels drawing the CPU's levels
-for the same generator state; strides, dtypes, reproducibility, argument errors.
+for the same generator state; strides, dtypes, reproducibility, argument errors, opcheck and
+torch.compile.
 """
 from __future__ import annotations
 
@@ -285,3 +286,15 @@ def test_opcheck():
     # From the generator each call differs: only the checks that do not compare two calls.
     torch.library.opcheck(ops.sample_discretized_mix_logistic, (params, 5, 8),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_compile_fullgraph_draws_the_eager_levels():
+    """torch.compile(fullgraph=True) keeps the op (no graph break) and, from the same default
+    generator state, draws the eager levels."""
+    torch._dynamo.reset()
+    params = torch.randn(2, 30, 4, 5)
+    compiled = torch.compile(lambda t: F.sample_discretized_mix_logistic(t, 3, bits=5), fullgraph=True)
+    torch.manual_seed(3)
+    got = compiled(params)
+    torch.manual_seed(3)
+    assert torch.equal(got, F.sample_discretized_mix_logistic(params, 3, bits=5))
