@@ -266,14 +266,16 @@ void logistic_sample_cpu(const at::Tensor& mean, const at::Tensor& log_scale, in
   const int64_t C = mean.size(1), S = mean.size(2);
   const scalar_t* mp = mean.const_data_ptr<scalar_t>();
   const scalar_t* lp = log_scale.const_data_ptr<scalar_t>();
+  const int64_t mb = mean.stride(0), mc = mean.stride(1), ms = mean.stride(2);
+  const int64_t lb = log_scale.stride(0), lc = log_scale.stride(1), ls = log_scale.stride(2);
   out_t* O = out.mutable_data_ptr<out_t>();
   std::atomic<bool> bad{false};
   at::parallel_for(0, mean.size(0) * C * S, kSampleGrain, [&](int64_t q0, int64_t q1) {
     PhiloxWords words(st);
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t b = q / (C * S), c = (q / S) % C, s = q % S;
-      const acc_t m = static_cast<acc_t>(mp[b * mean.stride(0) + c * mean.stride(1) + s * mean.stride(2)]);
-      const acc_t l = static_cast<acc_t>(lp[b * log_scale.stride(0) + c * log_scale.stride(1) + s * log_scale.stride(2)]);
+      const acc_t m = static_cast<acc_t>(mp[b * mb + c * mc + s * ms]);
+      const acc_t l = static_cast<acc_t>(lp[b * lb + c * lc + s * ls]);
       const int64_t v = value_level(logistic_draw(m, l, philox_open_unit<acc_t>(words(static_cast<uint64_t>(q)))), top);
       if (v < 0) bad = true;
       O[q] = static_cast<out_t>(v < 0 ? 0 : v);
