@@ -80,6 +80,16 @@ using ElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, a
                                                    const at::Tensor& log_scale,                  \
                                                    const at::Tensor& x, int64_t bits,            \
                                                    bool compute_grad);                           \
+  /* the samplers of the discrete likelihoods: integer levels (uint8 up to 256 levels, else  */ \
+  /* int32) from the Philox stream of (generator or rng_state), as the Gaussian sampler's     */ \
+  at::Tensor sample_discretized_mix_logistic(const at::Tensor& params, int64_t num_mixtures,      \
+                                             int64_t bits, std::optional<at::Generator> generator, \
+                                             const std::optional<at::Tensor>& rng_state);        \
+  at::Tensor sample_discretized_logistic(const at::Tensor& mean, const at::Tensor& log_scale,    \
+                                         int64_t bits, std::optional<at::Generator> generator,    \
+                                         const std::optional<at::Tensor>& rng_state);            \
+  at::Tensor sample_categorical(const at::Tensor& logits, std::optional<at::Generator> generator, \
+                                const std::optional<at::Tensor>& rng_state);                     \
   /* density */                                                                                  \
   at::Tensor gaussian_log_density(const at::Tensor& z, const at::Tensor& mu,                     \
                                   const at::Tensor& logvar);                                     \

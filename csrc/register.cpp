@@ -30,8 +30,10 @@
 // Gaussian one without compute_grad and its gradient outputs; 10: num_samples optional in the
 // samplers, and fastvae::elbo; 11: the kl_normal family; 12: fastvae::iwae_bound and fastvae::dreg_gate;
 // 13: the image likelihoods: fastvae::continuous_bernoulli_log_likelihood,
-// fastvae::categorical_log_likelihood and the discretized_logistic family).
-#define FASTVAE_OPS_VERSION 13
+// fastvae::categorical_log_likelihood and the discretized_logistic family; 15: the samplers
+// fastvae::sample_discretized_mix_logistic, fastvae::sample_discretized_logistic and
+// fastvae::sample_categorical).
+#define FASTVAE_OPS_VERSION 15
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a
@@ -83,6 +85,18 @@ FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   m.def("discretized_mix_logistic_log_likelihood(Tensor params, Tensor x, int num_mixtures, int bits) -> Tensor");
   m.def("discretized_logistic_log_likelihood(Tensor mean, Tensor log_scale, Tensor x, int bits) -> Tensor");
 #endif
+  // The discrete likelihoods' samplers: integer levels (uint8 for up to 256 levels, else int32)
+  // from the Philox stream of the Gaussian sampler (a fresh (seed, offset) from the generator, or
+  // the given rng_state): the mixture's (B, C, S) of params (B, 10 M or 3 M, S), one logistic's
+  // (B, C, S) of mean / log_scale (B, C, S), the categorical's (B, C * P) of logits (B, K, C, P).
+  m.def("sample_discretized_mix_logistic(Tensor params, int num_mixtures, int bits, Generator? generator=None, "
+        "Tensor? rng_state=None) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
+  m.def("sample_discretized_logistic(Tensor mean, Tensor log_scale, int bits, Generator? generator=None, "
+        "Tensor? rng_state=None) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
+  m.def("sample_categorical(Tensor logits, Generator? generator=None, Tensor? rng_state=None) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
   m.def("gaussian_log_density(Tensor z, Tensor mu, Tensor logvar) -> Tensor");
   m.def("gaussian_log_density_backward(Tensor grad, Tensor z, Tensor mu, Tensor logvar) -> (Tensor, Tensor, Tensor)");
   m.def("standard_normal_log_density(Tensor z) -> Tensor");
@@ -182,6 +196,9 @@ at::Tensor logistic_ll_only(const at::Tensor& mean, const at::Tensor& log_scale,
          &fastvae::ns::discretized_mix_logistic_log_likelihood_with_grad);                      \
   m.impl("discretized_logistic_log_likelihood_with_grad",                                     \
          &fastvae::ns::discretized_logistic_log_likelihood_with_grad);                          \
+  m.impl("sample_discretized_mix_logistic", &fastvae::ns::sample_discretized_mix_logistic);    \
+  m.impl("sample_discretized_logistic", &fastvae::ns::sample_discretized_logistic);            \
+  m.impl("sample_categorical", &fastvae::ns::sample_categorical);                              \
   m.impl("gaussian_log_density", &fastvae::ns::gaussian_log_density);                          \
   m.impl("gaussian_log_density_backward", &fastvae::ns::gaussian_log_density_backward);        \
   m.impl("standard_normal_log_density", &fastvae::ns::standard_normal_log_density);            \

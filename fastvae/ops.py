@@ -177,6 +177,37 @@ def _(mean, log_scale, x, bits):
     return _rows_out(mean)
 
 
+def _levels_out(like: torch.Tensor, shape, levels: int) -> torch.Tensor:
+    """The samplers' integer levels (csrc/common/checks.h level_dtype): uint8 up to 256 levels, else int32."""
+    return like.new_empty(shape, dtype=torch.uint8 if levels <= 256 else torch.int32)
+
+
+@torch.library.register_fake("fastvae::sample_discretized_mix_logistic")
+def _(params, num_mixtures, bits, generator=None, rng_state=None):
+    # Mirrors csrc/common/discretized_logistic_checks.h: params (B, 10 M or 3 M, S) -> (B, 3 or 1, S).
+    _same_device(params=params, rng_state=rng_state)
+    if params.dim() != 3 or params.shape[1] not in (10 * num_mixtures, 3 * num_mixtures):
+        raise RuntimeError(f"fastvae: params must be (B, 10 M or 3 M, S) for M = {num_mixtures}, "
+                           f"got shape {tuple(params.shape)}")
+    channels = 3 if params.shape[1] == 10 * num_mixtures else 1
+    return _levels_out(params, (params.shape[0], channels, params.shape[2]), 2**bits)
+
+
+@torch.library.register_fake("fastvae::sample_discretized_logistic")
+def _(mean, log_scale, bits, generator=None, rng_state=None):
+    _same_device(mean=mean, log_scale=log_scale, rng_state=rng_state)
+    return _levels_out(mean, mean.shape, 2**bits)
+
+
+@torch.library.register_fake("fastvae::sample_categorical")
+def _(logits, generator=None, rng_state=None):
+    # logits (B, K, C, P) -> levels (B, C * P).
+    _same_device(logits=logits, rng_state=rng_state)
+    if logits.dim() != 4:
+        raise ValueError(f"fastvae: logits must be 4-D (B, K, C, P), got {logits.dim()}-D")
+    return _levels_out(logits, (logits.shape[0], logits.shape[2] * logits.shape[3]), logits.shape[1])
+
+
 @torch.library.register_fake("fastvae::gaussian_log_density")
 def _(z, mu, logvar):
     _same_device(z=z, mu=mu, logvar=logvar)

@@ -2,9 +2,12 @@
 image in float64 (values and gradients per dtype, 1 to 100003 subpixels, 256 and 16 classes),
 channels-last and non-contiguous logits read in place, the probabilities of all levels summing to
 1, edge logits and levels, out-of-range levels, float64 gradcheck, torch.compile, bad input; the
-emulated CUDA kernels through ``emu``."""
+emulated CUDA kernels through ``emu``. The sampler: frequencies of every class against the
+softmax (bounds in tests/frequency_checks.py), its Philox stream, the emulated CUDA kernel's
+levels equal to the CPU's."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +15,8 @@ from fastvae import functional as F
 from fastvae import reference as R
 
 from .conftest import TOL, cpu_and_cuda, rel_err
+from .frequency_checks import assert_frequencies_differ, assert_frequencies_match, counts_of
+from .philox_ref import fastvae_counters, philox4x32_10
 from .reference_checks import DTYPES, check_compile_fullgraph, check_forward_and_backward
 
 # (B, K, C, *spatial): 1, 7, 1035 and 100003 subpixels.
@@ -144,3 +149,71 @@ def test_compile_fullgraph():
 def test_bad_input_names_the_argument(logits, x, name):
     with pytest.raises(ValueError, match=name):
         F.categorical_log_likelihood(logits, x)
+
+
+# ---------------------------------------------------------------- the sampler
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_sampled_levels_follow_the_softmax(device, dtype):
+    """N draws of 6 subpixels of 12 classes (a class at -inf, one subpixel nearly certain, logits
+    class-innermost: channels-last, read in place, expanded over the batch) against the softmax of
+    the logits (the likelihood's exp(ll) of every class); control: the softmax at temperature 1.1."""
+    N = 40000
+    base = torch.randn(1, 2, 3, 12, dtype=torch.float64) * 1.5
+    base[0, 0, 1, 4] = -float("inf")
+    base[0, 1, 2, 7] = 9.0
+    logits = base.to(dtype).permute(0, 3, 1, 2)  # (1, 12, 2, 3), classes innermost
+    levels = F.sample_categorical(logits.to(device).expand(N, -1, -1, -1))
+    assert levels.shape == (N, 2, 3) and levels.dtype == torch.uint8
+    counts = counts_of(levels.reshape(N, 6), 12)
+    lg = logits.double().expand(12, -1, -1, -1)
+    x = torch.arange(12).view(12, 1, 1).expand(12, 2, 3)
+    probs = torch.stack([F.categorical_log_likelihood(lg[:, :, c:c + 1, p:p + 1], x[:, c:c + 1, p:p + 1]).exp()
+                         for c in range(2) for p in range(3)])
+    assert torch.allclose(probs, logits.double().softmax(1)[0].permute(1, 2, 0).reshape(6, 12), atol=1e-12)
+    assert counts[1, 4] == 0
+    assert_frequencies_match(counts, probs)
+    assert_frequencies_differ(counts, (logits.double() / 1.1).softmax(1)[0].permute(1, 2, 0).reshape(6, 12))
+
+
+def test_sampler_stream_generators_and_dtypes():
+    """Subpixel q draws at uniform q of the Gaussian sampler's Philox counters (float64: the
+    inverse CDF recomputed from the reference words); one generator state, one draw; more than 256
+    classes give int32 levels; no gradient."""
+    seed, offset = 0x0BAD_5EED_1234_5678, 4 * 31
+    logits = torch.randn(2, 9, 3, 5, dtype=torch.float64)
+    got = torch.ops.fastvae.sample_categorical(logits, None, torch.tensor([seed, offset]))
+    words = philox4x32_10(seed, *fastvae_counters(offset, np.arange(8, dtype=np.uint64))).T.reshape(-1)
+    u = (words[:30].astype(np.float64) + 0.5) * 2.0**-32
+    cdf = logits.softmax(1).cumsum(1).permute(0, 2, 3, 1).reshape(30, 9).numpy()
+    want = (cdf <= u.reshape(30, 1)).sum(1)
+    assert (got.reshape(-1).numpy() == want).all()
+    wide = torch.randn(3, 300, 2, 4, requires_grad=True)
+    a = F.sample_categorical(wide, torch.Generator().manual_seed(5))
+    assert a.dtype == torch.int32 and a.shape == (3, 2, 4) and not a.requires_grad and a.max() < 300
+    assert torch.equal(a, F.sample_categorical(wide, torch.Generator().manual_seed(5)))
+    with pytest.raises(ValueError, match="logits"):
+        F.sample_categorical(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="generator"):
+        F.sample_categorical(torch.randn(3, 4, 2), generator="seed")
+    bad = torch.randn(2, 5, 3)
+    bad[1, :, 2] = -float("inf")
+    with pytest.raises(ValueError, match="not a distribution"):
+        F.sample_categorical(bad)
+    state = torch.tensor([seed, 8])
+    torch.library.opcheck(torch.ops.fastvae.sample_categorical, (logits.requires_grad_(), None, state))
+    torch.library.opcheck(torch.ops.fastvae.sample_categorical, (wide.detach().bfloat16(), None, state))
+
+
+@pytest.mark.emu
+def test_sampler_on_the_emulated_cuda_kernels_draws_the_cpus_levels():
+    """Same generator state, same levels: the CUDA kernel (emulated) against the CPU's, for
+    strided float32 logits and bf16 ones of 300 classes."""
+    from . import emu
+
+    if not emu.AVAILABLE:
+        pytest.skip(emu.SKIP_REASON)
+    for logits in (torch.randn(3, 2, 7, 20).permute(0, 3, 1, 2), torch.randn(2, 300, 3, 4).bfloat16()):
+        out = [lib.sample_categorical(logits, torch.Generator().manual_seed(99))
+               for lib in (torch.ops.fastvae, torch.ops.fastvae_emu)]
+        assert torch.equal(out[0], out[1]) and out[0].unique().numel() > 3

@@ -1,6 +1,8 @@
 // Autograd for the categorical log-likelihood: the forward kernel writes d ll / d logits =
 // onehot(x) - softmax in the same pass (with compute_grad); backward scales it by the gradient
-// that arrived for each image. The integer levels x get no gradient.
+// that arrived for each image. The integer levels x get no gradient. The sampler returns integer
+// levels, which have no gradient: autograd's not-implemented kernel passes it through.
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include "autograd/common.h"
@@ -53,7 +55,10 @@ TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastvae, Autograd, m) { m.impl("categorical_log_likelihood", &categorical_log_likelihood); }
+TORCH_LIBRARY_IMPL(fastvae, Autograd, m) {
+  m.impl("categorical_log_likelihood", &categorical_log_likelihood);
+  m.impl("sample_categorical", torch::autograd::autogradNotImplementedFallback());
+}
 
 }  // namespace autograd
 }  // namespace fastvae

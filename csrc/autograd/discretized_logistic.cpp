@@ -1,6 +1,8 @@
 // Autograd for the discretized logistic likelihoods. The forward kernels write the parameters'
 // gradients for an incoming gradient of 1 (compute_grad); backward scales them per row by the
-// gradient that arrived. x (data) gets no gradient.
+// gradient that arrived. x (data) gets no gradient. The samplers return integer levels, which
+// have no gradient: autograd's not-implemented kernel passes them through below autograd.
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include "autograd/common.h"
@@ -139,6 +141,8 @@ TORCH_LIBRARY_IMPL(fastvae, Autograd, m) {
   m.impl("discretized_logistic_log_likelihood_with_grad", &logistic_with_grad);
   m.impl("discretized_mix_logistic_log_likelihood", &mix);
   m.impl("discretized_logistic_log_likelihood", &logistic);
+  m.impl("sample_discretized_mix_logistic", torch::autograd::autogradNotImplementedFallback());
+  m.impl("sample_discretized_logistic", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace autograd

@@ -11,6 +11,10 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
+#include <limits>
+#include <optional>
+
 #include "common/checks.h"
 #include "common/vae_math.h"
 
@@ -29,6 +33,17 @@ inline void check_categorical(const at::Tensor& logits, const at::Tensor& x) {
                     x.sizes(), " but logits has shape ", logits.sizes(), " (x must be (B, C * P) for logits (B, K, C, P))");
 }
 
+// The sampler's logits (B, K, C, P) of any strides; its levels are (B, C * P), uint8 for up to
+// 256 classes, int32 above.
+inline void check_categorical_sample(const at::Tensor& logits, const std::optional<at::Tensor>& rng_state) {
+  TORCH_CHECK_VALUE(logits.dim() == 4, "fastvae: logits must be 4-D (B, K, C, P), got ", logits.dim(), "-D");
+  TORCH_CHECK_VALUE(is_reduced_or_float(logits.scalar_type()),
+                    "fastvae: logits must be float64, float32, bfloat16 or float16, got ", logits.scalar_type());
+  TORCH_CHECK_VALUE(logits.size(1) >= 1, "fastvae: logits must have at least one class (dim 1)");
+  TORCH_CHECK_VALUE(logits.size(1) <= (int64_t{1} << 31) - 1, "fastvae: logits have too many classes for int32 levels");
+  if (rng_state.has_value() && rng_state->defined()) check_rng_state(*rng_state, logits, "logits");
+}
+
 // One step of the running log-sum-exp over classes: (m, s) = (max so far, sum of exp(v - m)).
 // One exp per class; -inf logits add nothing, NaN ones make s NaN.
 template <typename T>
@@ -45,6 +60,33 @@ FV_HD void lse_step(T v, T& m, T& s) {
 template <typename L>
 FV_HD bool level_ok(L v, int64_t classes) {
   return static_cast<int64_t>(v) >= 0 && static_cast<int64_t>(v) < classes;
+}
+
+// A draw of a class by the inverse CDF at u in (0, 1) (the sampler, the likelihood's twin): one
+// walk over the K logits for the running max m and sum se of exp(l - m) (lse_step), a second
+// accumulating exp(l_k - m) until it passes u se. Rounding can leave the second sum a few ulp short
+// of se; then the draw is the last class of nonzero weight. -1 when the weights are not a
+// distribution (a NaN logit, every logit -inf, two +inf ones); one +inf logit is drawn surely.
+template <typename T, typename Load>
+FV_HD int64_t categorical_draw(const Load& load, int64_t classes, T u) {
+  const T inf = std::numeric_limits<T>::infinity();
+  T m = T(0) - inf, se = T(0);
+  int64_t last = -1, top_inf = -1;
+  for (int64_t k = 0; k < classes; ++k) {
+    const T v = load(k);
+    lse_step(v, m, se);
+    if (v > T(0) - inf) last = k;
+    if (v == inf && top_inf < 0) top_inf = k;
+  }
+  if (top_inf >= 0) return se == T(1) ? top_inf : -1;  // exp(inf - inf): NaN for a second +inf
+  if (!(se > T(0)) || !(se < inf)) return -1;
+  const T target = u * se;
+  T cum = T(0);
+  for (int64_t k = 0; k < classes; ++k) {
+    cum += fv_exp(load(k) - m);
+    if (cum > target) return k;
+  }
+  return last;
 }
 
 }  // namespace fastvae

@@ -52,10 +52,22 @@ inline at::ScalarType acc_dtype(at::ScalarType t) {
 }
 
 // The 2-element int64 (seed, offset) tensor the sampling ops read their Philox stream from.
-inline void check_rng_state(const at::Tensor& s, const at::Tensor& like) {
+inline void check_rng_state(const at::Tensor& s, const at::Tensor& like, const char* like_name = "mu") {
   TORCH_CHECK(s.scalar_type() == at::kLong && s.numel() == 2 && s.is_contiguous(),
               "fastvae: rng_state must be a contiguous int64 tensor of 2 elements (seed, offset)");
-  check_same_device(s, "rng_state", like, "mu");
+  check_same_device(s, "rng_state", like, like_name);
+}
+
+// The dtype of the discrete samplers' levels 0 .. levels - 1: uint8 for up to 256 levels (8-bit
+// images), int32 above (int16 would not hold the 2^16 levels of 16-bit data).
+inline at::ScalarType level_dtype(int64_t levels) { return levels <= 256 ? at::kByte : at::kInt; }
+// Calls f(out_t{}) with out_t the C++ type of the levels tensor out (uint8_t or int32_t).
+template <typename F>
+void dispatch_level_type(const at::Tensor& out, const F& f) {
+  if (out.scalar_type() == at::kByte)
+    f(uint8_t{});
+  else
+    f(int32_t{});
 }
 
 // (rows,) incoming gradient of a row-sum op: contiguous, of the accumulation dtype.

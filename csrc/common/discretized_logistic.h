@@ -174,4 +174,58 @@ FV_HD MixComponent<T> mix_component(const Load& load, int64_t m, int64_t M, int6
   return out;
 }
 
+// ---------------------------------------------------------------- sampling (the ops' twins)
+// The level of a sampled value y: y clipped to [-1, 1] and rounded to the nearest level, i.e. the
+// level whose bin (the likelihood's: [x - h, x + h], the edge levels open outwards) holds y;
+// -1 for a NaN y.
+template <typename T>
+FV_HD int64_t value_level(T y, int64_t top) {
+  const T t = (y + T(1)) * T(0.5) * static_cast<T>(top);
+  if (!(t == t)) return -1;
+  if (t <= T(0)) return 0;
+  if (t >= static_cast<T>(top)) return top;
+  return static_cast<int64_t>(t + T(0.5));  // t > 0: truncation is floor
+}
+
+// A logistic draw by its inverse CDF at u in (0, 1): mean + e^s (log u - log(1 - u)), the raw
+// log-scale ls clamped below at kLogisticMinLogScale as in the likelihood (NaN stays NaN).
+template <typename T>
+FV_HD T logistic_draw(T mean, T ls, T u) {
+  const T lo(kLogisticMinLogScale);
+  const T s = fv_select_nonneg(lo - ls, lo, ls);
+  return mean + fv_exp(s) * (dl_log(u) - dl_log1p(T(0) - u));
+}
+
+// One pixel of the mixture (the layout of mix_component): the component by Gumbel-max over the
+// M logits, logit_m - log(-log u_m) with uniforms 0 .. M - 1, then channel c's level from a
+// logistic draw with uniform M + c, its mean coupled (C = 3) through tanh with the level values
+// 2 v / top - 1 already drawn for the earlier channels, exactly as the likelihood couples the
+// data's. load(k) returns channel k of params at the pixel, uniform(j) the pixel's j-th uniform.
+// Writes the C levels to v; all -1 when a logit or a draw is NaN.
+template <typename T, typename Load, typename Uniform>
+FV_HD void mix_sample(const Load& load, const Uniform& uniform, int64_t M, int64_t C, int64_t top, int64_t* v) {
+  int64_t pick = 0;
+  T best(0);
+  bool bad = false;
+  for (int64_t m = 0; m < M; ++m) {
+    const T g = load(m) - dl_log(T(0) - dl_log(uniform(m)));
+    bad = bad || !(g == g);
+    if (m == 0 || g > best) best = g, pick = m;
+  }
+  T xv[3];
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t blk = mix_block(c, M, C);
+    T mean = load(blk + pick);
+    if (C == 3 && c == 1) mean = mean + dl_tanh(load(mix_block(0, M, C) + 2 * M + pick)) * xv[0];
+    if (C == 3 && c == 2)
+      mean = (mean + dl_tanh(load(mix_block(1, M, C) + 2 * M + pick)) * xv[0]) +
+             dl_tanh(load(mix_block(2, M, C) + 2 * M + pick)) * xv[1];
+    v[c] = value_level(logistic_draw(mean, load(blk + M + pick), uniform(M + c)), top);
+    bad = bad || v[c] < 0;
+    xv[c] = static_cast<T>(level_value(v[c] < 0 ? 0 : v[c], top));
+  }
+  if (bad)
+    for (int64_t c = 0; c < C; ++c) v[c] = -1;
+}
+
 }  // namespace fastvae

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 
 #include "common/checks.h"
 #include "common/discretized_logistic.h"
@@ -77,6 +78,30 @@ inline at::Tensor grad_like(const at::Tensor& t) {
   if (t.is_non_overlapping_and_dense() && (t.size(0) == 1 || t.stride(0) * t.size(0) == t.numel()))
     return at::empty_like(t);
   return at::empty(t.sizes(), t.options());
+}
+
+// The mixture sampler's params (B, 10 M or 3 M, S): returns C (3 or 1).
+inline int64_t check_mix_sample(const at::Tensor& params, int64_t num_mixtures, int64_t bits,
+                                const std::optional<at::Tensor>& rng_state) {
+  check_pixels(params, "params");
+  TORCH_CHECK(bits >= 1 && bits <= 16, "fastvae: bits must be in [1, 16], got ", bits);
+  TORCH_CHECK(num_mixtures >= 1, "fastvae: num_mixtures must be >= 1, got ", num_mixtures);
+  const int64_t K = params.size(1);
+  TORCH_CHECK(K == 10 * num_mixtures || K == 3 * num_mixtures, "fastvae: params must have 10 M (3 channels) or ",
+              "3 M (1 channel) channels for M = ", num_mixtures, " mixtures, got ", K);
+  if (rng_state.has_value() && rng_state->defined()) check_rng_state(*rng_state, params, "params");
+  return K == 10 * num_mixtures ? 3 : 1;
+}
+
+// One logistic's sampler: mean and log_scale (B, C, S) of one dtype.
+inline void check_logistic_sample(const at::Tensor& mean, const at::Tensor& log_scale, int64_t bits,
+                                  const std::optional<at::Tensor>& rng_state) {
+  check_pixels(mean, "mean");
+  check_pixels(log_scale, "log_scale");
+  check_same_shape(mean, "mean", log_scale, "log_scale");
+  TORCH_CHECK(mean.scalar_type() == log_scale.scalar_type(), "fastvae: mean and log_scale must share a dtype");
+  TORCH_CHECK(bits >= 1 && bits <= 16, "fastvae: bits must be in [1, 16], got ", bits);
+  if (rng_state.has_value() && rng_state->defined()) check_rng_state(*rng_state, mean, "mean");
 }
 
 }  // namespace fastvae

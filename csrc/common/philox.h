@@ -85,6 +85,37 @@ FV_HD T philox_u2(uint32_t bits) {
   return static_cast<T>(bits) * T(2.3283064365386963e-10);
 }
 
+// Uniforms of the same stream, for the samplers of discrete data (the discretized_logistic and
+// categorical families): uniform i of a call is the 32-bit word i % 4 of group i / 4 (the group's
+// counter as above), mapped into the open interval (0, 1), symmetric about 1/2 and exact:
+// float takes the top 24 bits k, (k + 1/2) 2^-24; double all 32, (bits + 1/2) 2^-32.
+template <typename T>
+FV_HD T philox_open_unit(uint32_t bits);
+template <>
+FV_HD float philox_open_unit<float>(uint32_t bits) {
+  return (static_cast<float>(bits >> 8) + 0.5f) * 5.9604644775390625e-8f;
+}
+template <>
+FV_HD double philox_open_unit<double>(uint32_t bits) {
+  return (static_cast<double>(bits) + 0.5) * 2.3283064365386963e-10;
+}
+
+// The words of a call's stream by flat index, one Philox group computed per group of 4 indices
+// in a row (a sampler reads its indices in increasing order).
+struct PhiloxWords {
+  PhiloxState st;
+  uint64_t group = ~uint64_t{0};
+  uint32_t c[4] = {0, 0, 0, 0};
+  FV_HD explicit PhiloxWords(PhiloxState s) : st(s) {}
+  FV_HD uint32_t operator()(uint64_t i) {
+    if (i / 4 != group) {
+      group = i / 4;
+      philox_group_bits(st, group, c);
+    }
+    return c[i % 4];
+  }
+};
+
 // The four standard normals of one Philox group, in precision T (float or double):
 // (c0, c1) -> lanes 0 (cos) and 1 (sin), (c2, c3) -> lanes 2 and 3.
 template <typename T>

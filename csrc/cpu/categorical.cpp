@@ -18,12 +18,15 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <vector>
 
 #include "cpu/vec_math.h"
 #include "common/categorical.h"
+#include "common/philox.h"
+#include "cpu/normals.h"
 #include "cpu/outputs.h"
 #include "ops.h"
 
@@ -225,6 +228,33 @@ void categorical_forward(const at::Tensor& logits, const at::Tensor& x, at::Tens
   }
 }
 
+// The sampler, one subpixel at a time (the likelihood's twin): subpixel q = b C P + s (the
+// levels' flat index) draws by the inverse CDF (common/categorical.h) at uniform q of the call's
+// stream, as the CUDA kernel does; tasks of kSampleGrain subpixels, so the levels do not depend
+// on the thread count.
+template <typename scalar_t, typename out_t>
+void categorical_sample_cpu(const at::Tensor& logits, PhiloxState st, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Strides str(logits);
+  const int64_t K = logits.size(1), S = out.size(1);
+  const scalar_t* L = logits.const_data_ptr<scalar_t>();
+  out_t* O = out.mutable_data_ptr<out_t>();
+  const int64_t grain = std::max<int64_t>(1, 32768 / K);
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, out.numel(), grain, [&](int64_t q0, int64_t q1) {
+    PhiloxWords words(st);
+    for (int64_t q = q0; q < q1; ++q) {
+      const scalar_t* l = L + (q / S) * str.b + str.at(q % S);
+      const auto load = [&](int64_t k) { return static_cast<acc_t>(l[k * str.k]); };
+      const int64_t v = categorical_draw<acc_t>(load, K, philox_open_unit<acc_t>(words(static_cast<uint64_t>(q))));
+      if (v < 0) bad = true;
+      O[q] = static_cast<out_t>(v < 0 ? 0 : v);
+    }
+  });
+  TORCH_CHECK_VALUE(!bad, "sample_categorical: the logits of a subpixel are not a distribution (a NaN logit, "
+                    "every logit -inf, or two +inf)");
+}
+
 }  // namespace
 
 TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
@@ -245,6 +275,18 @@ TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor
     }
   });
   return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
+}
+
+at::Tensor sample_categorical(const at::Tensor& logits, std::optional<at::Generator> generator,
+                              const std::optional<at::Tensor>& rng_state) {
+  check_categorical_sample(logits, rng_state);
+  auto out = at::empty({logits.size(0), logits.size(2) * logits.size(3)},
+                       logits.options().dtype(level_dtype(logits.size(1))));
+  const PhiloxState st = draw::read_state(draw::sampling_state(logits, generator, rng_state));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "categorical_sample", [&] {
+    dispatch_level_type(out, [&](auto tag) { categorical_sample_cpu<scalar_t, decltype(tag)>(logits, st, out); });
+  });
+  return out;
 }
 
 }  // namespace cpu

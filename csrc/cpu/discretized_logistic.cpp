@@ -29,6 +29,8 @@ inline Vec<T> dl_tanh(const Vec<T>& v) { return v.tanh(); }
 
 #include "common/discretized_logistic.h"
 #include "common/discretized_logistic_checks.h"
+#include "common/philox.h"
+#include "cpu/normals.h"
 #include "cpu/outputs.h"
 #include "ops.h"
 
@@ -222,6 +224,66 @@ void logistic_forward(const at::Tensor& mean, const at::Tensor& log_scale, const
                     "; float x must lie in [-1, 1])");
 }
 
+// ---------------------------------------------------------------- the samplers
+// Scalar loops over units (pixels of the mixture, subpixels of one logistic) in tasks of
+// kSampleGrain: unit q's uniforms are the flat indices q U .. q U + U - 1 of the call's stream
+// (common/philox.h), so the levels do not depend on the thread count, and the CUDA kernels (one
+// thread per unit, the same per-unit math) draw the same ones. Levels are (B, C, S) contiguous.
+constexpr int64_t kSampleGrain = 1024;
+
+constexpr const char* kNanDraw = "the parameters give a NaN draw (a NaN logit, mean, log-scale or coefficient)";
+
+template <typename scalar_t, typename out_t>
+void mix_sample_cpu(const at::Tensor& params, int64_t M, int64_t C, int64_t top, PhiloxState st, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t S = params.size(2), U = M + C;
+  const int64_t pb = params.stride(0), pk = params.stride(1), ps = params.stride(2);
+  const scalar_t* P = params.const_data_ptr<scalar_t>();
+  out_t* O = out.mutable_data_ptr<out_t>();
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, params.size(0) * S, kSampleGrain, [&](int64_t q0, int64_t q1) {
+    PhiloxWords words(st);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / S, s = q % S;
+      const scalar_t* base = P + b * pb + s * ps;
+      const auto load = [&](int64_t k) { return static_cast<acc_t>(base[k * pk]); };
+      const auto uniform = [&](int64_t j) { return philox_open_unit<acc_t>(words(static_cast<uint64_t>(q * U + j))); };
+      int64_t v[3];
+      mix_sample<acc_t>(load, uniform, M, C, top, v);
+      for (int64_t c = 0; c < C; ++c) {
+        if (v[c] < 0) bad = true;
+        O[(b * C + c) * S + s] = static_cast<out_t>(v[c] < 0 ? 0 : v[c]);
+      }
+    }
+  });
+  TORCH_CHECK_VALUE(!bad, "sample_discretized_mix_logistic: ", kNanDraw);
+}
+
+template <typename scalar_t, typename out_t>
+void logistic_sample_cpu(const at::Tensor& mean, const at::Tensor& log_scale, int64_t top, PhiloxState st,
+                         at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = mean.size(1), S = mean.size(2);
+  const scalar_t* mp = mean.const_data_ptr<scalar_t>();
+  const scalar_t* lp = log_scale.const_data_ptr<scalar_t>();
+  const int64_t mb = mean.stride(0), mc = mean.stride(1), ms = mean.stride(2);
+  const int64_t lb = log_scale.stride(0), lc = log_scale.stride(1), ls = log_scale.stride(2);
+  out_t* O = out.mutable_data_ptr<out_t>();
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, mean.size(0) * C * S, kSampleGrain, [&](int64_t q0, int64_t q1) {
+    PhiloxWords words(st);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / (C * S), c = (q / S) % C, s = q % S;
+      const acc_t m = static_cast<acc_t>(mp[b * mb + c * mc + s * ms]);
+      const acc_t l = static_cast<acc_t>(lp[b * lb + c * lc + s * ls]);
+      const int64_t v = value_level(logistic_draw(m, l, philox_open_unit<acc_t>(words(static_cast<uint64_t>(q)))), top);
+      if (v < 0) bad = true;
+      O[q] = static_cast<out_t>(v < 0 ? 0 : v);
+    }
+  });
+  TORCH_CHECK_VALUE(!bad, "sample_discretized_logistic: ", kNanDraw);
+}
+
 }  // namespace
 
 TensorPair discretized_mix_logistic_log_likelihood_with_grad(const at::Tensor& params, const at::Tensor& x,
@@ -248,6 +310,34 @@ TensorTriple discretized_logistic_log_likelihood_with_grad(const at::Tensor& mea
   });
   if (!compute_grad) return {ll, at::empty({0}, mean.options()), at::empty({0}, mean.options())};
   return {ll, gm, gl};
+}
+
+at::Tensor sample_discretized_mix_logistic(const at::Tensor& params, int64_t num_mixtures, int64_t bits,
+                                           std::optional<at::Generator> generator,
+                                           const std::optional<at::Tensor>& rng_state) {
+  const int64_t C = check_mix_sample(params, num_mixtures, bits, rng_state);
+  const int64_t top = (int64_t{1} << bits) - 1;
+  auto out = at::empty({params.size(0), C, params.size(2)}, params.options().dtype(level_dtype(top + 1)));
+  const PhiloxState st = draw::read_state(draw::sampling_state(params, generator, rng_state));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params.scalar_type(), "dmol_sample", [&] {
+    dispatch_level_type(out, [&](auto tag) {
+      mix_sample_cpu<scalar_t, decltype(tag)>(params, num_mixtures, C, top, st, out);
+    });
+  });
+  return out;
+}
+
+at::Tensor sample_discretized_logistic(const at::Tensor& mean, const at::Tensor& log_scale, int64_t bits,
+                                       std::optional<at::Generator> generator,
+                                       const std::optional<at::Tensor>& rng_state) {
+  check_logistic_sample(mean, log_scale, bits, rng_state);
+  const int64_t top = (int64_t{1} << bits) - 1;
+  auto out = at::empty(mean.sizes(), mean.options().dtype(level_dtype(top + 1)));
+  const PhiloxState st = draw::read_state(draw::sampling_state(mean, generator, rng_state));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "dlogistic_sample", [&] {
+    dispatch_level_type(out, [&](auto tag) { logistic_sample_cpu<scalar_t, decltype(tag)>(mean, log_scale, top, st, out); });
+  });
+  return out;
 }
 
 }  // namespace cpu

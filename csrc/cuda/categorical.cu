@@ -12,6 +12,8 @@
 #include <limits>
 
 #include "common/categorical.h"
+#include "common/philox.h"
+#include "cuda/draw.cuh"
 #include "cuda/launch.cuh"
 #include "ops.h"
 
@@ -77,6 +79,25 @@ void categorical_forward(const at::Tensor& logits, const at::Tensor& x, at::Tens
   row_sums<acc_t>(logits.size(0), x.size(1), ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
 }
 
+// The sampler: one thread per subpixel q = b C P + s (the levels' flat index), grid-stride, the
+// CPU kernel's inverse-CDF draw (common/categorical.h) at uniform q of the call's stream. Logits
+// that are not a distribution give level 0 (raising would cost a device sync).
+template <typename scalar_t, typename out_t>
+__global__ void categorical_sample_kernel(const scalar_t* logits, int64_t lb, int64_t lk, int64_t lc, int64_t lp,
+                                          int64_t classes, int64_t positions, int64_t cols, int64_t units,
+                                          at::PhiloxCudaState philox, out_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const PhiloxState st = unpack_state(philox, nullptr, false);
+  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < units; q += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = q / cols, s = q % cols, c = s / positions, p = s % positions;
+    const scalar_t* l = logits + b * lb + c * lc + p * lp;
+    const auto load = [&](int64_t k) { return static_cast<acc_t>(l[k * lk]); };
+    PhiloxWords words(st);
+    const int64_t v = categorical_draw<acc_t>(load, classes, philox_open_unit<acc_t>(words(static_cast<uint64_t>(q))));
+    out[q] = static_cast<out_t>(v < 0 ? 0 : v);
+  }
+}
+
 }  // namespace
 
 TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
@@ -92,6 +113,28 @@ TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor
     }
   });
   return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
+}
+
+at::Tensor sample_categorical(const at::Tensor& logits, std::optional<at::Generator> generator,
+                              const std::optional<at::Tensor>& rng_state) {
+  check_categorical_sample(logits, rng_state);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t cols = logits.size(2) * logits.size(3);
+  auto out = at::empty({logits.size(0), cols}, logits.options().dtype(level_dtype(logits.size(1))));
+  const auto philox = sampling_philox(logits, generator, rng_state);
+  const int64_t units = out.numel();
+  if (units == 0) return out;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "categorical_sample_cuda", [&] {
+    dispatch_level_type(out, [&](auto tag) {
+      using out_t = decltype(tag);
+      FASTVAE_LAUNCH(grid_for(units), kThreads, 0, stream, categorical_sample_kernel<scalar_t, out_t>)(
+          logits.const_data_ptr<scalar_t>(), logits.stride(0), logits.stride(1), logits.stride(2), logits.stride(3),
+          logits.size(1), logits.size(3), cols, units, philox, out.mutable_data_ptr<out_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
 }
 
 }  // namespace cuda

@@ -13,6 +13,8 @@
 
 #include "common/discretized_logistic.h"
 #include "common/discretized_logistic_checks.h"
+#include "common/philox.h"
+#include "cuda/draw.cuh"
 #include "cuda/launch.cuh"
 #include "ops.h"
 
@@ -111,6 +113,48 @@ struct LogisticRows {
   }
 };
 
+// ---------------------------------------------------------------- the samplers
+// One thread per unit (a pixel of the mixture, a subpixel of one logistic), grid-stride, with the
+// CPU kernels' per-unit math (common/discretized_logistic.h) and uniforms (unit q's are the flat
+// indices q U .. q U + U - 1 of the call's stream): the CPU's levels for the same (seed, offset)
+// up to the last bits of expf / logf / tanhf. A NaN draw gives level 0 (raising would cost a
+// device sync). Levels (B, C, S) contiguous.
+template <typename scalar_t, typename out_t>
+__global__ void mix_sample_kernel(const scalar_t* params, int64_t pb, int64_t pk, int64_t ps, int64_t S,
+                                  int64_t units, int64_t M, int64_t C, int64_t top, at::PhiloxCudaState philox,
+                                  out_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const PhiloxState st = unpack_state(philox, nullptr, false);
+  const int64_t U = M + C;
+  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < units; q += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = q / S, s = q % S;
+    const scalar_t* base = params + b * pb + s * ps;
+    const auto load = [&](int64_t k) { return static_cast<acc_t>(base[k * pk]); };
+    PhiloxWords words(st);
+    const auto uniform = [&](int64_t j) { return philox_open_unit<acc_t>(words(static_cast<uint64_t>(q * U + j))); };
+    int64_t v[3];
+    mix_sample<acc_t>(load, uniform, M, C, top, v);
+    for (int64_t c = 0; c < C; ++c) out[(b * C + c) * S + s] = static_cast<out_t>(v[c] < 0 ? 0 : v[c]);
+  }
+}
+
+template <typename scalar_t, typename out_t>
+__global__ void logistic_sample_kernel(const scalar_t* mean, const scalar_t* log_scale, int64_t mb, int64_t mc,
+                                       int64_t ms, int64_t lb, int64_t lc, int64_t ls, int64_t C, int64_t S,
+                                       int64_t units, int64_t top, at::PhiloxCudaState philox, out_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const PhiloxState st = unpack_state(philox, nullptr, false);
+  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < units; q += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = q / (C * S), c = (q / S) % C, s = q % S;
+    PhiloxWords words(st);
+    const acc_t u = philox_open_unit<acc_t>(words(static_cast<uint64_t>(q)));
+    const int64_t v = value_level(logistic_draw(static_cast<acc_t>(mean[b * mb + c * mc + s * ms]),
+                                                static_cast<acc_t>(log_scale[b * lb + c * lc + s * ls]), u),
+                                  top);
+    out[q] = static_cast<out_t>(v < 0 ? 0 : v);
+  }
+}
+
 }  // namespace
 
 TensorPair discretized_mix_logistic_log_likelihood_with_grad(const at::Tensor& params, const at::Tensor& x,
@@ -158,6 +202,53 @@ TensorTriple discretized_logistic_log_likelihood_with_grad(const at::Tensor& mea
   });
   if (!compute_grad) return {ll, at::empty({0}, mean.options()), at::empty({0}, mean.options())};
   return {ll, gm, gl};
+}
+
+at::Tensor sample_discretized_mix_logistic(const at::Tensor& params, int64_t num_mixtures, int64_t bits,
+                                           std::optional<at::Generator> generator,
+                                           const std::optional<at::Tensor>& rng_state) {
+  const int64_t C = check_mix_sample(params, num_mixtures, bits, rng_state);
+  const c10::cuda::CUDAGuard guard(params.device());
+  const int64_t top = (int64_t{1} << bits) - 1, B = params.size(0), S = params.size(2);
+  auto out = at::empty({B, C, S}, params.options().dtype(level_dtype(top + 1)));
+  const auto philox = sampling_philox(params, generator, rng_state);
+  const int64_t units = B * S;
+  if (units == 0) return out;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params.scalar_type(), "dmol_sample_cuda", [&] {
+    dispatch_level_type(out, [&](auto tag) {
+      using out_t = decltype(tag);
+      FASTVAE_LAUNCH(grid_for(units), kThreads, 0, stream, mix_sample_kernel<scalar_t, out_t>)(
+          params.const_data_ptr<scalar_t>(), params.stride(0), params.stride(1), params.stride(2), S, units,
+          num_mixtures, C, top, philox, out.mutable_data_ptr<out_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+at::Tensor sample_discretized_logistic(const at::Tensor& mean, const at::Tensor& log_scale, int64_t bits,
+                                       std::optional<at::Generator> generator,
+                                       const std::optional<at::Tensor>& rng_state) {
+  check_logistic_sample(mean, log_scale, bits, rng_state);
+  const c10::cuda::CUDAGuard guard(mean.device());
+  const int64_t top = (int64_t{1} << bits) - 1;
+  auto out = at::empty(mean.sizes(), mean.options().dtype(level_dtype(top + 1)));
+  const auto philox = sampling_philox(mean, generator, rng_state);
+  const int64_t units = mean.numel();
+  if (units == 0) return out;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mean.scalar_type(), "dlogistic_sample_cuda", [&] {
+    dispatch_level_type(out, [&](auto tag) {
+      using out_t = decltype(tag);
+      FASTVAE_LAUNCH(grid_for(units), kThreads, 0, stream, logistic_sample_kernel<scalar_t, out_t>)(
+          mean.const_data_ptr<scalar_t>(), log_scale.const_data_ptr<scalar_t>(), mean.stride(0), mean.stride(1),
+          mean.stride(2), log_scale.stride(0), log_scale.stride(1), log_scale.stride(2), mean.size(1),
+          mean.size(2), units, top, philox, out.mutable_data_ptr<out_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
 }
 
 }  // namespace cuda

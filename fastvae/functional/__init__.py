@@ -6,8 +6,9 @@
 ``kl_normal``      :func:`kl_normal` (and ``reparameterize_with_kl``'s prior)
 ``likelihood``     :func:`bernoulli_log_likelihood`, :func:`gaussian_log_likelihood`
 ``continuous_bernoulli``  :func:`continuous_bernoulli_log_likelihood`
-``categorical``    :func:`categorical_log_likelihood` (integer levels, K-way softmax)
-``discretized_logistic``  :func:`discretized_mix_logistic_log_likelihood`, :func:`discretized_logistic_log_likelihood`
+``categorical``    :func:`categorical_log_likelihood` (integer levels, K-way softmax), :func:`sample_categorical`
+``discretized_logistic``  :func:`discretized_mix_logistic_log_likelihood`, :func:`discretized_logistic_log_likelihood`,
+                   :func:`sample_discretized_mix_logistic`, :func:`sample_discretized_logistic`
 ``density``        :func:`gaussian_log_density`, :func:`standard_normal_log_density`
 ``elbo``           :func:`elbo`
 ``iwae``           :func:`iwae_bound`, :func:`dreg_gate`
@@ -23,9 +24,12 @@ float64 inputs. Every floating input that requires grad gets its gradient.
 """
 from __future__ import annotations
 
-from .categorical import categorical_log_likelihood
+from .categorical import categorical_log_likelihood, sample_categorical
 from .continuous_bernoulli import continuous_bernoulli_log_likelihood
-from .discretized_logistic import discretized_logistic_log_likelihood, discretized_mix_logistic_log_likelihood
+from .discretized_logistic import (
+    discretized_logistic_log_likelihood, discretized_mix_logistic_log_likelihood, sample_discretized_logistic,
+    sample_discretized_mix_logistic,
+)
 from .density import gaussian_log_density, standard_normal_log_density
 from .elbo import elbo
 from .iwae import dreg_gate, iwae_bound
@@ -45,6 +49,9 @@ __all__ = [
     "categorical_log_likelihood",
     "discretized_mix_logistic_log_likelihood",
     "discretized_logistic_log_likelihood",
+    "sample_discretized_mix_logistic",
+    "sample_discretized_logistic",
+    "sample_categorical",
     "gaussian_log_density",
     "standard_normal_log_density",
     "elbo",

@@ -35,6 +35,16 @@ def check_devices(**tensors: torch.Tensor) -> None:
             raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}")
 
 
+def check_generator(generator: object, like: torch.Tensor, like_name: str) -> None:
+    """``generator`` None or a ``torch.Generator`` of ``like``'s device type."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator.device.type != like.device.type:
+        raise ValueError(f"generator is on {generator.device} but {like_name} is on {like.device}")
+
+
 def broadcast_shape(**tensors: torch.Tensor) -> torch.Size:
     """The shape the tensors broadcast to."""
     shapes = [t.shape for t in tensors.values()]

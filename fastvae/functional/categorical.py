@@ -2,16 +2,18 @@
 the fused form of ``-F.cross_entropy(logits, x, reduction="none")`` summed per image.
 
 csrc: ``csrc/{cpu,cuda,autograd}/categorical.*``, checks and math in ``csrc/common/categorical.h``;
-op ``fastvae::categorical_log_likelihood``.
+op ``fastvae::categorical_log_likelihood``; its sampler ``fastvae::sample_categorical``.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 from ..ops import ops
-from ._checks import check_devices, check_float, check_nonempty
+from ._checks import check_devices, check_float, check_generator, check_nonempty
 
-__all__ = ["categorical_log_likelihood"]
+__all__ = ["categorical_log_likelihood", "sample_categorical"]
 
 _LEVEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -53,3 +55,29 @@ def categorical_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.T
     b, k, c = logits.shape[:3]
     ll, _ = ops.categorical_log_likelihood(logits.reshape(b, k, c, -1), x.reshape(b, -1).contiguous(), compute_grad)
     return ll
+
+
+def sample_categorical(logits: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Integer levels x ~ softmax(logits) per subpixel, the sampler of
+    :func:`categorical_log_likelihood`: logits (B, K, C, *spatial) -> x (B, C, *spatial), uint8 for
+    K <= 256 classes, int32 above.
+
+    Each subpixel draws by the inverse CDF at one uniform u: a walk over its K logits for their
+    max and sum of exps, then the first class whose cumulative weight passes u times the sum (the
+    log-softmax is never stored; float32 sums for bf16 / fp16 / float32, float64 for float64). The
+    uniforms come from the Philox stream of :func:`fastvae.functional.reparameterize` (a fresh
+    stream per call from ``generator``, default torch's default generator of the logits' device),
+    the same on the CPU and CUDA kernels, so the levels agree but where u lands within a few ulp
+    of a class boundary. Logits of any strides (channels-last read in place). A subpixel whose
+    logits are not a distribution (a NaN, all -inf, two +inf) raises ValueError on the CPU and
+    gives level 0 on CUDA (checking would cost a device sync). No gradient.
+    """
+    check_float("logits", logits)
+    if logits.dim() < 3:
+        raise ValueError(f"logits must be (B, K, C, *spatial), at least 3-D, got shape {tuple(logits.shape)}")
+    if logits.shape[1] < 1:
+        raise ValueError("logits must have at least one class (dim 1)")
+    check_nonempty(logits.shape, "logits")
+    check_generator(generator, logits, "logits")
+    b, k, c = logits.shape[:3]
+    return ops.sample_categorical(logits.reshape(b, k, c, -1), generator).view(b, c, *logits.shape[3:])

@@ -13,7 +13,8 @@ import torch
 from ..ops import ops
 from .kl_normal import sample_with_kl_normal
 from ._checks import (
-    FLOATS, broadcast_shape, cast, check_devices, check_float, check_nonempty, check_samples_fit, common_dtype,
+    FLOATS, broadcast_shape, cast, check_devices, check_float, check_generator, check_nonempty, check_samples_fit,
+    common_dtype,
 )
 
 __all__ = ["reparameterize", "reparameterize_with_kl"]
@@ -40,11 +41,7 @@ def _sampling_inputs(
         not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1
     ):
         raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}")
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        if generator.device.type != mu.device.type:
-            raise ValueError(f"generator is on {generator.device} but mu is on {mu.device}")
+    check_generator(generator, mu, "mu")
     shape = broadcast_shape(mu=mu, logvar=logvar)
     if need_latent_dim and len(shape) == 0:
         raise ValueError("mu and logvar need a latent dim (at least 1-D)")

@@ -134,48 +134,25 @@ def image_mean(likelihood: str, params: torch.Tensor, image_shape: Sequence[int]
 
 def image_sample(likelihood: str, params: torch.Tensor, image_shape: Sequence[int], num_mixtures: int,
                  bits: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """x ~ p(x | z) in [0, 1], (n, C, H, W): levels / (2^bits - 1) for the discrete likelihoods
-    (mixture picked by Gumbel-max, colour coupling with the channels already drawn)."""
+    """x ~ p(x | z) in [0, 1], (n, C, H, W): levels / (2^bits - 1) for the discrete likelihoods,
+    drawn by the fused samplers of `fastvae.functional` (mixture picked by Gumbel-max, colour
+    coupling with the levels already drawn for the earlier channels); the continuous Bernoulli
+    by its inverse CDF here."""
     n, c = params.shape[0], image_shape[0]
-    dev = params.device
-
-    def uniform(shape: Sequence[int]) -> torch.Tensor:
-        u = torch.rand(shape, generator=generator, device=dev)
-        return u.clamp(1e-6, 1 - 1e-6)
-
     if likelihood == "continuous_bernoulli":
         lam = torch.sigmoid(params.float())
-        u = uniform(lam.shape)
+        u = torch.rand(lam.shape, generator=generator, device=params.device).clamp(1e-6, 1 - 1e-6)
         # Inverse CDF: x = log(1 + u (2 lam - 1) / (1 - lam)) / log(lam / (1 - lam)), u itself at 1/2.
         near = (lam - 0.5).abs() < 1e-4
         safe = torch.where(near, torch.full_like(lam, 0.25), lam)
         x = torch.log1p(u * (2 * safe - 1) / (1 - safe)) / (torch.log(safe) - torch.log1p(-safe))
         return torch.where(near, u, x).clamp(0, 1).reshape(n, *image_shape)
     top = 2**bits - 1
-    p = _image(params, n, image_shape, decoder_channels(likelihood, c, num_mixtures, bits)).float()
+    p = _image(params, n, image_shape, decoder_channels(likelihood, c, num_mixtures, bits))
     if likelihood == "categorical":
-        logits = p.view(n, 2**bits, c, *image_shape[1:])
-        gumbel = -torch.log(-torch.log(uniform(logits.shape)))
-        return (logits + gumbel).argmax(dim=1).float() / top
-
-    def logistic(mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-        u = uniform(mean.shape)
-        return mean + torch.exp(log_scale.clamp(min=-7)) * (torch.log(u) - torch.log1p(-u))
-
-    def to_levels(y: torch.Tensor) -> torch.Tensor:
-        return torch.round((y.clamp(-1, 1) + 1) / 2 * top)
-
-    if likelihood == "logistic":
-        return to_levels(logistic(p[:, :c], p[:, c:])) / top
-    logit, blocks = _logistic_mean_and_mixture(p, c, num_mixtures)
-    gumbel = -torch.log(-torch.log(uniform(logit.shape)))
-    pick = (logit + gumbel).argmax(dim=1, keepdim=True)
-    mean, log_scale = _component(blocks, pick, 0), _component(blocks, pick, 1)
-    out = torch.empty_like(mean)
-    out[:, 0] = to_levels(logistic(mean[:, 0], log_scale[:, 0])) / top * 2 - 1
-    if c == 3:
-        coef = torch.tanh(_component(blocks, pick, 2))
-        out[:, 1] = to_levels(logistic(mean[:, 1] + coef[:, 0] * out[:, 0], log_scale[:, 1])) / top * 2 - 1
-        out[:, 2] = to_levels(logistic(mean[:, 2] + coef[:, 1] * out[:, 0] + coef[:, 2] * out[:, 1],
-                                       log_scale[:, 2])) / top * 2 - 1
-    return (out + 1) / 2
+        v = _F.sample_categorical(p.view(n, 2**bits, c, *image_shape[1:]), generator)
+    elif likelihood == "logistic":
+        v = _F.sample_discretized_logistic(p[:, :c], p[:, c:], bits, generator)
+    else:
+        v = _F.sample_discretized_mix_logistic(p, num_mixtures, bits, generator)
+    return v.float() / top
