@@ -19,6 +19,8 @@ using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using TensorQuad = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 // elbo_loss: (loss, grad_recon, grad_kl, grad_mu, grad_logvar, grad_obs_logvar).
 using ElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// image_elbo_loss: (loss, grad_recon, grad_kl, grad_mu, grad_logvar).
+using ImageElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 #define FASTVAE_DECLARE_KERNELS(ns)                                                              \
   namespace ns {                                                                                 \
@@ -105,6 +107,14 @@ using ElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, a
                         c10::string_view likelihood, double beta, c10::string_view reduction,    \
                         std::array<bool, 3> grad_mask);                                        \
   void elbo_rescale_(const at::Tensor& grad, at::TensorList grads);                              \
+  /* image_elbo: the ELBO of an image likelihood (csrc/common/image_elbo.h) */                  \
+  ImageElboOutputs image_elbo_loss(const at::Tensor& recon, const at::Tensor& x,                 \
+                                   const std::optional<at::Tensor>& kl,                          \
+                                   const std::optional<at::Tensor>& mu,                          \
+                                   const std::optional<at::Tensor>& logvar,                      \
+                                   c10::string_view likelihood, int64_t num_mixtures,            \
+                                   int64_t bits, double beta, c10::string_view reduction,        \
+                                   std::array<bool, 2> grad_mask);                               \
   std::vector<at::Tensor> elbo_rescale(const at::Tensor& grad, at::TensorList grads);            \
   /* iwae: (bound, weights) of (K, B) log-weights; the DReG gate (z copy, zero token) */         \
   TensorPair iwae_bound(const at::Tensor& log_w, const std::optional<at::Tensor>& gate);         \

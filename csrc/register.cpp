@@ -32,8 +32,8 @@
 // 13: the image likelihoods: fastvae::continuous_bernoulli_log_likelihood,
 // fastvae::categorical_log_likelihood and the discretized_logistic family; 15: the samplers
 // fastvae::sample_discretized_mix_logistic, fastvae::sample_discretized_logistic and
-// fastvae::sample_categorical).
-#define FASTVAE_OPS_VERSION 15
+// fastvae::sample_categorical; 16: the image_elbo family).
+#define FASTVAE_OPS_VERSION 16
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a
@@ -114,6 +114,16 @@ FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   m.def("elbo(Tensor recon, Tensor x, Tensor? kl, Tensor? mu, Tensor? logvar, Tensor? obs_logvar, "
         "float obs_logvar_value, str likelihood, float beta, str reduction) -> Tensor");
 #endif
+  // The whole negative ELBO of an image VAE (csrc/common/image_elbo.h): the loss plus, per
+  // grad_mask entry (recon, kl or mu/logvar), the input gradients for an incoming gradient of 1.
+  m.def("image_elbo_loss(Tensor recon, Tensor x, Tensor? kl, Tensor? mu, Tensor? logvar, str likelihood, "
+        "int num_mixtures, int bits, float beta, str reduction, bool[2] grad_mask) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+#ifndef FASTVAE_EMU
+  // Its loss alone, for fastvae.functional.image_elbo (its autograd kernel picks the gradients).
+  m.def("image_elbo(Tensor recon, Tensor x, Tensor? kl, Tensor? mu, Tensor? logvar, str likelihood, "
+        "int num_mixtures, int bits, float beta, str reduction) -> Tensor");
+#endif
   m.def("elbo_rescale_(Tensor grad, Tensor(a!)[] grads) -> ()");
   m.def("elbo_rescale(Tensor grad, Tensor[] grads) -> Tensor[]");
   // The importance-weighted bound of (K, B) log-weights: (bound (B,) = logsumexp over K - log K,
@@ -152,6 +162,20 @@ at::Tensor elbo_loss_only(const at::Tensor& recon, const at::Tensor& x, const st
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // already below it: stay there
   return std::get<0>(op.call(recon, x, kl, mu, logvar, obs_logvar, obs_logvar_value, likelihood, beta, reduction,
                              std::array<bool, 3>{false, false, false}));
+}
+
+// fastvae::image_elbo below autograd (every backend): image_elbo_loss with no gradient written.
+at::Tensor image_elbo_only(const at::Tensor& recon, const at::Tensor& x, const std::optional<at::Tensor>& kl,
+                           const std::optional<at::Tensor>& mu, const std::optional<at::Tensor>& logvar,
+                           c10::string_view likelihood, int64_t num_mixtures, int64_t bits, double beta,
+                           c10::string_view reduction) {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fastvae::image_elbo_loss", "").typed<
+      ImageElboOutputs(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                       const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, c10::string_view, int64_t,
+                       int64_t, double, c10::string_view, std::array<bool, 2>)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return std::get<0>(op.call(recon, x, kl, mu, logvar, likelihood, num_mixtures, bits, beta, reduction,
+                             std::array<bool, 2>{false, false}));
 }
 
 // fastvae::discretized_*_log_likelihood below autograd (every backend): the _with_grad op with no
@@ -205,6 +229,7 @@ at::Tensor logistic_ll_only(const at::Tensor& mean, const at::Tensor& log_scale,
   m.impl("standard_normal_log_density_backward", &fastvae::ns::standard_normal_log_density_backward); \
   m.impl("elbo_loss", &fastvae::ns::elbo_loss);                                                \
   m.impl("elbo_rescale_", &fastvae::ns::elbo_rescale_);                                        \
+  m.impl("image_elbo_loss", &fastvae::ns::image_elbo_loss);                                    \
   m.impl("elbo_rescale", &fastvae::ns::elbo_rescale);                                          \
   m.impl("iwae_bound", &fastvae::ns::iwae_bound);                                              \
   m.impl("dreg_gate", &fastvae::ns::dreg_gate);
@@ -217,6 +242,7 @@ TORCH_LIBRARY_IMPL(fastvae, CPU, m) {
   m.impl("elbo", &fastvae::elbo_loss_only);
   m.impl("discretized_mix_logistic_log_likelihood", &fastvae::dmol_ll_only);
   m.impl("discretized_logistic_log_likelihood", &fastvae::logistic_ll_only);
+  m.impl("image_elbo", &fastvae::image_elbo_only);
 }
 #endif
 
@@ -226,6 +252,7 @@ TORCH_LIBRARY_IMPL(fastvae, CUDA, m) {
   m.impl("elbo", &fastvae::elbo_loss_only);
   m.impl("discretized_mix_logistic_log_likelihood", &fastvae::dmol_ll_only);
   m.impl("discretized_logistic_log_likelihood", &fastvae::logistic_ll_only);
+  m.impl("image_elbo", &fastvae::image_elbo_only);
 }
 #endif
 

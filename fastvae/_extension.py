@@ -14,8 +14,9 @@ import torch
 # 9: the likelihoods' schemas without grad_scale / compute_grad; 10: num_samples optional in the
 # samplers; 11: the kl_normal family; 12: fastvae::iwae_bound and fastvae::dreg_gate;
 # 13: the image likelihoods: continuous_bernoulli, categorical and the discretized_logistic family;
-# 15: their samplers sample_discretized_mix_logistic, sample_discretized_logistic, sample_categorical).
-OPS_VERSION = 15
+# 15: their samplers sample_discretized_mix_logistic, sample_discretized_logistic, sample_categorical;
+# 16: the image_elbo family).
+OPS_VERSION = 16
 
 _BUILD_HINT = (
     "Build it from the repository root with:\n"

@@ -16,11 +16,15 @@ class ELBOLoss(nn.Module):
     """Negative ELBO, a drop-in for the hand-written BCE/Gaussian-NLL + KL loss.
 
     Args:
-        likelihood: "bernoulli" (recon = logits) or "gaussian" (recon = mean).
+        likelihood: "bernoulli" (recon = logits) or "gaussian" (recon = mean), or for image VAEs
+            "dmol", "logistic", "categorical" or "continuous_bernoulli" (recon in that
+            likelihood's layout, x integer levels: see ``fastvae.functional.image_elbo``).
         obs_logvar: observation log-variance for "gaussian": float, 0-dim, per-dim or
             per-element tensor. ``forward``'s ``obs_logvar`` overrides it (learned variances).
         beta: weight of the KL term (beta-VAE; KL warm-up), a real number >= 0.
         reduction: "mean" over examples, "sum" or "none".
+        num_mixtures: logistic mixture components of likelihood="dmol".
+        bits: bits per subpixel of the discrete image likelihoods (default 8).
 
     Example::
 
@@ -34,6 +38,8 @@ class ELBOLoss(nn.Module):
         obs_logvar: Union[float, torch.Tensor] = 0.0,
         beta: float = 1.0,
         reduction: str = "mean",
+        num_mixtures: Optional[int] = None,
+        bits: int = 8,
     ) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -47,10 +53,17 @@ class ELBOLoss(nn.Module):
             raise ValueError(f"beta must be a finite number >= 0, got {beta}")
         if not isinstance(obs_logvar, torch.Tensor):
             obs_logvar = real("obs_logvar", obs_logvar)
+        if likelihood == "dmol" and (not isinstance(num_mixtures, int) or isinstance(num_mixtures, bool)
+                                     or num_mixtures < 1):
+            raise ValueError(f"num_mixtures must be an int >= 1 for likelihood='dmol', got {num_mixtures!r}")
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+            raise ValueError(f"bits must be an int in [1, 16], got {bits!r}")
         self.likelihood = likelihood
         self.obs_logvar = obs_logvar
         self.beta = beta
         self.reduction = reduction
+        self.num_mixtures = num_mixtures
+        self.bits = bits
 
     def forward(
         self,
@@ -70,7 +83,12 @@ class ELBOLoss(nn.Module):
             beta=self.beta,
             reduction=self.reduction,
             kl=kl,
+            num_mixtures=self.num_mixtures,
+            bits=self.bits,
         )
 
     def extra_repr(self) -> str:
-        return f"likelihood={self.likelihood!r}, beta={self.beta}, reduction={self.reduction!r}"
+        extra = f", num_mixtures={self.num_mixtures}" if self.likelihood == "dmol" else ""
+        if self.likelihood in ("dmol", "logistic", "categorical"):
+            extra += f", bits={self.bits}"
+        return f"likelihood={self.likelihood!r}, beta={self.beta}, reduction={self.reduction!r}{extra}"

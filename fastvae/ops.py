@@ -287,3 +287,25 @@ def _(z):
     if z.dim() < 1:
         raise RuntimeError("fastvae: z must have a last (latent) dim, got a 0-D tensor")
     return torch.empty_like(z, memory_format=torch.contiguous_format), z.new_empty(z.shape[:-1], dtype=_acc_dtype(z.dtype))
+
+
+@torch.library.register_fake("fastvae::image_elbo_loss")
+def _(recon, x, kl, mu, logvar, likelihood, num_mixtures, bits, beta, reduction, grad_mask):
+    # Mirrors csrc/common/image_elbo.h: the loss, and d loss / d recon laid out like grad_like(recon).
+    _same_device(recon=recon, x=x, kl=kl, mu=mu, logvar=logvar)
+    loss = recon.new_empty((recon.shape[0],) if reduction == "none" else (), dtype=_acc_dtype(recon.dtype))
+
+    def empty() -> torch.Tensor:
+        return recon.new_empty((0,))
+
+    grad_recon = _grad_like(recon) if grad_mask[0] else empty()
+    grad_kl = torch.empty_like(kl) if grad_mask[1] and kl is not None else empty()
+    grad_mu = torch.empty_like(mu) if grad_mask[1] and kl is None else empty()
+    grad_logvar = torch.empty_like(logvar) if grad_mask[1] and kl is None else empty()
+    return loss, grad_recon, grad_kl, grad_mu, grad_logvar
+
+
+@torch.library.register_fake("fastvae::image_elbo")
+def _(recon, x, kl, mu, logvar, likelihood, num_mixtures, bits, beta, reduction):
+    _same_device(recon=recon, x=x, kl=kl, mu=mu, logvar=logvar)
+    return recon.new_empty((recon.shape[0],) if reduction == "none" else (), dtype=_acc_dtype(recon.dtype))

@@ -177,17 +177,29 @@ def elbo(
     beta: float = 1.0,
     reduction: str = "mean",
     kl: Optional[torch.Tensor] = None,
+    num_mixtures: Optional[int] = None,
+    bits: int = 8,
 ) -> torch.Tensor:
-    """Negative ELBO as users write it: summed BCE-with-logits (or Gaussian NLL) + beta * KL
-    (``kl``, when given, is the KL term already computed from mu and logvar)."""
+    """Negative ELBO as users write it: summed BCE-with-logits (or Gaussian NLL, or an image
+    likelihood's -log p in fastvae.functional.image_elbo's recon layout) + beta * KL (``kl``, when
+    given, is the KL term already computed from mu and logvar)."""
     if likelihood == "bernoulli":
         rec = F.binary_cross_entropy_with_logits(
             recon, x.to(recon.dtype).expand_as(recon), reduction="none"
         ).flatten(1).sum(1)
     elif likelihood == "gaussian":
         rec = -gaussian_log_likelihood(recon, x, obs_logvar)
+    elif likelihood == "dmol":
+        rec = -discretized_mix_logistic_log_likelihood(recon, x, num_mixtures, bits)
+    elif likelihood == "logistic":
+        mean, log_scale = recon.chunk(2, dim=1)
+        rec = -discretized_logistic_log_likelihood(mean, log_scale, x, bits)
+    elif likelihood == "categorical":
+        rec = -categorical_log_likelihood(recon, x)
+    elif likelihood == "continuous_bernoulli":
+        rec = -continuous_bernoulli_log_likelihood(recon, x)
     else:
-        raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+        raise ValueError(f"likelihood must be 'bernoulli', 'gaussian' or an image likelihood, got {likelihood!r}")
     if kl is None:
         kl = kl_standard_normal(mu, logvar)
     loss = rec + beta * kl

@@ -129,5 +129,23 @@ inline std::vector<at::Tensor> hand_on_precomputed(const at::Tensor& grad, std::
   return call_below_autograd(rescale, grad, pre);
 }
 
+// hand_on_precomputed for gradients of any layout in which each row is one block of memory
+// (dense with the batch dim outermost, as grad_like in common/discretized_logistic_checks.h
+// makes them: channels-last included): scaled as (rows, rest) matrices, returned in their own
+// strides.
+inline std::vector<at::Tensor> hand_on_rows(const at::Tensor& grad, const std::vector<at::Tensor>& saved,
+                                            bool in_place_ok) {
+  std::vector<at::Tensor> flat;
+  for (const auto& t : saved) {
+    const c10::SymInt rows = t.sym_size(0), rest = t.sym_numel() / rows;
+    flat.push_back(t.is_contiguous() ? t : t.as_strided_symint({rows, rest}, {rest, 1}));
+  }
+  auto out = hand_on_precomputed(grad, flat, in_place_ok);
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!saved[i].is_contiguous()) out[i] = out[i].as_strided_symint(saved[i].sym_sizes(), saved[i].sym_strides());
+  }
+  return out;
+}
+
 }  // namespace autograd
 }  // namespace fastvae

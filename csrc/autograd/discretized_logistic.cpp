@@ -11,27 +11,6 @@
 namespace fastvae {
 namespace autograd {
 
-namespace {
-
-// The saved gradients times grad (one factor per row), in place or as new tensors of their own
-// strides: each is dense with its batch dim outermost (grad_like in common/discretized_logistic_checks.h),
-// so its memory is a contiguous (rows, rest) matrix that elbo_rescale scales, whatever its
-// layout (channels-last included).
-variable_list scale_rows(const at::Tensor& grad, const variable_list& saved, bool in_place_ok) {
-  std::vector<at::Tensor> flat;
-  for (const auto& t : saved) {
-    const c10::SymInt rows = t.sym_size(0), rest = t.sym_numel() / rows;
-    flat.push_back(t.is_contiguous() ? t : t.as_strided_symint({rows, rest}, {rest, 1}));
-  }
-  auto out = hand_on_precomputed(grad, flat, in_place_ok);
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (!saved[i].is_contiguous()) out[i] = out[i].as_strided_symint(saved[i].sym_sizes(), saved[i].sym_strides());
-  }
-  return out;
-}
-
-}  // namespace
-
 // kGradOutputs: the _with_grad ops, whose gradient outputs their callers may hold (backward
 // scales a copy); otherwise the log-likelihood ops of fastvae.functional, whose gradient buffers
 // never leave the autograd node (backward scales them in place, and not at all for a gradient of 1).
@@ -61,7 +40,7 @@ class MixLogisticFunction : public torch::autograd::Function<Derived> {
       TORCH_CHECK(dparams.sym_numel() != 0,
                   "fastvae::discretized_mix_logistic_log_likelihood_with_grad was called with compute_grad=False, "
                   "so it has no gradient for params");
-      grad_params = scale_rows(grad_ll, {dparams}, !kGradOutputs)[0];
+      grad_params = hand_on_rows(grad_ll, {dparams}, !kGradOutputs)[0];
     }
     return once_differentiable("fastvae::discretized_mix_logistic_log_likelihood",
                                {grad_params, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()}, grads);
@@ -99,7 +78,7 @@ class LogisticFunction : public torch::autograd::Function<Derived> {
       variable_list wanted;
       if (want_mean) wanted.push_back(saved[0]);
       if (want_ls) wanted.push_back(saved[1]);
-      auto out = scale_rows(grad_ll, wanted, !kGradOutputs);
+      auto out = hand_on_rows(grad_ll, wanted, !kGradOutputs);
       if (want_mean) grad_mean = out[0];
       if (want_ls) grad_ls = out[want_mean ? 1 : 0];
     }

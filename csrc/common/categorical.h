@@ -17,6 +17,7 @@
 
 #include "common/checks.h"
 #include "common/vae_math.h"
+#include "ops.h"
 
 namespace fastvae {
 
@@ -88,5 +89,17 @@ FV_HD int64_t categorical_draw(const Load& load, int64_t classes, T u) {
   }
   return last;
 }
+
+// The kernels' entry point below the schema (fastvae::categorical_log_likelihood is grad_scale 1):
+// the gradient written is grad_scale * (onehot(x) - softmax), so that the image ELBO
+// (common/image_elbo.h) gets d loss / d logits from the same pass, with no second one to scale it.
+namespace cpu {
+TensorPair categorical_log_likelihood_scaled(const at::Tensor& logits, const at::Tensor& x, bool compute_grad,
+                                             double grad_scale);
+}  // namespace cpu
+namespace cuda {
+TensorPair categorical_log_likelihood_scaled(const at::Tensor& logits, const at::Tensor& x, bool compute_grad,
+                                             double grad_scale);
+}  // namespace cuda
 
 }  // namespace fastvae

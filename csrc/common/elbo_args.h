@@ -38,6 +38,14 @@ struct ElboArgs {
   bool lv_shared() const { return lv_tensor && lv_rows != rows; }
 };
 
+// The reduction argument of the ELBO ops ("mean", "sum" or "none").
+inline ElboReduction parse_elbo_reduction(c10::string_view reduction) {
+  if (reduction == "mean") return ElboReduction::kMean;
+  if (reduction == "sum") return ElboReduction::kSum;
+  TORCH_CHECK_VALUE(reduction == "none", "fastvae: reduction must be 'mean', 'sum' or 'none', got '", reduction, "'");
+  return ElboReduction::kNone;
+}
+
 // Parses and checks every argument of elbo_loss. Mirrors fastvae/ops.py's fake implementation.
 inline ElboArgs check_elbo_args(const at::Tensor& recon, const at::Tensor& x, const std::optional<at::Tensor>& kl,
                                 const std::optional<at::Tensor>& mu, const std::optional<at::Tensor>& logvar,
@@ -48,15 +56,7 @@ inline ElboArgs check_elbo_args(const at::Tensor& recon, const at::Tensor& x, co
   TORCH_CHECK_VALUE(likelihood == "bernoulli" || likelihood == "gaussian",
                     "fastvae: likelihood must be 'bernoulli' or 'gaussian', got '", likelihood, "'");
   a.gaussian = likelihood == "gaussian";
-  if (reduction == "mean") {
-    a.reduction = ElboReduction::kMean;
-  } else if (reduction == "sum") {
-    a.reduction = ElboReduction::kSum;
-  } else {
-    TORCH_CHECK_VALUE(reduction == "none", "fastvae: reduction must be 'mean', 'sum' or 'none', got '", reduction,
-                      "'");
-    a.reduction = ElboReduction::kNone;
-  }
+  a.reduction = parse_elbo_reduction(reduction);
   TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0.0, "fastvae: beta must be a finite number >= 0, got ", beta);
   TORCH_CHECK_VALUE(std::isfinite(obs_logvar_value), "fastvae: obs_logvar must be finite, got ", obs_logvar_value);
   a.beta = beta;

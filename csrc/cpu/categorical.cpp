@@ -92,6 +92,7 @@ struct Categorical {
   Strides gs;
   const x_t* x;
   int64_t K, S;
+  acc_t scale;  // the gradient written is scale * (onehot(x) - softmax)
 
   bool by_class() const { return ls.k == 1 && K >= V; }
 
@@ -132,11 +133,11 @@ struct Categorical {
     const int64_t xi = static_cast<int64_t>(x[b * S + s]);
     const double ll = static_cast<double>(static_cast<acc_t>(p[xi]) - (m + std::log(sum)));
     if (!g) return ll;
-    const acc_t inv = acc_t(-1) / sum;
+    const acc_t inv = -scale / sum;
     const Vec<acc_t> iv(inv);
     for (int64_t k = 0; k < kv; k += V) (Vec<acc_t>::loadu(buf + k) * iv).store(buf + k);
     for (int64_t k = kv; k < K; ++k) buf[k] *= inv;
-    buf[xi] += acc_t(1);
+    buf[xi] += scale;
     scalar_t* gp = g + b * gs.b + gs.at(s);
     if (gs.k == 1) {
       for (int64_t k = 0; k < kv; k += V) store_narrowed<acc_t>(gp + k, Vec<acc_t>::loadu(buf + k));
@@ -179,12 +180,12 @@ struct Categorical {
       total += static_cast<double>(lx - (mx[i] + std::log(sum[i])));
     }
     if (!g) return total;
-    const Vec<acc_t> i0 = Vec<acc_t>(acc_t(-1)) / s0v, i1 = Vec<acc_t>(acc_t(-1)) / s1v;
+    const Vec<acc_t> i0 = Vec<acc_t>(-scale) / s0v, i1 = Vec<acc_t>(-scale) / s1v;
     for (int64_t k = 0; k < K; ++k) {
       (Vec<acc_t>::loadu(buf + k * W) * i0).store(buf + k * W);
       (Vec<acc_t>::loadu(buf + k * W + V) * i1).store(buf + k * W + V);
     }
-    for (int64_t i = 0; i < n; ++i) buf[static_cast<int64_t>(xb[i]) * W + i] += acc_t(1);
+    for (int64_t i = 0; i < n; ++i) buf[static_cast<int64_t>(xb[i]) * W + i] += scale;
     move_tile<W>(g + b * gs.b, gs, K, s0, n, buf);
     return total;
   }
@@ -202,14 +203,16 @@ void check_levels(const at::Tensor& x, int64_t classes) {
 }
 
 template <typename scalar_t, typename x_t>
-void categorical_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad) {
+void categorical_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad,
+                         double grad_scale) {
   using Op = Categorical<scalar_t, x_t>;
   using acc_t = typename Op::acc_t;
   check_levels<x_t>(x, logits.size(1));
   const int64_t B = logits.size(0), K = logits.size(1), S = x.size(1);
   const Op op{logits.const_data_ptr<scalar_t>(), Strides(logits),
               grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
-              grad.defined() ? Strides(grad) : Strides(logits), x.const_data_ptr<x_t>(), K, S};
+              grad.defined() ? Strides(grad) : Strides(logits), x.const_data_ptr<x_t>(), K, S,
+              static_cast<acc_t>(grad_scale)};
   const int64_t per_row = (S + Op::W - 1) / Op::W, tasks = B * per_row;
   std::vector<double> partial(static_cast<size_t>(tasks));
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(K * Op::W, 1));
@@ -258,6 +261,11 @@ void categorical_sample_cpu(const at::Tensor& logits, PhiloxState st, at::Tensor
 }  // namespace
 
 TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
+  return categorical_log_likelihood_scaled(logits, x, compute_grad, 1.0);
+}
+
+TensorPair categorical_log_likelihood_scaled(const at::Tensor& logits, const at::Tensor& x, bool compute_grad,
+                                             double grad_scale) {
   check_categorical(logits, x);
   auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
   at::Tensor grad;
@@ -269,9 +277,9 @@ TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "categorical_ll", [&] {
     if (x.scalar_type() == at::kByte) {
-      categorical_forward<scalar_t, uint8_t>(logits, x, ll, grad);
+      categorical_forward<scalar_t, uint8_t>(logits, x, ll, grad, grad_scale);
     } else {
-      categorical_forward<scalar_t, int64_t>(logits, x, ll, grad);
+      categorical_forward<scalar_t, int64_t>(logits, x, ll, grad, grad_scale);
     }
   });
   return {ll, compute_grad ? grad : at::empty({0}, logits.options())};

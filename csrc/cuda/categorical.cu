@@ -34,6 +34,7 @@ struct CategoricalRows {
   int64_t classes, cols, positions;  // K, C * P, P
   int64_t lb, lk, lc, lp;  // logits' strides (image, class, channel, position)
   int64_t gb, gk, gc, gp;  // grad's
+  acc_t scale;  // the gradient written is scale * (onehot(x) - softmax)
 
   bool packs_fit() const { return false; }
 
@@ -60,7 +61,7 @@ struct CategoricalRows {
       const acc_t bad = ok ? acc_t(0) : nan;
       for (int64_t k = 0; k < classes; ++k) {
         const acc_t p = fv_exp(static_cast<acc_t>(l[k * lk]) - lse);
-        g[k * gk] = static_cast<scalar_t>((k == xi ? acc_t(1) - p : acc_t(0) - p) + bad);
+        g[k * gk] = static_cast<scalar_t>(scale * (k == xi ? acc_t(1) - p : acc_t(0) - p) + bad);
       }
     }
     return ok ? static_cast<acc_t>(l[xi * lk]) - lse : nan;
@@ -68,14 +69,16 @@ struct CategoricalRows {
 };
 
 template <typename scalar_t, typename x_t>
-void categorical_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad) {
+void categorical_forward(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad,
+                         double grad_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   const at::Tensor& gt = grad.defined() ? grad : logits;
   const CategoricalRows<scalar_t, x_t> rows{logits.const_data_ptr<scalar_t>(), x.const_data_ptr<x_t>(),
                                             grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
                                             logits.size(1), x.size(1), logits.size(3),
                                             logits.stride(0), logits.stride(1), logits.stride(2), logits.stride(3),
-                                            gt.stride(0), gt.stride(1), gt.stride(2), gt.stride(3)};
+                                            gt.stride(0), gt.stride(1), gt.stride(2), gt.stride(3),
+                                            static_cast<acc_t>(grad_scale)};
   row_sums<acc_t>(logits.size(0), x.size(1), ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
 }
 
@@ -101,15 +104,20 @@ __global__ void categorical_sample_kernel(const scalar_t* logits, int64_t lb, in
 }  // namespace
 
 TensorPair categorical_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
+  return categorical_log_likelihood_scaled(logits, x, compute_grad, 1.0);
+}
+
+TensorPair categorical_log_likelihood_scaled(const at::Tensor& logits, const at::Tensor& x, bool compute_grad,
+                                             double grad_scale) {
   check_categorical(logits, x);
   const c10::cuda::CUDAGuard guard(logits.device());
   auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
   at::Tensor grad = compute_grad ? at::empty_like(logits) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "categorical_ll_cuda", [&] {
     if (x.scalar_type() == at::kByte) {
-      categorical_forward<scalar_t, uint8_t>(logits, x, ll, grad);
+      categorical_forward<scalar_t, uint8_t>(logits, x, ll, grad, grad_scale);
     } else {
-      categorical_forward<scalar_t, int64_t>(logits, x, ll, grad);
+      categorical_forward<scalar_t, int64_t>(logits, x, ll, grad, grad_scale);
     }
   });
   return {ll, compute_grad ? grad : at::empty({0}, logits.options())};

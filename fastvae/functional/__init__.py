@@ -11,6 +11,7 @@
                    :func:`sample_discretized_mix_logistic`, :func:`sample_discretized_logistic`
 ``density``        :func:`gaussian_log_density`, :func:`standard_normal_log_density`
 ``elbo``           :func:`elbo`
+``image_elbo``     :func:`image_elbo` (:func:`elbo` of the image likelihoods)
 ``iwae``           :func:`iwae_bound`, :func:`dreg_gate`
 =======================  ===============================================================
 
@@ -32,6 +33,7 @@ from .discretized_logistic import (
 )
 from .density import gaussian_log_density, standard_normal_log_density
 from .elbo import elbo
+from .image_elbo import image_elbo
 from .iwae import dreg_gate, iwae_bound
 from .kl import kl_standard_normal
 from .kl_normal import kl_normal
@@ -55,6 +57,7 @@ __all__ = [
     "gaussian_log_density",
     "standard_normal_log_density",
     "elbo",
+    "image_elbo",
     "iwae_bound",
     "dreg_gate",
 ]

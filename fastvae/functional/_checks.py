@@ -148,3 +148,51 @@ def as_rows(t: torch.Tensor, shape: torch.Size, event_ndim: int, full: bool = Fa
 def split_event(shape: torch.Size, event_ndim: int) -> Tuple[int, ...]:
     """The leading (per-row) dims of ``shape``: the shape of a row output."""
     return tuple(shape[: len(shape) - event_ndim])
+
+
+# ---------------------------------------------------------------- the ELBO ops' KL operands
+def kl_operands(
+    mu: Optional[torch.Tensor], logvar: Optional[torch.Tensor], kl: Optional[torch.Tensor],
+    dtype: torch.dtype, rows: int, batch: Tuple[int, ...],
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(kl, mu, logvar) as the ELBO ops take them: the given ``kl`` (shape ``batch``) as a
+    contiguous (rows,) tensor of the accumulation dtype of ``dtype`` and no mu / logvar, or no kl
+    and mu / logvar (broadcast to each other, cast to ``dtype``) as contiguous (rows, Z) matrices."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    if kl is not None:
+        if not isinstance(kl, torch.Tensor):
+            raise ValueError(f"kl must be a torch.Tensor, got {type(kl).__name__}")
+        if kl.shape != batch:
+            raise ValueError(
+                f"recon gives per-example terms of shape {tuple(batch)} but kl has shape {tuple(kl.shape)}: "
+                f"the batch dims must agree"
+            )
+        if kl.dtype == acc and kl.dim() == 1 and kl.is_contiguous():
+            kl2 = kl
+        else:
+            kl2 = cast(check_float("kl", kl), acc).reshape(rows).contiguous()
+        mu2 = lv2 = None
+    else:
+        kl2 = None
+        if not isinstance(mu, torch.Tensor) or not isinstance(logvar, torch.Tensor):
+            raise ValueError("mu and logvar must be torch.Tensors when kl is not given")
+        if mu.shape == logvar.shape and mu.dim() == 2 and mu.dtype == dtype == logvar.dtype and (
+            mu.is_contiguous() and logvar.is_contiguous()
+        ):
+            mu2, lv2 = mu, logvar
+        else:
+            check_float("mu", mu)
+            check_float("logvar", logvar)
+            latent = broadcast_shape(mu=mu, logvar=logvar)
+            if len(latent) == 0:
+                raise ValueError("mu and logvar need a latent dim (at least 1-D)")
+            mu2 = cast(mu, dtype).expand(latent).contiguous()
+            lv2 = cast(logvar, dtype).expand(latent).contiguous()
+        if mu2.shape[:-1] != batch:
+            raise ValueError(
+                f"recon gives per-example terms of shape {tuple(batch)} but mu/logvar give "
+                f"{tuple(mu2.shape[:-1])}: the batch dims must agree"
+            )
+        if mu2.dim() != 2:
+            mu2, lv2 = mu2.reshape(rows, -1), lv2.reshape(rows, -1)
+    return kl2, mu2, lv2

@@ -2,7 +2,8 @@
 
 csrc: ``csrc/{cpu,cuda,autograd}/elbo.*`` and ``csrc/common/elbo_args.h``; ops ``fastvae::elbo``
 (the loss), ``fastvae::elbo_loss`` (the loss and the gradients it writes), ``fastvae::elbo_rescale``
-and ``fastvae::elbo_rescale_``.
+and ``fastvae::elbo_rescale_``. The image likelihoods are the op family of
+:mod:`fastvae.functional.image_elbo` (``fastvae::image_elbo``), which :func:`elbo` calls for them.
 """
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Optional, Tuple, Union
 import torch
 
 from ..ops import ops
-from ._checks import FLOATS, as_rows, broadcast_shape, cast, check_devices, check_float, real
+from ._checks import FLOATS, as_rows, broadcast_shape, cast, check_devices, check_float, kl_operands, real
+from .image_elbo import IMAGE_LIKELIHOODS, image_elbo
 
 __all__ = ["elbo", "LIKELIHOODS", "REDUCTIONS"]
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+#: The likelihoods of fastvae::elbo, then the image likelihoods (fastvae::image_elbo).
+LIKELIHOODS = ("bernoulli", "gaussian") + IMAGE_LIKELIHOODS
 REDUCTIONS = ("mean", "sum", "none")
 _ACC = {torch.float32: torch.float32, torch.bfloat16: torch.float32, torch.float16: torch.float32,
         torch.float64: torch.float64}  # the dtype of the row sums (and of kl) per input dtype
@@ -54,6 +57,8 @@ def elbo(
     beta: float = 1.0,
     reduction: str = "mean",
     kl: Optional[torch.Tensor] = None,
+    num_mixtures: Optional[int] = None,
+    bits: int = 8,
 ) -> torch.Tensor:
     """Negative ELBO: -log p(x|z) + beta * KL(q(z|x) || N(0, I)), per example then reduced.
 
@@ -68,6 +73,12 @@ def elbo(
     hierarchical VAE's top-down one, from ``reparameterize_with_kl(mu, logvar,
     prior_mu=..., prior_logvar=...)`` (or :func:`kl_normal`, summed over layers), so a one-level
     VAE with a learned prior is still one sampling op and one loss op.
+
+    Image VAEs: ``likelihood`` "dmol" (discretized mixture of ``num_mixtures`` logistics),
+    "logistic", "categorical" (``2^bits`` classes) or "continuous_bernoulli", with ``recon`` in
+    that likelihood's layout and ``x`` integer levels (see :func:`image_elbo`, which this calls:
+    one op, ``fastvae::image_elbo``). ``bits`` (default 8) and ``num_mixtures`` are read only by
+    them.
 
     ``x`` broadcasts to ``recon``'s shape. Its dtype, whatever its layout: any floating dtype,
     cast to recon's (as every fastvae op casts its data); for the Bernoulli likelihood also bool
@@ -85,7 +96,7 @@ def elbo(
             and x.shape == recon.shape and recon.is_contiguous() and x.is_contiguous()):
         if likelihood == "bernoulli" and (x.dtype is recon.dtype or x.dtype is torch.uint8 or x.dtype is torch.bool):
             obs_value = 0.0
-        elif type(obs_logvar) is float and x.dtype == recon.dtype:
+        elif likelihood == "gaussian" and type(obs_logvar) is float and x.dtype == recon.dtype:
             obs_value = obs_logvar
         else:
             obs_value = None
@@ -97,6 +108,8 @@ def elbo(
                   and mu.dtype is recon.dtype and logvar.dtype is recon.dtype and mu.is_contiguous()
                   and logvar.is_contiguous()):
                 return _elbo_op(recon, x, None, mu, logvar, None, obs_value, likelihood, beta, reduction)
+    if likelihood in IMAGE_LIKELIHOODS:
+        return image_elbo(recon, x, mu, logvar, likelihood, num_mixtures, bits, beta, reduction, kl)
     return _elbo(recon, x, mu, logvar, likelihood, obs_logvar, beta, reduction, kl)
 
 
@@ -114,7 +127,7 @@ def _elbo(
     """:func:`elbo` for every other case: checks, casts, reshapes."""
     # Only what the op cannot check is checked here (types, layouts); the op checks the rest and
     # raises ValueError naming the argument.
-    if likelihood not in LIKELIHOODS:
+    if likelihood not in ("bernoulli", "gaussian"):
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -152,43 +165,7 @@ def _elbo(
             raise ValueError(f"x of shape {tuple(x.shape)} does not broadcast to recon's {tuple(shape)}")
         x2 = as_rows(x, shape, max(len(shape) - 1, 1))
 
-    acc = torch.float64 if recon.dtype == torch.float64 else torch.float32
-    if kl is not None:
-        if not isinstance(kl, torch.Tensor):
-            raise ValueError(f"kl must be a torch.Tensor, got {type(kl).__name__}")
-        if kl.shape != batch:
-            raise ValueError(
-                f"recon gives per-example terms of shape {tuple(batch)} but kl has shape {tuple(kl.shape)}: "
-                f"the batch dims must agree"
-            )
-        if kl.dtype == acc and kl.dim() == 1 and kl.is_contiguous():
-            kl2 = kl
-        else:
-            kl2 = cast(check_float("kl", kl), acc).reshape(rows).contiguous()
-        mu2 = lv2 = None
-    else:
-        kl2 = None
-        if not isinstance(mu, torch.Tensor) or not isinstance(logvar, torch.Tensor):
-            raise ValueError("mu and logvar must be torch.Tensors when kl is not given")
-        if mu.shape == logvar.shape and mu.dim() == 2 and mu.dtype == recon.dtype == logvar.dtype and (
-            mu.is_contiguous() and logvar.is_contiguous()
-        ):
-            mu2, lv2 = mu, logvar
-        else:
-            check_float("mu", mu)
-            check_float("logvar", logvar)
-            latent = broadcast_shape(mu=mu, logvar=logvar)
-            if len(latent) == 0:
-                raise ValueError("mu and logvar need a latent dim (at least 1-D)")
-            mu2 = cast(mu, recon.dtype).expand(latent).contiguous()
-            lv2 = cast(logvar, recon.dtype).expand(latent).contiguous()
-        if mu2.shape[:-1] != batch:
-            raise ValueError(
-                f"recon gives per-example terms of shape {tuple(batch)} but mu/logvar give "
-                f"{tuple(mu2.shape[:-1])}: the batch dims must agree"
-            )
-        if mu2.dim() != 2:
-            mu2, lv2 = mu2.reshape(rows, -1), lv2.reshape(rows, -1)
+    kl2, mu2, lv2 = kl_operands(mu, logvar, kl, recon.dtype, rows, batch)
 
     obs, obs_value = (None, 0.0) if likelihood == "bernoulli" else _elbo_obs_logvar(obs_logvar, recon, recon2)
     loss = _elbo_op(recon2, x2, kl2, mu2, lv2, obs, obs_value, likelihood, beta, reduction)

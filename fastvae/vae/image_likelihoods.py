@@ -24,11 +24,11 @@ import torch
 
 from .. import functional as _F
 from .. import reference as _R
+from ..functional.image_elbo import IMAGE_LIKELIHOODS
 
 __all__ = ["IMAGE_LIKELIHOODS", "DISCRETE_LIKELIHOODS", "decoder_channels", "levels", "image_log_px",
-           "image_mean", "image_sample"]
+           "elbo_operands", "image_mean", "image_sample"]
 
-IMAGE_LIKELIHOODS = ("dmol", "logistic", "categorical", "continuous_bernoulli")
 #: The likelihoods over integer levels (bits/dim is their unit).
 DISCRETE_LIKELIHOODS = ("dmol", "logistic", "categorical")
 
@@ -61,6 +61,15 @@ def _image(t: torch.Tensor, n: int, image_shape: Sequence[int], per_pixel: int) 
     return t.reshape(n, per_pixel, h, w)
 
 
+def _op_layout(likelihood: str, params: torch.Tensor, n: int, image_shape: Sequence[int], num_mixtures: int,
+               bits: int) -> torch.Tensor:
+    """n rows of decoder outputs in a discrete likelihood op's layout: (n, K, H, W), for
+    "categorical" (n, 2^bits, C, H, W). A view of a conv decoder's output (channels-last too)."""
+    c = image_shape[0]
+    p = _image(params, n, image_shape, decoder_channels(likelihood, c, num_mixtures, bits))
+    return p.reshape(n, 2**bits, c, *image_shape[1:]) if likelihood == "categorical" else p
+
+
 def image_log_px(likelihood: str, params: torch.Tensor, x_flat: torch.Tensor, image_shape: Sequence[int],
                  num_mixtures: int, bits: int, fused: bool = True) -> torch.Tensor:
     """log p(x | z) per example, shape ``params.shape[:-1]``: params (..., B, P) flattened decoder
@@ -72,19 +81,33 @@ def image_log_px(likelihood: str, params: torch.Tensor, x_flat: torch.Tensor, im
         if params.shape[-1] != x_flat.shape[-1]:
             raise ValueError(f"decoder gives {params.shape[-1]} values per example but x has {x_flat.shape[-1]}")
         return ops.continuous_bernoulli_log_likelihood(params, x_flat, event_dims=1)
-    c = image_shape[0]
     v = levels(x_flat, bits).view(x_flat.shape[0], *image_shape)
     if n != x_flat.shape[0]:  # K samples per image: the levels (one byte each) repeated per sample
         v = v.expand(n // x_flat.shape[0], *v.shape).reshape(n, *image_shape)
-    p = _image(params, n, image_shape, decoder_channels(likelihood, c, num_mixtures, bits))
+    p = _op_layout(likelihood, params, n, image_shape, num_mixtures, bits)
     if likelihood == "dmol":
         ll = ops.discretized_mix_logistic_log_likelihood(p, v, num_mixtures, bits=bits)
     elif likelihood == "logistic":
         mean, log_scale = p.chunk(2, dim=1)
         ll = ops.discretized_logistic_log_likelihood(mean, log_scale, v, bits=bits)
     else:
-        ll = ops.categorical_log_likelihood(p.view(n, 2**bits, c, *image_shape[1:]), v)
+        ll = ops.categorical_log_likelihood(p, v)
     return ll.view(lead)
+
+
+def elbo_operands(likelihood: str, params: torch.Tensor, x_flat: torch.Tensor, image_shape: Sequence[int],
+                  num_mixtures: int, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(recon, x) for ``fastvae.functional.elbo(recon, x, ..., likelihood=likelihood)`` from one
+    decoder output per image (any shape with B rows: a conv decoder's (B, K, H, W), channels-last
+    included, is passed on as a view) and x_flat (B, D) grey levels in [0, 1]."""
+    n = x_flat.shape[0]
+    if likelihood == "continuous_bernoulli":
+        if params.shape[0] != n or params.numel() != x_flat.numel():
+            raise ValueError(f"decoder gives {params.numel() // max(params.shape[0], 1)} values per example but x "
+                             f"has {x_flat.shape[-1]}")
+        return params, x_flat.reshape(params.shape)
+    v = levels(x_flat, bits).view(n, *image_shape)
+    return _op_layout(likelihood, params, n, image_shape, num_mixtures, bits), v
 
 
 def _logistic_mean_and_mixture(p: torch.Tensor, c: int, m: int) -> Tuple[torch.Tensor, torch.Tensor]:

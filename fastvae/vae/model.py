@@ -252,13 +252,19 @@ class VAE(nn.Module):
     def _fused_loss(self, out: VAEOutput, x: torch.Tensor, beta: float, free_bits: float,
                     reduction: str) -> torch.Tensor:
         x_flat = self._flat(x)
+        if self.likelihood in _I.IMAGE_LIKELIHOODS:
+            # One op (fastvae::image_elbo), free bits included: their KL is passed in as kl.
+            kl = free_bits_kl(out.mu, out.logvar, free_bits) if free_bits else out.kl
+            recon, xo = _I.elbo_operands(self.likelihood, out.recon, x_flat, self.data_shape, self.num_mixtures,
+                                         self.bits)
+            return _F.elbo(recon, xo, out.mu, out.logvar, likelihood=self.likelihood, beta=beta,
+                           reduction=reduction, kl=kl, num_mixtures=self.num_mixtures, bits=self.bits)
         recon, obs_logvar = self._observation(out.recon, (x_flat.shape[0],))
         if free_bits == 0 and self.likelihood in _ELBO_OP_LIKELIHOODS:
             self._check_recon(recon, x_flat)
             return _F.elbo(recon, x_flat, out.mu, out.logvar, likelihood=self.likelihood,
                            obs_logvar=obs_logvar, beta=beta, reduction=reduction, kl=out.kl)
         # Free bits need the KL of each latent dim before summing; the likelihood stays fused.
-        # The image likelihoods are their own ops (not yet terms of the whole-ELBO op).
         kl = free_bits_kl(out.mu, out.logvar, free_bits) if free_bits else out.kl
         if kl is None:
             kl = _F.kl_standard_normal(out.mu, out.logvar)
