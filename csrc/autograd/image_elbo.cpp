@@ -11,35 +11,30 @@
 namespace fastvae {
 namespace autograd {
 
-namespace {
-
-using ImageElboSig = ImageElboOutputs(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                                      c10::string_view, int64_t, int64_t, double, c10::string_view,
-                                      std::array<bool, 2>);
-
-// Positions of the autograd function's arguments: the tensors recon, x, kl, mu, logvar, then the
-// 5 others of image_elbo and the gradient mask.
-enum Input { kRecon = 0, kX, kKl, kMu, kLogvar, kNumTensorInputs };
-constexpr size_t kNumInputs = 11;
-// The gradient outputs of image_elbo_loss (after the loss) and the input each one answers.
-constexpr Input kAnswers[] = {kRecon, kKl, kMu, kLogvar};
-
-bool requires_grad(const std::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() && t->requires_grad();
-}
-
-}  // namespace
-
-// Node name: CppNode<fastvae::autograd::ImageElbo> in a training step's graph.
+// Node name: CppNode<fastvae::autograd::ImageElbo> in a training step's graph. (Its helpers are
+// members: setup.py compiles csrc/autograd/ as shared translation units.)
 class ImageElbo : public torch::autograd::Function<ImageElbo> {
+  using Sig = ImageElboOutputs(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                               const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, c10::string_view,
+                               int64_t, int64_t, double, c10::string_view, std::array<bool, 2>);
+  // Positions of the function's arguments: the tensors recon, x, kl, mu, logvar, then the 5
+  // others of image_elbo and the gradient mask.
+  enum Input { kRecon = 0, kX, kKl, kMu, kLogvar, kNumTensorInputs };
+  static constexpr size_t kNumInputs = 11;
+  // The gradient outputs of image_elbo_loss (after the loss) and the input each one answers.
+  static constexpr Input kAnswers[] = {kRecon, kKl, kMu, kLogvar};
+
  public:
+  static bool requires_grad(const std::optional<at::Tensor>& t) {
+    return t.has_value() && t->defined() && t->requires_grad();
+  }
+
   static variable_list forward(AutogradContext* ctx, const at::Tensor& recon, const at::Tensor& x,
                                const std::optional<at::Tensor>& kl, const std::optional<at::Tensor>& mu,
                                const std::optional<at::Tensor>& logvar, c10::string_view likelihood,
                                int64_t num_mixtures, int64_t bits, double beta, c10::string_view reduction,
                                std::array<bool, 2> mask) {
-    static const auto op = find_op<ImageElboSig>("fastvae::image_elbo_loss");
+    static const auto op = find_op<Sig>("fastvae::image_elbo_loss");
     const bool kl_given = kl.has_value() && kl->defined();
     auto [loss, g_recon, g_kl, g_mu, g_logvar] = call_below_autograd(
         op, recon, x, kl, mu, logvar, likelihood, num_mixtures, bits, beta, reduction, mask);
@@ -83,7 +78,7 @@ class ImageElbo : public torch::autograd::Function<ImageElbo> {
 
 namespace {
 
-at::Tensor image_elbo(const at::Tensor& recon, const at::Tensor& x, const std::optional<at::Tensor>& kl,
+at::Tensor image_elbo_autograd(const at::Tensor& recon, const at::Tensor& x, const std::optional<at::Tensor>& kl,
                       const std::optional<at::Tensor>& mu, const std::optional<at::Tensor>& logvar,
                       c10::string_view likelihood, int64_t num_mixtures, int64_t bits, double beta,
                       c10::string_view reduction) {
@@ -92,13 +87,14 @@ at::Tensor image_elbo(const at::Tensor& recon, const at::Tensor& x, const std::o
   const bool kl_given = kl.has_value() && kl->defined();
   const std::array<bool, 2> mask = {
       grad && recon.requires_grad(),
-      grad && (kl_given ? kl->requires_grad() : requires_grad(mu) || requires_grad(logvar))};
+      grad && (kl_given ? kl->requires_grad()
+                   : ImageElbo::requires_grad(mu) || ImageElbo::requires_grad(logvar))};
   return ImageElbo::apply(recon, x, kl, mu, logvar, likelihood, num_mixtures, bits, beta, reduction, mask)[0];
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastvae, Autograd, m) { m.impl("image_elbo", &image_elbo); }
+TORCH_LIBRARY_IMPL(fastvae, Autograd, m) { m.impl("image_elbo", &image_elbo_autograd); }
 
 }  // namespace autograd
 }  // namespace fastvae
