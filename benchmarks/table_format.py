@@ -130,7 +130,8 @@ def host_table(host: Dict[str, Any]) -> List[str]:
                     *(times(ratio(r.get(f"{i}_us"), r.get(f"{base}_us"))) for i in impls if i != base)]
                    for r in rows] if base else [])
     # Reports from before the lean baseline time fastvae.reference.elbo as "eager".
-    lines += ["", f"eager: {host.get('baseline') or 'fastvae.reference.elbo (reduction none, then sums and mean)'}."]
+    baseline = host.get("baseline") or "fastvae.reference.elbo (reduction none, then sums and mean)"
+    lines += ["", f"{baseline if baseline.startswith('eager:') else 'eager: ' + baseline}."]
     calls = (host.get("counts") or {}).get("calls")
     if calls:
         lines[-1] += (f" Fused step: {len(calls)} dispatcher calls ({', '.join(f'`{c}`' for c in calls)}), "
