@@ -57,6 +57,27 @@ def _case(batch: int, side: int, dtype: torch.dtype, device: torch.device) -> Di
     }
 
 
+def measure(fns: Dict[str, Callable[[], None]], device: torch.device, repeats: int, label: str,
+            **fields: object) -> Dict[str, object]:
+    """One report row: ``fns`` timed interleaved and their peak memory, the fused one's speed-up
+    and memory ratio against each baseline present; printed as one line after ``label``."""
+    t = time_interleaved(fns, device, warmup=1, repeats=repeats, retries=1)
+    mem = {k: peak_memory_mb(fn, device) for k, fn in fns.items()}
+    row: Dict[str, object] = {**fields, "ms": t.median, "iqr_ms": t.iqr, "peak_mib": mem,
+                              "other_load_cores": t.other_load}
+    for ref in ("eager", "compile"):
+        if ref in fns and "fused" in fns:
+            row[f"speedup_vs_{ref}"] = t.median[ref] / t.median["fused"]
+            if mem.get(ref):
+                row[f"memory_vs_{ref}"] = mem["fused"] / mem[ref]
+    print(f"{label}: "
+          + "  ".join(f"{k} {t.median[k]:8.1f} ms {mem[k] or 0:8.1f} MiB" for k in fns)
+          + "".join(f"  x{row[k]:.2f} {k}" for k in row if k.startswith(("speedup", "memory")))
+          + f"  (other load {t.other_load if t.other_load is None else round(t.other_load, 2)} cores)",
+          flush=True)
+    return row
+
+
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
@@ -74,21 +95,8 @@ def main(argv: List[str] = None) -> int:
             batch, side = (int(v) for v in size.split("x"))
             torch._dynamo.reset()
             fns = {k: v for k, v in _case(batch, side, dtype, device).items() if k in args.impls}
-            t = time_interleaved(fns, device, warmup=1, repeats=args.repeats, retries=1)
-            mem = {k: peak_memory_mb(fn, device) for k, fn in fns.items()}
-            row = {"dtype": dname, "B": batch, "side": side, "ms": t.median, "iqr_ms": t.iqr, "peak_mib": mem,
-                   "other_load_cores": t.other_load}
-            for ref in ("eager", "compile"):
-                if ref in fns and "fused" in fns:
-                    row[f"speedup_vs_{ref}"] = t.median[ref] / t.median["fused"]
-                    if mem.get(ref):
-                        row[f"memory_vs_{ref}"] = mem["fused"] / mem[ref]
-            rows.append(row)
-            print(f"{dname:9s} B={batch:3d} 3x{side}x{side}: "
-                  + "  ".join(f"{k} {t.median[k]:8.1f} ms {mem[k] or 0:8.1f} MiB" for k in fns)
-                  + "".join(f"  x{row[k]:.2f} {k}" for k in row if k.startswith(("speedup", "memory")))
-                  + f"  (other load {t.other_load if t.other_load is None else round(t.other_load, 2)} cores)",
-                  flush=True)
+            rows.append(measure(fns, device, args.repeats, f"{dname:9s} B={batch:3d} 3x{side}x{side}",
+                                dtype=dname, B=batch, side=side))
     if args.out:
         report = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "device": str(device), "num_mixtures": M, "rows": rows}

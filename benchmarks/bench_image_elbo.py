@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from dmol_eager import eager_dmol_log_likelihood  # noqa: E402
 from fastvae import functional as F  # noqa: E402
 from fastvae import reference as R  # noqa: E402
-from fastvae.bench.timing import peak_memory_mb, time_interleaved  # noqa: E402
+from bench_discretized_logistic import measure  # noqa: E402
 
 M = 10
 Z = 64
@@ -87,20 +87,9 @@ def main(argv: List[str] = None) -> int:
                 batch, side = (int(v) for v in size.split("x"))
                 torch._dynamo.reset()
                 fns = _case(likelihood, batch, side, getattr(torch, dname), device)
-                t = time_interleaved(fns, device, warmup=1, repeats=args.repeats, retries=1)
-                mem = {k: peak_memory_mb(fn, device) for k, fn in fns.items()}
-                row = {"likelihood": likelihood, "dtype": dname, "B": batch, "side": side, "ms": t.median,
-                       "iqr_ms": t.iqr, "peak_mib": mem, "other_load_cores": t.other_load}
-                for ref in ("eager", "compile"):
-                    row[f"speedup_vs_{ref}"] = t.median[ref] / t.median["fused"]
-                    if mem.get(ref):
-                        row[f"memory_vs_{ref}"] = mem["fused"] / mem[ref]
-                rows.append(row)
-                print(f"{likelihood:11s} {dname:9s} B={batch:3d} 3x{side}x{side}: "
-                      + "  ".join(f"{k} {t.median[k]:8.1f} ms {mem[k] or 0:8.1f} MiB" for k in fns)
-                      + "".join(f"  x{row[k]:.2f} {k}" for k in row if k.startswith(("speedup", "memory")))
-                      + f"  (other load {t.other_load if t.other_load is None else round(t.other_load, 2)} cores)",
-                      flush=True)
+                rows.append(measure(fns, device, args.repeats,
+                                    f"{likelihood:11s} {dname:9s} B={batch:3d} 3x{side}x{side}",
+                                    likelihood=likelihood, dtype=dname, B=batch, side=side))
     if args.out:
         report = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "device": str(device), "num_mixtures": M, "beta": BETA,
