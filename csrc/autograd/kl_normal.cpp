@@ -66,8 +66,9 @@ class ReparameterizeWithKlNormal : public torch::autograd::Function<Reparameteri
     variable_list out(7);
     if (!grad_z.defined() && !grad_kl.defined()) return out;
     const auto saved = ctx->get_saved_variables();
-    // A sample drawn without the sample dim (num_samples None) is one sample to the backward ops.
-    const at::Tensor g = grad_z.defined() && grad_z.dim() == saved[0].dim() ? grad_z.unsqueeze(0) : grad_z;
+    // grad_z as it comes: a sample drawn without the sample dim (num_samples None) has mu's shape,
+    // which the backward ops read as one sample (no view per step).
+    const at::Tensor& g = grad_z;
     if (!grad_z.defined()) {
       // Only the KL was used: its own backward, which draws no eps.
       const auto q = as_list(kl_backward(grad_kl, saved));
