@@ -62,6 +62,7 @@ using ImageElboOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tens
   /* likelihood */                                                                               \
   TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& x,             \
                                       bool compute_grad);                                        \
+  at::Tensor bernoulli_log_likelihood_(const at::Tensor& logits, const at::Tensor& x);           \
   at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x,                \
                                      const at::Tensor& logvar);                                  \
   TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Tensor& mean,    \

@@ -5,6 +5,8 @@
 #include <torch/library.h>
 #ifndef FASTVAE_NO_PYTHON
 #include <ATen/Parallel.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/mm.h>
 #include <pybind11/pybind11.h>  // not torch/extension.h: the module binds no tensors, and that header doubles the compile
 
 #include <algorithm>
@@ -32,8 +34,9 @@
 // 13: the image likelihoods: fastvae::continuous_bernoulli_log_likelihood,
 // fastvae::categorical_log_likelihood and the discretized_logistic family; 15: the samplers
 // fastvae::sample_discretized_mix_logistic, fastvae::sample_discretized_logistic and
-// fastvae::sample_categorical; 16: the image_elbo family).
-#define FASTVAE_OPS_VERSION 16
+// fastvae::sample_categorical; 16: the image_elbo family; 17: fastvae::bernoulli_log_likelihood_ and
+// fastvae::linear_bernoulli_log_likelihood).
+#define FASTVAE_OPS_VERSION 17
 
 FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // The sampling ops draw their Philox (seed, offset) from the generator themselves (or take a
@@ -64,6 +67,13 @@ FASTVAE_LIBRARY(FASTVAE_NAMESPACE, m) {
   // With compute_grad the Bernoulli likelihood also returns d ll / d logits, written in the same pass.
   m.def("bernoulli_log_likelihood(Tensor logits, Tensor x, bool compute_grad) -> (Tensor, Tensor)");
   m.def("gaussian_log_likelihood(Tensor mean, Tensor x, Tensor logvar) -> Tensor");
+  // The same per row, d ll / d logits written over the (contiguous) logits: the buffer of the
+  // fused decoder head below, which nothing else reads.
+  m.def("bernoulli_log_likelihood_(Tensor(a!) logits, Tensor x) -> Tensor");
+  // A decoder's last linear layer and the Bernoulli likelihood in one op: log p(x | logits) per
+  // row of input (N, H), logits = input @ weight.T + bias never kept (their buffer becomes their
+  // gradient), x (B, D) broadcast over the rows (row r reads x row r % B).
+  m.def("linear_bernoulli_log_likelihood(Tensor input, Tensor weight, Tensor? bias, Tensor x) -> Tensor");
   // The continuous Bernoulli (x in [0, 1]) as the Bernoulli above: rows of logits, x broadcast
   // over them, d ll / d logits written in the same pass with compute_grad.
   m.def("continuous_bernoulli_log_likelihood(Tensor logits, Tensor x, bool compute_grad) -> (Tensor, Tensor)");
@@ -188,6 +198,19 @@ at::Tensor dmol_ll_only(const at::Tensor& params, const at::Tensor& x, int64_t n
   return std::get<0>(op.call(params, x, num_mixtures, bits, false));
 }
 
+// fastvae::linear_bernoulli_log_likelihood below autograd (every backend): the logits, then the
+// Bernoulli likelihood with no gradient written.
+at::Tensor linear_bernoulli_only(const at::Tensor& input, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, const at::Tensor& x) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastvae::bernoulli_log_likelihood", "")
+                             .typed<TensorPair(const at::Tensor&, const at::Tensor&, bool)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const auto logits = bias.has_value() && bias->defined() ? at::addmm(*bias, input, weight.t())
+                                                          : at::mm(input, weight.t());
+  return std::get<0>(op.call(logits, x, false));
+}
+
 at::Tensor logistic_ll_only(const at::Tensor& mean, const at::Tensor& log_scale, const at::Tensor& x, int64_t bits) {
   static const auto op =
       c10::Dispatcher::singleton()
@@ -212,6 +235,7 @@ at::Tensor logistic_ll_only(const at::Tensor& mean, const at::Tensor& log_scale,
   m.impl("reparameterize_with_kl_normal", &fastvae::ns::reparameterize_with_kl_normal);        \
   m.impl("reparameterize_with_kl_normal_backward", &fastvae::ns::reparameterize_with_kl_normal_backward); \
   m.impl("bernoulli_log_likelihood", &fastvae::ns::bernoulli_log_likelihood);                  \
+  m.impl("bernoulli_log_likelihood_", &fastvae::ns::bernoulli_log_likelihood_);                \
   m.impl("gaussian_log_likelihood", &fastvae::ns::gaussian_log_likelihood);                    \
   m.impl("continuous_bernoulli_log_likelihood", &fastvae::ns::continuous_bernoulli_log_likelihood); \
   m.impl("categorical_log_likelihood", &fastvae::ns::categorical_log_likelihood);              \
@@ -243,6 +267,7 @@ TORCH_LIBRARY_IMPL(fastvae, CPU, m) {
   m.impl("discretized_mix_logistic_log_likelihood", &fastvae::dmol_ll_only);
   m.impl("discretized_logistic_log_likelihood", &fastvae::logistic_ll_only);
   m.impl("image_elbo", &fastvae::image_elbo_only);
+  m.impl("linear_bernoulli_log_likelihood", &fastvae::linear_bernoulli_only);
 }
 #endif
 
@@ -253,6 +278,7 @@ TORCH_LIBRARY_IMPL(fastvae, CUDA, m) {
   m.impl("discretized_mix_logistic_log_likelihood", &fastvae::dmol_ll_only);
   m.impl("discretized_logistic_log_likelihood", &fastvae::logistic_ll_only);
   m.impl("image_elbo", &fastvae::image_elbo_only);
+  m.impl("linear_bernoulli_log_likelihood", &fastvae::linear_bernoulli_only);
 }
 #endif
 

@@ -16,7 +16,7 @@ import torch
 # 13: the image likelihoods: continuous_bernoulli, categorical and the discretized_logistic family;
 # 15: their samplers sample_discretized_mix_logistic, sample_discretized_logistic, sample_categorical;
 # 16: the image_elbo family).
-OPS_VERSION = 16
+OPS_VERSION = 17
 
 _BUILD_HINT = (
     "Build it from the repository root with:\n"

@@ -111,6 +111,18 @@ def _(logits, x, compute_grad):
     return _rows_out(logits), grad
 
 
+@torch.library.register_fake("fastvae::bernoulli_log_likelihood_")
+def _(logits, x):
+    _same_device(logits=logits, x=x)
+    return _rows_out(logits)
+
+
+@torch.library.register_fake("fastvae::linear_bernoulli_log_likelihood")
+def _(input, weight, bias, x):
+    _same_device(input=input, weight=weight, bias=bias, x=x)
+    return _rows_out(input)
+
+
 @torch.library.register_fake("fastvae::continuous_bernoulli_log_likelihood")
 def _(logits, x, compute_grad):
     _same_device(logits=logits, x=x)

@@ -20,6 +20,7 @@ __all__ = [
     "kl_normal",
     "bernoulli_log_likelihood",
     "gaussian_log_likelihood",
+    "linear_bernoulli_log_likelihood",
     "continuous_bernoulli_log_likelihood",
     "cb_log_normalizer",
     "categorical_log_likelihood",
@@ -92,6 +93,13 @@ def bernoulli_log_likelihood(
     logits, x = torch.broadcast_tensors(logits, x)
     ll = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     return _sum_event(ll, event_dims)
+
+
+def linear_bernoulli_log_likelihood(
+    input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """bernoulli_log_likelihood of the logits input @ weight.T + bias, summed over their last dim."""
+    return bernoulli_log_likelihood(F.linear(input, weight, bias), x, event_dims=1)
 
 
 def _cb_series_coefficients(terms: int) -> Tuple[float, ...]:

@@ -68,6 +68,11 @@ def _raw_cases() -> Dict[str, Tuple[Callable[[str], Sequence[torch.Tensor]], Any
             [(0, 5), (0, 5), (1, 5, 0.0), (1, 5, 0.0)]),
         "bernoulli_log_likelihood": (
             lambda d: ops.bernoulli_log_likelihood(t(0, 5, device=d), t(1, 5, device=d), True), [(0,), (0, 5)]),
+        "bernoulli_log_likelihood_": (
+            lambda d: [ops.bernoulli_log_likelihood_(t(0, 5, device=d), t(1, 5, device=d))], [(0,)]),
+        "linear_bernoulli_log_likelihood": (
+            lambda d: [ops.linear_bernoulli_log_likelihood(t(0, 4, device=d), t(5, 4, device=d), t(5, device=d),
+                                                           t(1, 5, device=d))], [(0,)]),
         "gaussian_log_likelihood": (
             lambda d: [ops.gaussian_log_likelihood(t(0, 5, device=d), t(1, 5, device=d), t(1, 5, device=d))], [(0,)]),
         "gaussian_log_likelihood_backward": (

@@ -28,6 +28,12 @@ TensorPair bernoulli_log_likelihood(const at::Tensor& logits, const at::Tensor& 
   return logit_rows_log_likelihood<BernoulliMath>(logits, x, compute_grad);
 }
 
+// The same, d ll / d logits written over the logits (fastvae::linear_bernoulli_log_likelihood's
+// own buffer, which nothing else reads).
+at::Tensor bernoulli_log_likelihood_(const at::Tensor& logits, const at::Tensor& x) {
+  return logit_rows_log_likelihood_into<BernoulliMath>(logits, x);
+}
+
 at::Tensor gaussian_log_likelihood(const at::Tensor& mean, const at::Tensor& x, const at::Tensor& logvar) {
   check_gaussian(mean, x, logvar);
   auto ll = at::empty({mean.size(0)}, mean.options().dtype(acc_dtype(mean.scalar_type())));

@@ -55,13 +55,9 @@ void logit_rows_forward(const at::Tensor& logits, const at::Tensor& x, at::Tenso
   row_sums<acc_t>(logits.size(0), logits.size(1), ll.mutable_data_ptr<acc_t>(), ll.options(), rows);
 }
 
-// (ll per row, d ll / d logits or an empty tensor).
+// logit_rows_forward for the logits' dtype and x's (that dtype, uint8 or bool).
 template <typename Math>
-TensorPair logit_rows_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
-  check_bernoulli(logits, x);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
-  at::Tensor grad = compute_grad ? at::empty_like(logits) : at::Tensor();
+void logit_rows_dispatch(const at::Tensor& logits, const at::Tensor& x, at::Tensor& ll, at::Tensor& grad) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), Math::kName, [&] {
     switch (x.scalar_type()) {
       case at::kByte: logit_rows_forward<scalar_t, uint8_t, Math>(logits, x, ll, grad); break;
@@ -69,7 +65,29 @@ TensorPair logit_rows_log_likelihood(const at::Tensor& logits, const at::Tensor&
       default: logit_rows_forward<scalar_t, scalar_t, Math>(logits, x, ll, grad);
     }
   });
+}
+
+// (ll per row, d ll / d logits or an empty tensor).
+template <typename Math>
+TensorPair logit_rows_log_likelihood(const at::Tensor& logits, const at::Tensor& x, bool compute_grad) {
+  check_bernoulli(logits, x);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
+  at::Tensor grad = compute_grad ? at::empty_like(logits) : at::Tensor();
+  logit_rows_dispatch<Math>(logits, x, ll, grad);
   return {ll, compute_grad ? grad : at::empty({0}, logits.options())};
+}
+
+// ll per row, with d ll / d logits written over the logits themselves (contiguous rows): each
+// thread reads its pack before it stores the gradient there, so the two may alias.
+template <typename Math>
+at::Tensor logit_rows_log_likelihood_into(const at::Tensor& logits, const at::Tensor& x) {
+  check_bernoulli(logits, x);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  auto ll = at::empty({logits.size(0)}, logits.options().dtype(acc_dtype(logits.scalar_type())));
+  at::Tensor grad = logits;
+  logit_rows_dispatch<Math>(logits, x, ll, grad);
+  return ll;
 }
 
 }  // namespace cuda_detail

@@ -5,6 +5,7 @@
 ``kl``             :func:`kl_standard_normal`
 ``kl_normal``      :func:`kl_normal` (and ``reparameterize_with_kl``'s prior)
 ``likelihood``     :func:`bernoulli_log_likelihood`, :func:`gaussian_log_likelihood`
+``linear_bernoulli``  :func:`linear_bernoulli_log_likelihood` (a decoder's last linear layer + Bernoulli)
 ``continuous_bernoulli``  :func:`continuous_bernoulli_log_likelihood`
 ``categorical``    :func:`categorical_log_likelihood` (integer levels, K-way softmax), :func:`sample_categorical`
 ``discretized_logistic``  :func:`discretized_mix_logistic_log_likelihood`, :func:`discretized_logistic_log_likelihood`,
@@ -38,6 +39,7 @@ from .iwae import dreg_gate, iwae_bound
 from .kl import kl_standard_normal
 from .kl_normal import kl_normal
 from .likelihood import bernoulli_log_likelihood, gaussian_log_likelihood
+from .linear_bernoulli import linear_bernoulli_log_likelihood
 from .sampling import reparameterize, reparameterize_with_kl
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "kl_normal",
     "bernoulli_log_likelihood",
     "gaussian_log_likelihood",
+    "linear_bernoulli_log_likelihood",
     "continuous_bernoulli_log_likelihood",
     "categorical_log_likelihood",
     "discretized_mix_logistic_log_likelihood",

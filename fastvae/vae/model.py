@@ -198,9 +198,30 @@ class VAE(nn.Module):
         mean = torch.sigmoid(recon) if self.likelihood == "bernoulli" else recon
         return mean.reshape(n, *self.data_shape) if self.data_shape is not None else mean
 
+    def _fused_head(self) -> Optional[nn.Linear]:
+        """The decoder's last layer where the K-sample paths may fuse it with the likelihood
+        (`fastvae.functional.linear_bernoulli_log_likelihood`, which never keeps the K * B logits):
+        a Bernoulli VAE whose decoder is a plain nn.Sequential ending in nn.Linear, with no hooks
+        and `decode` not overridden. None where any of that does not hold."""
+        dec = self.decoder
+        if (self.likelihood != "bernoulli" or type(self).decode is not VAE.decode or type(dec) is not nn.Sequential
+                or len(dec) == 0 or type(dec[-1]) is not nn.Linear):
+            return None
+        if any(m._forward_hooks or m._forward_pre_hooks for m in (dec, dec[-1])):
+            return None
+        return dec[-1]
+
     def _log_px_z(self, z: torch.Tensor, x_flat: torch.Tensor, fused: bool = True) -> torch.Tensor:
         """log p(x|z_k) for z (K, B, Z), the decoder run once on all K * B rows; returns (K, B)."""
         k, b = z.shape[0], z.shape[1]
+        head = self._fused_head() if fused else None
+        if head is not None:
+            if head.out_features != x_flat.shape[-1]:
+                raise ValueError(f"decoder gives {head.out_features} values per example but x has {x_flat.shape[-1]}")
+            h = z.reshape(k * b, self.latent_dim)
+            for i in range(len(self.decoder) - 1):
+                h = self.decoder[i](h)
+            return _F.linear_bernoulli_log_likelihood(h.reshape(k, b, -1), head.weight, head.bias, x_flat)
         recon, obs_logvar = self._observation(self.decode(z.reshape(k * b, self.latent_dim)), (k, b))
         return self._log_px(recon, x_flat, obs_logvar, fused)
 
