@@ -68,6 +68,10 @@ def main() -> None:
     p.add_argument("--output-bias", choices=("marginal", "zero"), default="marginal",
                    help="decoder output bias at the start: the training data's marginal logits "
                         "(`fastvae.vae.init_output_bias`, both models) or PyTorch's default")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="KL warm-up: beta ramps linearly from 0 to 1 over this many epochs (0: none)")
+    p.add_argument("--free-bits", type=float, default=0.0, help="KL floor per latent dim, in nats (0: none)")
+    p.add_argument("--tag", default="", help="suffix of the result file: DIR/<model><tag>.json")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality-hierarchical")
     p.add_argument("--run-dir", type=Path, default=None,
@@ -94,7 +98,8 @@ def main() -> None:
             from fastvae.vae import init_output_bias
             init_output_bias(model, train)
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             device="cpu", binarize=None, eval_samples=0, progress=False)
+                             device="cpu", binarize=None, eval_samples=0, progress=False,
+                             warmup=args.warmup, free_bits=args.free_bits)
         trainer = Trainer(model, train, None, config, out_dir=run_dir)
         summary = trainer.fit()
         epochs = trainer.epoch
@@ -103,7 +108,8 @@ def main() -> None:
     result = {
         "model": args.model, "arch": model.config, "parameters": sum(q.numel() for q in model.parameters()),
         "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "output_bias": args.output_bias,
-        "objective": "single-sample ELBO", "data": "binarized-mnist (Larochelle), 50000 train",
+        "objective": "single-sample ELBO", "warmup_epochs": args.warmup, "free_bits": args.free_bits,
+        "data": "binarized-mnist (Larochelle), 50000 train",
         "num_samples": args.num_samples, "train_seconds": summary.get("time"), "wall_train_seconds": train_time,
         "threads": args.threads, "run_dir": str(run_dir), "machine": platform.processor() or platform.machine(), "commit": commit,
     }
@@ -118,7 +124,7 @@ def main() -> None:
         done += block.shape[0]
         result.update(valid_examples=done, valid_elbo=sums["elbo"] / done, valid_nll=-sums["log_likelihood"] / done,
                       eval_seconds=time.perf_counter() - t1, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-        (args.out / f"{args.model}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / f"{args.model}{args.tag}.json").write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps(result), flush=True)
 
 if __name__ == "__main__":
