@@ -2,11 +2,11 @@
 // when built, CUDA) kernels to it. Autograd kernels are registered by csrc/autograd/*.cpp; fake
 // tensors from Python (fastvae/ops.py), next to the Python wrappers.
 #include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 #ifndef FASTVAE_NO_PYTHON
 #include <ATen/Parallel.h>
-#include <ATen/ops/addmm.h>
-#include <ATen/ops/mm.h>
 #include <pybind11/pybind11.h>  // not torch/extension.h: the module binds no tensors, and that header doubles the compile
 
 #include <algorithm>
