@@ -26,6 +26,16 @@ def check_float(name: str, t: object) -> torch.Tensor:
     return t
 
 
+def check_logit_targets(x: object) -> torch.Tensor:
+    """``x`` itself when it can be the targets of the Bernoulli-kind likelihoods: a float, bool or
+    uint8 tensor (one-byte targets are read as they are by the kernels)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not (x.dtype in FLOATS or x.dtype in (torch.bool, torch.uint8)):
+        raise ValueError(f"x must be float, bool or uint8, got {x.dtype}")
+    return x
+
+
 def check_devices(**tensors: torch.Tensor) -> None:
     """Every tensor on the first one's device."""
     items = list(tensors.items())

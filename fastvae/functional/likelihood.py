@@ -11,7 +11,8 @@ import torch
 
 from ..ops import ops
 from ._checks import (
-    FLOATS, as_rows, broadcast_shape, cast, check_devices, check_event_dims, check_float, check_nonempty, split_event,
+    FLOATS, as_rows, broadcast_shape, cast, check_devices, check_event_dims, check_float, check_logit_targets,
+    check_nonempty, split_event,
 )
 
 __all__ = ["bernoulli_log_likelihood", "gaussian_log_likelihood"]
@@ -34,10 +35,7 @@ def logit_rows(op: Callable, logits: torch.Tensor, x: torch.Tensor, event_dims: 
     """A likelihood of the logit-rows kind (csrc/{cpu,cuda}/logit_rows.*: the Bernoulli ones): the
     arguments checked, broadcast and flattened to rows, ``op(logits_rows, x_rows, compute_grad)``."""
     check_float("logits", logits)
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not (x.dtype in FLOATS or x.dtype in (torch.bool, torch.uint8)):
-        raise ValueError(f"x must be float, bool or uint8, got {x.dtype}")
+    check_logit_targets(x)
     check_devices(logits=logits, x=x)
     shape = broadcast_shape(logits=logits, x=x)
     if len(shape) == 0:

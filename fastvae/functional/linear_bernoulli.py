@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from ..ops import ops
-from ._checks import FLOATS, cast, check_devices, check_float
+from ._checks import FLOATS, cast, check_devices, check_float, check_logit_targets
 
 __all__ = ["linear_bernoulli_log_likelihood"]
 
@@ -35,10 +35,7 @@ def linear_bernoulli_log_likelihood(
     """
     check_float("input", input)
     check_float("weight", weight)
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not (x.dtype in FLOATS or x.dtype in (torch.bool, torch.uint8)):
-        raise ValueError(f"x must be float, bool or uint8, got {x.dtype}")
+    check_logit_targets(x)
     if bias is not None:
         check_float("bias", bias)
     check_devices(input=input, weight=weight, x=x, **({} if bias is None else {"bias": bias}))
