@@ -100,6 +100,17 @@ def test_eval_reports_elbo_and_a_tighter_log_likelihood(digits_run, capsys):
     assert cli.main(["eval", str(digits_run), "-k", "5", "--max-examples", "20", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "test ELBO" in text and "test log p(x) (K=5)" in text
+    assert result["weights"] == "last" and "the last weights" in text
+
+
+def test_eval_of_an_averaging_run_uses_the_average(tmp_path, capsys):
+    assert cli.main(["train", "--epochs", "2", "--eval-samples", "0", "--no-plots", "--ema-decay", "0.99",
+                     "--out", str(tmp_path), *FAST]) == 0
+    assert load_checkpoint(tmp_path)["train_config"]["ema_decay"] == 0.99
+    capsys.readouterr()
+    assert cli.main(["eval", str(tmp_path), "-k", "5", "--max-examples", "50", "--no-progress", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["weights"] == "moving average"
 
 
 def test_npz_data_conv_arch_and_gaussian_likelihood(tmp_path):

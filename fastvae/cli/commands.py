@@ -110,7 +110,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "test_elbo": means["elbo"], "test_log_likelihood": means["log_likelihood"],
               "test_log_likelihood_se": means["log_likelihood_se"], "nll": -means["log_likelihood"],
               "num_samples": args.num_samples, "test_bound": means["bound"],
-              "bound_objective": trained_bound["objective"], "bound_num_samples": trained_bound["num_samples"]}
+              "bound_objective": trained_bound["objective"], "bound_num_samples": trained_bound["num_samples"],
+              "weights": "moving average" if state.get("ema_state") is not None else "last"}
     if model.likelihood in DISCRETE_LIKELIHOODS:  # image papers' unit: nats / (D ln 2)
         per_dim = math.log(2) * data.input_dim
         result.update(test_bits_per_dim=-means["log_likelihood"] / per_dim, elbo_bits_per_dim=-means["elbo"] / per_dim)
@@ -118,7 +119,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         bound_name = f"{trained_bound['objective'].upper()} bound (K={trained_bound['num_samples']}, trained)"
-        print(f"{split} examples: {n} ({name})")
+        print(f"{split} examples: {n} ({name}), the {result['weights']} weights")
         print(f"{split} ELBO: {result['test_elbo']:.4f} nats")
         print(f"{split} {bound_name}: {result['test_bound']:.4f} nats")
         print(f"{split} log p(x) (K={args.num_samples}): {result['test_log_likelihood']:.4f} nats "

@@ -36,7 +36,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     add_flags(p, DataOptions, ("data", "data_dir", "npz_key"))
     add_flags(p.add_argument_group("optimisation"), TrainConfig,
               ("epochs", "batch_size", "lr", "lr_schedule", "lr_final", "max_steps", "time_budget", "seed",
-               "output_bias"))
+               "output_bias", "ema_decay"))
     add_flags(p.add_argument_group("model"), ModelOptions,
               ("arch", "levels", "hidden", "channels", "activation", "latent_dim", "likelihood", "num_mixtures",
                "bits", "obs_var", "obs_logvar"))
@@ -246,7 +246,7 @@ def _report(trainer, summary: Dict[str, Any], data, cfg: Dict[str, Any], out: Pa
         model, metrics = trainer.model, out / METRICS_NAME
         model.eval()
         test = eval_data(_shaped(data.test, cfg["arch"], data.image_shape), cfg["binarize"], cfg["seed"])
-        with torch.no_grad():
+        with torch.no_grad(), trainer.evaluation_weights():
             written += [plots.save_samples(model, out / "samples.png", n=cfg["num_images"], seed=cfg["seed"]),
                         plots.save_reconstructions(model, test, out / "reconstructions.png")]
             if metrics.is_file() and metrics.stat().st_size:

@@ -110,6 +110,15 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     bad = [k for k, v in state["model_state"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(path, f"'model_state' entry {bad[0]!r} is not a tensor")
+    # Optional (runs with ema_decay, and checkpoints older than the option have none).
+    ema = state.get("ema_state")
+    if ema is not None:
+        if not isinstance(ema, dict):
+            raise CheckpointError(path, f"'ema_state' is a {type(ema).__name__}, expected dict or None")
+        bad = [k for k, v in ema.items() if k not in state["model_state"] or not isinstance(v, torch.Tensor)
+               or v.shape != state["model_state"][k].shape]
+        if bad:
+            raise CheckpointError(path, f"'ema_state' entry {bad[0]!r} does not match a weight in 'model_state'")
     return state
 
 
@@ -161,12 +170,20 @@ def build_checked(state: Dict[str, Any], path: Optional[PathLike]) -> VAE:
     return model
 
 
-def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[VAE, Dict[str, Any]]:
-    """The trained VAE of a checkpoint (in eval mode on ``device``) and the checkpoint itself."""
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu",
+               averaged: bool = True) -> Tuple[VAE, Dict[str, Any]]:
+    """The trained VAE of a checkpoint (in eval mode on ``device``) and the checkpoint itself.
+
+    ``averaged``: a run trained with ``ema_decay`` gets its moving average of the weights (what
+    it evaluated during training); False, or a run without one, gets the last weights.
+    """
     device = resolve_device(device) if isinstance(device, str) else device
     state = load_checkpoint(path)
     model = build_checked(state, path)
-    model.load_state_dict(state["model_state"])
+    weights = state["model_state"]
+    if averaged and state.get("ema_state") is not None:
+        weights = {**weights, **state["ema_state"]}
+    model.load_state_dict(weights)
     return model.to(device).eval(), state
 
 

@@ -63,6 +63,8 @@ class TrainConfig:
     num_samples: int = option(1, "posterior samples K per example in the training objective", integer(1))
     gradient: str = option("reparam", "gradient estimator: reparam; stl (sticking the landing, ELBO); dreg "
                                       "(doubly reparameterised, IWAE)", choice(*GRADIENTS), choices=GRADIENTS)
+    ema_decay: float = option(0.0, "evaluate, sample and save alongside the weights an exponential moving average "
+                                   "of them with this decay per step (e.g. 0.999; 0: off)", real(0.0))
     binarize: Optional[str] = option(
         None, "binarise grey levels: 'dynamic' draws x ~ Bernoulli(grey level) afresh for every "
               "training batch (one fixed draw for the test set), 'static' thresholds at 0.5",
@@ -93,6 +95,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         make_objective(self.objective, self.num_samples, self.gradient)  # the pair must be supported
+        if not self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be 0 (off) or in (0, 1), got {self.ema_decay!r}")
         if self.free_bits and (self.objective, self.num_samples, self.gradient) != ("elbo", 1, "reparam"):
             raise ValueError("free_bits needs objective='elbo', num_samples=1 and gradient='reparam'")
 

@@ -59,6 +59,9 @@ class TrainerState:
             "world_size": self.dist.world_size,
             "rng": rng_states if rng_states is not None else [rng_state(self.device)],
             "extra": self.extra,
+            # The moving average of the weights (`TrainConfig.ema_decay`), or None.
+            "ema_state": self.average.state_dict() if self.average is not None else None,
+            "ema_updates": self.average.updates if self.average is not None else 0,
         }
 
     def load_state_dict(self, state: Dict[str, Any], path: Optional[PathLike] = None) -> None:
@@ -78,6 +81,9 @@ class TrainerState:
         if perm is not None and (perm.dim() != 1 or perm.numel() != self.train_data.shape[0]):
             raise CheckpointError(path, f"'perm' orders {perm.numel()} examples, the training set has "
                                         f"{self.train_data.shape[0]} (resumed with other data?)")
+        if self.average is not None and not isinstance(state.get("ema_state"), dict):
+            raise CheckpointError(path, f"the run averages its weights (ema_decay={self.config.ema_decay}) "
+                                        "but the checkpoint holds no 'ema_state'")
         try:
             self._restore(state)
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
@@ -94,6 +100,8 @@ class TrainerState:
         self._epoch_loss_sum = state["epoch_loss_sum"].to(self.device, torch.float64)
         self._epoch_batches = int(state["epoch_batches"])
         self._elapsed = float(state["elapsed"])
+        if self.average is not None:
+            self.average.load_state_dict(state["ema_state"], state.get("ema_updates", 0))
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank], self.device)

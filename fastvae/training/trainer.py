@@ -20,6 +20,7 @@ update on the whole global batch.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -34,6 +35,7 @@ from ..vae import VAE
 from ..vae.data import binarize
 from ..vae.init import init_output_bias
 from . import batching
+from .averaging import WeightAverage
 from .checkpoint import CHECKPOINT_NAME
 from .config import TrainConfig
 from .distributed import any_rank, leave, mean_over_ranks, setup_distributed
@@ -113,6 +115,8 @@ class Trainer(TrainerState):
         self.model = model.to(self.device)
         if cfg.output_bias == "marginal":  # a resumed run loads its weights over this
             init_output_bias(self.model, self.train_data)
+        # Polyak averaging (`TrainConfig.ema_decay`): evaluation and plots use the average.
+        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.extra = dict(extra or {})
         self.callbacks = list(callbacks)
@@ -196,16 +200,23 @@ class Trainer(TrainerState):
         test set), with noise from its own seed so that it neither varies between calls nor
         disturbs the training stream. ``loss_impl`` defaults to the training one."""
         cfg = self.config
-        return evaluate(self.model, self._eval_data(data), cfg.eval_batch_size, self.device, cfg.seed + 2,
-                        loss_impl=loss_impl or cfg.loss_impl, amp=cfg.amp)["elbo"]
+        with self.evaluation_weights():
+            return evaluate(self.model, self._eval_data(data), cfg.eval_batch_size, self.device, cfg.seed + 2,
+                            loss_impl=loss_impl or cfg.loss_impl, amp=cfg.amp)["elbo"]
 
     def log_likelihood(self, num_samples: int, data: Optional[torch.Tensor] = None) -> float:
         """Mean importance-sampled log p(x) (nats) over ``data`` (default: the test set); the
         model is left in the mode it was in."""
         cfg = self.config
         # Small example chunks: the model holds num_samples decoder passes per example.
-        return evaluate(self.model, self._eval_data(data), max(1, cfg.eval_batch_size // 10), self.device,
-                        cfg.seed + 3, elbo=False, num_samples=num_samples)["log_likelihood"]
+        with self.evaluation_weights():
+            return evaluate(self.model, self._eval_data(data), max(1, cfg.eval_batch_size // 10), self.device,
+                            cfg.seed + 3, elbo=False, num_samples=num_samples)["log_likelihood"]
+
+    def evaluation_weights(self) -> contextlib.AbstractContextManager:
+        """A block in which the model holds the weights evaluation uses: the moving average
+        when `TrainConfig.ema_decay` is set, the trained weights otherwise."""
+        return self.average.swapped_in() if self.average is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ logging
     def _log(self, record: Dict[str, Any]) -> None:
@@ -246,6 +257,8 @@ class Trainer(TrainerState):
             loss = self._loss_fn(x, beta)
         loss.backward()
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
         return loss.detach()
 
     def _epoch_record(self, epoch_time: float, partial: bool) -> Dict[str, Any]:
