@@ -111,6 +111,10 @@ def test_eval_of_an_averaging_run_uses_the_average(tmp_path, capsys):
     assert cli.main(["eval", str(tmp_path), "-k", "5", "--max-examples", "50", "--no-progress", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["weights"] == "moving average"
+    assert cli.main(["eval", str(tmp_path), "-k", "5", "--max-examples", "50", "--no-progress", "--json",
+                     "--last-weights"]) == 0
+    last = json.loads(capsys.readouterr().out)
+    assert last["weights"] == "last" and last["test_log_likelihood"] != result["test_log_likelihood"]
 
 
 def test_npz_data_conv_arch_and_gaussian_likelihood(tmp_path):

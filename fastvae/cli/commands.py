@@ -50,6 +50,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="progress bar over test chunks (default: only on a terminal)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--last-weights", action="store_true",
+                   help="score the last weights of a run trained with --ema-decay, not their moving average")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -87,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data_name("--data", args.data)
     check_device(args.device)
     device = resolve_device(args.device)
-    model, state = load_model(args.checkpoint, device)
+    model, state = load_model(args.checkpoint, device, averaged=not args.last_weights)
     saved = state["extra"].get("cli")
     trained = {**vars(DataOptions()), **(saved if isinstance(saved, dict) else {})}
     name = args.data or trained["data"]
@@ -111,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "test_log_likelihood_se": means["log_likelihood_se"], "nll": -means["log_likelihood"],
               "num_samples": args.num_samples, "test_bound": means["bound"],
               "bound_objective": trained_bound["objective"], "bound_num_samples": trained_bound["num_samples"],
-              "weights": "moving average" if state.get("ema_state") is not None else "last"}
+              "weights": "moving average" if state.get("ema_state") is not None and not args.last_weights else "last"}
     if model.likelihood in DISCRETE_LIKELIHOODS:  # image papers' unit: nats / (D ln 2)
         per_dim = math.log(2) * data.input_dim
         result.update(test_bits_per_dim=-means["log_likelihood"] / per_dim, elbo_bits_per_dim=-means["elbo"] / per_dim)

@@ -5,9 +5,9 @@ Both recipes train the one-stochastic-layer model of the IWAE paper (Burda et al
 Larochelle's binarised MNIST: a 784-200-200-50 MLP with tanh units, Bernoulli likelihood, Adam,
 a batch of 100, and a learning rate decayed exponentially to a tenth over a 60-minute budget.
 The decoder's output bias starts at the training pixels' marginal logits (as in the IWAE
-paper's code), which keeps the first Adam steps from saturating the tanh units, and the
-metrics, pictures and ``fastvae eval`` score a moving average of the weights (decay 0.9995 per
-step, about four epochs), which removes the noise of the last Adam steps.
+paper's code), which keeps the first Adam steps from saturating the tanh units. They do not
+average the weights (``--ema-decay``): on an 8-minute iwae-mnist run the average (decay 0.9995)
+scored 0.09 nats worse than the last weights, the learning-rate decay already doing that job.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ _MNIST_MLP: Dict[str, Any] = {
     "data": "binarized-mnist", "arch": "mlp", "hidden": "200,200", "activation": "tanh", "latent_dim": 50,
     "likelihood": "bernoulli", "binarize": "none", "batch_size": 100, "lr": 1e-3, "lr_schedule": "exponential",
     "lr_final": 1e-4, "epochs": 100000, "time_budget": 60.0, "eval_samples": 100, "ll_every": 25,
-    "checkpoint_every": 10, "output_bias": "marginal", "ema_decay": 0.9995,
+    "checkpoint_every": 10, "output_bias": "marginal",
 }
 
 #: name -> the flags it sets (as `fastvae train` field names).
