@@ -7,7 +7,7 @@ a batch of 100, and a learning rate decayed exponentially to a tenth over a 60-m
 The decoder's output bias starts at the training pixels' marginal logits (as in the IWAE
 paper's code), which keeps the first Adam steps from saturating the tanh units. They do not
 average the weights (``--ema-decay``): on an 8-minute iwae-mnist run the average (decay 0.9995)
-scored 0.09 nats worse than the last weights, the learning-rate decay already doing that job.
+scored 0.09 nats worse than the last weights (the learning-rate decay may already do its job).
 """
 from __future__ import annotations
 
