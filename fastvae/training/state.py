@@ -61,7 +61,6 @@ class TrainerState:
             "extra": self.extra,
             # The moving average of the weights (`TrainConfig.ema_decay`), or None.
             "ema_state": self.average.state_dict() if self.average is not None else None,
-            "ema_updates": self.average.updates if self.average is not None else 0,
         }
 
     def load_state_dict(self, state: Dict[str, Any], path: Optional[PathLike] = None) -> None:
@@ -101,7 +100,7 @@ class TrainerState:
         self._epoch_batches = int(state["epoch_batches"])
         self._elapsed = float(state["elapsed"])
         if self.average is not None:
-            self.average.load_state_dict(state["ema_state"], state.get("ema_updates", 0))
+            self.average.load_state_dict(state["ema_state"], self.step)  # one update per step
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank], self.device)
