@@ -1,7 +1,7 @@
 """Quality check of issue 20: a 2-level hierarchical VAE against the 1-level IWAE-paper VAE.
 
 Both models train on the 50 000 Larochelle binarised-MNIST training images for the same number
-of epochs with the single-sample ELBO (Adam, same batch size, learning rate and seed), then the
+of epochs with the single-sample ELBO (Adam, same batch size, learning rate, schedule and seed), then the
 validation NLL, -log p(x), is estimated by importance sampling with K samples per image on a
 fixed subset of the validation split (the first ``--valid`` images; all 10 000 with 10000).
 Both start with the decoder's output bias at the training data's marginal logits
@@ -70,6 +70,9 @@ def main() -> None:
                         "(`fastvae.vae.init_output_bias`, both models) or PyTorch's default")
     p.add_argument("--warmup", type=int, default=0,
                    help="KL warm-up: beta ramps linearly from 0 to 1 over this many epochs (0: none)")
+    p.add_argument("--lr-schedule", choices=("constant", "exponential", "cosine"), default="constant",
+                   help="learning rate from --lr to --lr-final over the epochs (TrainConfig.lr_schedule)")
+    p.add_argument("--lr-final", type=float, default=1e-4, help="last learning rate of a decaying schedule")
     p.add_argument("--free-bits", type=float, default=0.0, help="KL floor per latent dim, in nats (0: none)")
     p.add_argument("--tag", default="", help="suffix of the result file: DIR/<model><tag>.json")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
@@ -99,7 +102,8 @@ def main() -> None:
             init_output_bias(model, train)
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              device="cpu", binarize=None, eval_samples=0, progress=False,
-                             warmup=args.warmup, free_bits=args.free_bits)
+                             warmup=args.warmup, free_bits=args.free_bits, lr_schedule=args.lr_schedule,
+                             lr_final=args.lr_final)
         trainer = Trainer(model, train, None, config, out_dir=run_dir)
         summary = trainer.fit()
         epochs = trainer.epoch
@@ -107,7 +111,8 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {
         "model": args.model, "arch": model.config, "parameters": sum(q.numel() for q in model.parameters()),
-        "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "output_bias": args.output_bias,
+        "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "lr_schedule": args.lr_schedule, "lr_final": args.lr_final if args.lr_schedule != "constant" else None, "seed": args.seed, "output_bias": args.output_bias,
         "objective": "single-sample ELBO", "warmup_epochs": args.warmup, "free_bits": args.free_bits,
         "data": "binarized-mnist (Larochelle), 50000 train",
         "num_samples": args.num_samples, "train_seconds": summary.get("time"), "wall_train_seconds": train_time,

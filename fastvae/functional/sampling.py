@@ -24,6 +24,7 @@ _FLOAT_SET = frozenset(FLOATS)
 # The ops' overloads, bound once (num_samples None: one draw shaped like mu, no squeeze needed).
 _reparameterize = ops.reparameterize.default
 _reparameterize_with_kl = ops.reparameterize_with_kl.default
+_sample_with_kl_normal = ops.reparameterize_with_kl_normal.default
 
 
 def _sampling_inputs(
@@ -125,5 +126,10 @@ def reparameterize_with_kl(
     if prior_mu is None or prior_logvar is None:
         missing = "prior_mu" if prior_mu is None else "prior_logvar"
         raise ValueError(f"{missing} is None: give prior_mu and prior_logvar together, or neither (N(0, I))")
+    if (_plain_pair(mu, logvar, num_samples, generator) and _plain_pair(prior_mu, prior_logvar, None, None)
+            and prior_mu.shape == mu.shape and prior_mu.dtype is mu.dtype and prior_mu.device == mu.device):
+        # A hierarchical layer's step: four contiguous (B, Z) tensors of one dtype, straight to the op.
+        z, kl, _ = _sample_with_kl_normal(mu, logvar, prior_mu, prior_logvar, None, None)
+        return z, kl
     mu_c, logvar_c = _sampling_inputs(mu, logvar, num_samples, generator, need_latent_dim=True)
     return sample_with_kl_normal(mu_c, logvar_c, num_samples, generator, prior_mu, prior_logvar)
