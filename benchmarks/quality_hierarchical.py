@@ -55,6 +55,13 @@ def build(model: str):
     return build_mlp_vae(784, hidden=(200, 200), latent_dim=50, activation="tanh")
 
 
+def objective_name(objective: str, k: int) -> str:
+    """The training objective as the result files name it."""
+    if objective == "iwae":
+        return f"IWAE bound, K={k}, reparameterised gradient"
+    return "single-sample ELBO" if k == 1 else f"ELBO averaged over K={k} samples"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("hierarchical", "flat"), required=True)
@@ -70,6 +77,9 @@ def main() -> None:
                         "(`fastvae.vae.init_output_bias`, both models) or PyTorch's default")
     p.add_argument("--warmup", type=int, default=0,
                    help="KL warm-up: beta ramps linearly from 0 to 1 over this many epochs (0: none)")
+    p.add_argument("--objective", choices=("elbo", "iwae"), default="elbo",
+                   help="training objective: the ELBO or the importance-weighted bound (reparameterised gradient)")
+    p.add_argument("--train-samples", type=int, default=1, help="samples K per image in the training objective")
     p.add_argument("--lr-schedule", choices=("constant", "exponential", "cosine"), default="constant",
                    help="learning rate from --lr to --lr-final over the epochs (TrainConfig.lr_schedule)")
     p.add_argument("--lr-final", type=float, default=1e-4, help="last learning rate of a decaying schedule")
@@ -103,7 +113,7 @@ def main() -> None:
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              device="cpu", binarize=None, eval_samples=0, progress=False,
                              warmup=args.warmup, free_bits=args.free_bits, lr_schedule=args.lr_schedule,
-                             lr_final=args.lr_final)
+                             lr_final=args.lr_final, objective=args.objective, num_samples=args.train_samples)
         trainer = Trainer(model, train, None, config, out_dir=run_dir)
         summary = trainer.fit()
         epochs = trainer.epoch
@@ -113,7 +123,7 @@ def main() -> None:
         "model": args.model, "arch": model.config, "parameters": sum(q.numel() for q in model.parameters()),
         "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr,
         "lr_schedule": args.lr_schedule, "lr_final": args.lr_final if args.lr_schedule != "constant" else None, "seed": args.seed, "output_bias": args.output_bias,
-        "objective": "single-sample ELBO", "warmup_epochs": args.warmup, "free_bits": args.free_bits,
+        "objective": objective_name(args.objective, args.train_samples), "warmup_epochs": args.warmup, "free_bits": args.free_bits,
         "data": "binarized-mnist (Larochelle), 50000 train",
         "num_samples": args.num_samples, "train_seconds": summary.get("time"), "wall_train_seconds": train_time,
         "threads": args.threads, "run_dir": str(run_dir), "machine": platform.processor() or platform.machine(), "commit": commit,
