@@ -108,13 +108,14 @@ def test_backward_op_reads_a_mu_shaped_grad_z_as_one_sample(device, shape):
 
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_reparameterize_backward_regenerates_eps(device, dtype):
+@pytest.mark.parametrize("samples", [3, 16, 17])  # one block of sample sums (<= 16), or blocks summed in double
+def test_reparameterize_backward_regenerates_eps(device, dtype, samples):
     mu = torch.randn(5, 1025, device=device).to(dtype).requires_grad_()
     lv = torch.randn(5, 1025, device=device).to(dtype).requires_grad_()
     # The autograd graph holds mu, logvar and the 2-element rng state, never eps or z.
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        z = F.reparameterize(mu, lv, num_samples=3)
+        z = F.reparameterize(mu, lv, num_samples=samples)
     assert sorted(t.numel() for t in saved) == [2, mu.numel(), mu.numel()]
     w = torch.randn_like(z, dtype=torch.float64)
     z.backward(w.to(dtype))
