@@ -318,7 +318,7 @@ inline void draw_z(const scalar_t* m, const scalar_t* lv, scalar_t* zp, int64_t 
 template <typename acc_t, typename scalar_t>
 inline void sample_grad_sums(PhiloxState st, const scalar_t* g, int64_t n, int64_t samples, int64_t p0, int64_t len,
                              acc_t* eps, acc_t* sg, acc_t* sge, double* wide_sg, double* wide_sge) {
-  if (samples <= kSampleBlock) {  // one block: its acc_t sums are the result (double would round-trip them exactly)
+  if (samples > 0 && samples <= kSampleBlock) {  // one block: its acc_t sums are the result (double round-trips them)
     for (int64_t k = 0; k < samples; ++k) {
       fill_eps<acc_t>(st, k * n + p0, len, eps);
       accumulate_run<acc_t>(sg, sge, g + k * n + p0, eps, len, k == 0);
