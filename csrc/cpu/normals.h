@@ -318,25 +318,24 @@ inline void draw_z(const scalar_t* m, const scalar_t* lv, scalar_t* zp, int64_t 
 template <typename acc_t, typename scalar_t>
 inline void sample_grad_sums(PhiloxState st, const scalar_t* g, int64_t n, int64_t samples, int64_t p0, int64_t len,
                              acc_t* eps, acc_t* sg, acc_t* sge, double* wide_sg, double* wide_sge) {
-  if (samples > 0 && samples <= kSampleBlock) {  // one block: its acc_t sums are the result (double round-trips them)
-    for (int64_t k = 0; k < samples; ++k) {
-      fill_eps<acc_t>(st, k * n + p0, len, eps);
-      accumulate_run<acc_t>(sg, sge, g + k * n + p0, eps, len, k == 0);
-    }
-    return;
+  // One block of samples (1 .. kSampleBlock, a training step's case): its acc_t sums are the
+  // result already, which the double buffers would only round-trip.
+  const bool wide = samples < 1 || samples > kSampleBlock;
+  if (wide) {
+    std::fill(wide_sg, wide_sg + len, 0.0);
+    std::fill(wide_sge, wide_sge + len, 0.0);
   }
-  std::fill(wide_sg, wide_sg + len, 0.0);
-  std::fill(wide_sge, wide_sge + len, 0.0);
   for (int64_t k = 0; k < samples; ++k) {
     fill_eps<acc_t>(st, k * n + p0, len, eps);
     accumulate_run<acc_t>(sg, sge, g + k * n + p0, eps, len, k % kSampleBlock == 0);
-    if ((k + 1) % kSampleBlock == 0 || k + 1 == samples) {
+    if (wide && ((k + 1) % kSampleBlock == 0 || k + 1 == samples)) {
       for (int64_t q = 0; q < len; ++q) {
         wide_sg[q] += static_cast<double>(sg[q]);
         wide_sge[q] += static_cast<double>(sge[q]);
       }
     }
   }
+  if (!wide) return;
   for (int64_t q = 0; q < len; ++q) {
     sg[q] = static_cast<acc_t>(wide_sg[q]);
     sge[q] = static_cast<acc_t>(wide_sge[q]);
