@@ -88,7 +88,7 @@ def test_recipe_sets_every_setting_and_flags_override_it(tmp_path, capsys):
     assert rc == 0
     state = load_checkpoint(out)
     tcfg, recipe = state["train_config"], RECIPES["iwae-mnist"]
-    for name in ("objective", "num_samples", "gradient", "lr", "lr_schedule", "time_budget"):
+    for name in ("objective", "num_samples", "gradient", "lr", "lr_schedule", "time_budget", "warmup"):
         assert tcfg[name] == recipe[name]
     assert tcfg["batch_size"] == 20 and tcfg["max_steps"] == 3  # given flags win
     assert state["model_config"]["latent_dim"] == recipe["latent_dim"]
