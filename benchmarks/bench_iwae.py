@@ -102,20 +102,20 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     row = run(args.k, args.batch, args.steps, torch.device(args.device), compile=not args.no_compile)
+    if args.out:  # before printing: a long run's numbers are kept whatever happens next
+        with open(args.out, "w") as f:
+            json.dump(row, f, indent=1)
     print(f"IWAE k={row['k']} step, 784-200-200-50 tanh MLP, B={row['batch']}, {row['device']}, "
           f"{row['threads']} thread(s), other load {row['other_load']}")
     print(f"{'impl':<14} {'ms/step':>9} {'CPU ms':>9} {'peak MiB':>9}")
     for impl in IMPLS:
         if f"{impl}_ms" in row:
             cpu = row.get(f"{impl}_cpu_ms")
-            print(f"{impl:<14} {row[f'{impl}_ms']:>9.2f} {cpu if cpu is None else f'{cpu:.2f}':>9} "
+            print(f"{impl:<14} {row[f'{impl}_ms']:>9.2f} {'-' if cpu is None else f'{cpu:.2f}':>9} "
                   f"{row[f'{impl}_peak_mb']:>9.1f}")
     for key, value in row.items():
         if "_vs_" in key:
             print(f"{key}: {value:.2f}x")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(row, f, indent=1)
     return 0
 
 
