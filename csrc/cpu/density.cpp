@@ -46,33 +46,25 @@ namespace {
 template <typename acc_t, typename scalar_t>
 void gaussian_param_sums(int64_t rows, int64_t mu_rows, int64_t cols, const acc_t* g, const scalar_t* zp,
                          const scalar_t* m, const scalar_t* lv, acc_t* gmu, acc_t* glv) {
-  constexpr int64_t kBlock = 64;
-  const int64_t repeats = rows / mu_rows;
-  const int64_t blocks = (cols + kBlock - 1) / kBlock;
-  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(repeats * kBlock, 1));
-  at::parallel_for(0, mu_rows * blocks, grain, [&](int64_t begin, int64_t end) {
-    acc_t mean[kBlock], h[kBlock], sum_mu[kBlock], sum_lv[kBlock];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / blocks, j0 = (task % blocks) * kBlock, n = std::min(cols - j0, kBlock);
-      const int64_t p0 = b * cols + j0;
-      for (int64_t q = 0; q < n; ++q) {
-        mean[q] = static_cast<acc_t>(m[p0 + q]);
-        h[q] = inv_std(static_cast<acc_t>(lv[p0 + q]));
-        sum_mu[q] = sum_lv[q] = acc_t(0);
-      }
-      for (int64_t k = 0; k < repeats; ++k) {
-        const int64_t r = k * mu_rows + b;
-        const acc_t gr = g[r];
-        const scalar_t* zr = zp + r * cols + j0;
-        for (int64_t q = 0; q < n; ++q) {
-          const acc_t zv = static_cast<acc_t>(zr[q]);
-          sum_mu[q] += -gaussian_ll_grad_mean(zv, mean[q], h[q], -gr);
-          sum_lv[q] += gaussian_ll_grad_logvar(zv, mean[q], h[q], gr);
-        }
-      }
-      std::copy(sum_mu, sum_mu + n, gmu + p0);
-      std::copy(sum_lv, sum_lv + n, glv + p0);
+  for_repeat_tiles(rows, mu_rows, cols, [&](int64_t b, int64_t j0, int64_t n, int64_t repeats) {
+    acc_t mean[kRepeatBlock], h[kRepeatBlock], sum_mu[kRepeatBlock] = {}, sum_lv[kRepeatBlock] = {};
+    const int64_t p0 = b * cols + j0;
+    for (int64_t q = 0; q < n; ++q) {
+      mean[q] = static_cast<acc_t>(m[p0 + q]);
+      h[q] = inv_std(static_cast<acc_t>(lv[p0 + q]));
     }
+    for (int64_t k = 0; k < repeats; ++k) {
+      const int64_t r = k * mu_rows + b;
+      const acc_t gr = g[r];
+      const scalar_t* zr = zp + r * cols + j0;
+      for (int64_t q = 0; q < n; ++q) {
+        const acc_t zv = static_cast<acc_t>(zr[q]);
+        sum_mu[q] += -gaussian_ll_grad_mean(zv, mean[q], h[q], -gr);
+        sum_lv[q] += gaussian_ll_grad_logvar(zv, mean[q], h[q], gr);
+      }
+    }
+    std::copy(sum_mu, sum_mu + n, gmu + p0);
+    std::copy(sum_lv, sum_lv + n, glv + p0);
   });
 }
 

@@ -19,6 +19,8 @@ namespace fastvae {
 
 // Elements per parallel task, at least (ATen's grain for elementwise loops).
 constexpr int64_t kGrainElems = 32768;
+// Columns per task of for_repeat_tiles.
+constexpr int64_t kRepeatBlock = 64;
 // Rows longer than this are cut into chunks of this many columns, so that a few long rows still
 // use every thread. A multiple of every vector width.
 constexpr int64_t kRowChunk = 65536;
@@ -164,27 +166,34 @@ void row_map(int64_t rows, int64_t cols, const VecFn& vec_fn, const ScalarFn& sc
   });
 }
 
+// The tiles of a sum over repeated rows: rows = repeats * out_rows, row r repeating row
+// r % out_rows. Tasks are (b, block of up to 64 columns), so each walks its rows with short
+// contiguous reads; body(b, j0, n, repeats) handles out row b's columns j0 .. j0 + n - 1.
+template <typename Body>
+void for_repeat_tiles(int64_t rows, int64_t out_rows, int64_t cols, const Body& body) {
+  const int64_t repeats = rows / out_rows;
+  const int64_t blocks = (cols + kRepeatBlock - 1) / kRepeatBlock;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(repeats * kRepeatBlock, 1));
+  at::parallel_for(0, out_rows * blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / blocks, j0 = (task % blocks) * kRepeatBlock;
+      body(b, j0, std::min(cols - j0, kRepeatBlock), repeats);
+    }
+  });
+}
+
 // Gradient of an operand broadcast over the leading rows: out[b, j] = sum over the rows r with
-// r % out_rows == b of f(r, j), summed in increasing r (deterministic). Tasks are (b, block of
-// 64 columns), so each walks its rows with short contiguous reads. f(r, j) returns acc_t.
+// r % out_rows == b of f(r, j), summed in increasing r (deterministic), tiled by
+// for_repeat_tiles. f(r, j) returns acc_t.
 template <typename acc_t, typename Fn>
 void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const Fn& fn) {
-  constexpr int64_t kBlock = 64;
-  const int64_t repeats = rows / out_rows;
-  const int64_t blocks = (cols + kBlock - 1) / kBlock;
-  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(repeats * kBlock, 1));
-  at::parallel_for(0, out_rows * blocks, grain, [&](int64_t begin, int64_t end) {
-    acc_t acc[kBlock];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / blocks;
-      const int64_t j0 = (task % blocks) * kBlock, j1 = std::min(cols, j0 + kBlock);
-      std::fill(acc, acc + kBlock, acc_t(0));
-      for (int64_t k = 0; k < repeats; ++k) {
-        const int64_t r = k * out_rows + b;
-        for (int64_t j = j0; j < j1; ++j) acc[j - j0] += fn(r, j);
-      }
-      std::copy(acc, acc + (j1 - j0), out + b * cols + j0);
+  for_repeat_tiles(rows, out_rows, cols, [&](int64_t b, int64_t j0, int64_t n, int64_t repeats) {
+    acc_t acc[kRepeatBlock] = {};
+    for (int64_t k = 0; k < repeats; ++k) {
+      const int64_t r = k * out_rows + b;
+      for (int64_t q = 0; q < n; ++q) acc[q] += fn(r, j0 + q);
     }
+    std::copy(acc, acc + n, out + b * cols + j0);
   });
 }
 
