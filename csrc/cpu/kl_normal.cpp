@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "common/checks.h"
@@ -132,6 +133,17 @@ struct GradTensors {
   template <typename acc_t, typename scalar_t>
   TensorQuad finish(const Operands<scalar_t>& a, const at::Tensor& mu_p, const at::Tensor& logvar_p, int64_t rows,
                     const acc_t* g) {
+    if (!mp.defined() && !lp.defined() && a.mp_rows == a.lp_rows) {
+      // Both broadcast alike: both sums from one walk over q's rows (each term computed once).
+      auto acc_opts = mu_p.options().dtype(acc_dtype(mu_p.scalar_type()));
+      auto smp = at::empty(mu_p.sizes(), acc_opts), slp = at::empty(logvar_p.sizes(), acc_opts);
+      repeat_sums_pair<acc_t>(rows, a.mp_rows, a.cols, smp.mutable_data_ptr<acc_t>(), slp.mutable_data_ptr<acc_t>(),
+                              [&](int64_t r, int64_t j) {
+                                const auto d = a.template grads<Lane<acc_t, false>>(r, j, g[r]);
+                                return std::make_pair(d.mu_p, d.logvar_p);
+                              });
+      return {mq, lq, smp.to(mu_p.scalar_type()), slp.to(logvar_p.scalar_type())};
+    }
     if (!mp.defined()) mp = prior_grad_by_repeats<acc_t>(a, mu_p, rows, g, false);
     if (!lp.defined()) lp = prior_grad_by_repeats<acc_t>(a, logvar_p, rows, g, true);
     return {mq, lq, mp, lp};

@@ -197,4 +197,23 @@ void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const
   });
 }
 
+// repeat_sums of two operands' gradients in one walk: f(r, j) returns a pair (.first summed into
+// out_a, .second into out_b), each sum in the same order as repeat_sums would add it.
+template <typename acc_t, typename Fn>
+void repeat_sums_pair(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out_a, acc_t* out_b, const Fn& fn) {
+  for_repeat_tiles(rows, out_rows, cols, [&](int64_t b, int64_t j0, int64_t n, int64_t repeats) {
+    acc_t acc_a[kRepeatBlock] = {}, acc_b[kRepeatBlock] = {};
+    for (int64_t k = 0; k < repeats; ++k) {
+      const int64_t r = k * out_rows + b;
+      for (int64_t q = 0; q < n; ++q) {
+        const auto v = fn(r, j0 + q);
+        acc_a[q] += v.first;
+        acc_b[q] += v.second;
+      }
+    }
+    std::copy(acc_a, acc_a + n, out_a + b * cols + j0);
+    std::copy(acc_b, acc_b + n, out_b + b * cols + j0);
+  });
+}
+
 }  // namespace fastvae
