@@ -99,11 +99,14 @@ void gaussian_shared_lv_grad(const ElboArgs& a, const at::Tensor& mean, const at
   const scalar_t* lvp = lv.const_data_ptr<scalar_t>();
   const acc_t scale = static_cast<acc_t>(-a.row_scale);
   at::Tensor acc = std::is_same_v<scalar_t, acc_t> ? grad_lv : at::empty(lv.sizes(), lv.options().dtype(acc_dtype(lv.scalar_type())));
-  repeat_sums<acc_t>(a.rows, lv_rows, cols, acc.mutable_data_ptr<acc_t>(), [&](int64_t r, int64_t j) {
-    const acc_t h = inv_std(static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
-    return gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
-                                   static_cast<acc_t>(m[r * cols + j]), h, scale);
-  });
+  // Row r reads logvar row r % lv_rows = b, so its inverse std is taken once per (b, j).
+  repeat_sums_cached<acc_t>(
+      a.rows, lv_rows, cols, acc.mutable_data_ptr<acc_t>(),
+      [&](int64_t b, int64_t j) { return inv_std(static_cast<acc_t>(lvp[b * cols + j])); },
+      [&](int64_t r, int64_t j, acc_t h) {
+        return gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
+                                       static_cast<acc_t>(m[r * cols + j]), h, scale);
+      });
   if (!std::is_same_v<scalar_t, acc_t>) grad_lv.copy_(acc);
 }
 

@@ -100,11 +100,14 @@ TensorPair gaussian_log_likelihood_backward(const at::Tensor& grad, const at::Te
     if (logvar_grad && !fused_logvar) {
       // Summed over every row that read this logvar row (per-dim and scalar variances).
       auto acc = at::empty(logvar.sizes(), logvar.options().dtype(acc_dtype(logvar.scalar_type())));
-      repeat_sums<acc_t>(rows, lv_rows, cols, acc.mutable_data_ptr<acc_t>(), [&](int64_t r, int64_t j) {
-        const acc_t h = inv_std(static_cast<acc_t>(lvp[(r % lv_rows) * cols + j]));
-        return gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
-                                       static_cast<acc_t>(m[r * cols + j]), h, gp[r]);
-      });
+      // Row r reads logvar row r % lv_rows = b: its inverse std once per (b, j).
+      repeat_sums_cached<acc_t>(
+          rows, lv_rows, cols, acc.mutable_data_ptr<acc_t>(),
+          [&](int64_t b, int64_t j) { return inv_std(static_cast<acc_t>(lvp[b * cols + j])); },
+          [&](int64_t r, int64_t j, acc_t h) {
+            return gaussian_ll_grad_logvar(static_cast<acc_t>(xp[(r % x_rows) * cols + j]),
+                                           static_cast<acc_t>(m[r * cols + j]), h, gp[r]);
+          });
       grad_logvar = acc.to(logvar.scalar_type());
     }
   });

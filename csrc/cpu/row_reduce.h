@@ -197,6 +197,22 @@ void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const
   });
 }
 
+// repeat_sums where part of each term depends on (b, j) only (e.g. the inverse std of the
+// broadcast log-variance being differentiated): pre(b, j) is taken once per output element and
+// f(r, j, pre_value) per row, which keeps exp and the like out of the loop over the repeats.
+template <typename acc_t, typename Pre, typename Fn>
+void repeat_sums_cached(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const Pre& pre, const Fn& fn) {
+  for_repeat_tiles(rows, out_rows, cols, [&](int64_t b, int64_t j0, int64_t n, int64_t repeats) {
+    acc_t acc[kRepeatBlock] = {}, cached[kRepeatBlock];
+    for (int64_t q = 0; q < n; ++q) cached[q] = pre(b, j0 + q);
+    for (int64_t k = 0; k < repeats; ++k) {
+      const int64_t r = k * out_rows + b;
+      for (int64_t q = 0; q < n; ++q) acc[q] += fn(r, j0 + q, cached[q]);
+    }
+    std::copy(acc, acc + n, out + b * cols + j0);
+  });
+}
+
 // repeat_sums of two operands' gradients in one walk: f(r, j) returns a pair (.first summed into
 // out_a, .second into out_b), each sum in the same order as repeat_sums would add it.
 template <typename acc_t, typename Fn>
