@@ -183,23 +183,10 @@ void for_repeat_tiles(int64_t rows, int64_t out_rows, int64_t cols, const Body& 
 }
 
 // Gradient of an operand broadcast over the leading rows: out[b, j] = sum over the rows r with
-// r % out_rows == b of f(r, j), summed in increasing r (deterministic), tiled by
-// for_repeat_tiles. f(r, j) returns acc_t.
-template <typename acc_t, typename Fn>
-void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const Fn& fn) {
-  for_repeat_tiles(rows, out_rows, cols, [&](int64_t b, int64_t j0, int64_t n, int64_t repeats) {
-    acc_t acc[kRepeatBlock] = {};
-    for (int64_t k = 0; k < repeats; ++k) {
-      const int64_t r = k * out_rows + b;
-      for (int64_t q = 0; q < n; ++q) acc[q] += fn(r, j0 + q);
-    }
-    std::copy(acc, acc + n, out + b * cols + j0);
-  });
-}
-
-// repeat_sums where part of each term depends on (b, j) only (e.g. the inverse std of the
-// broadcast log-variance being differentiated): pre(b, j) is taken once per output element and
-// f(r, j, pre_value) per row, which keeps exp and the like out of the loop over the repeats.
+// r % out_rows == b of f(r, j, pre(b, j)), summed in increasing r (deterministic), tiled by
+// for_repeat_tiles. pre(b, j) is the part of each term that depends on (b, j) only (e.g. the
+// inverse std of the broadcast log-variance being differentiated): taken once per output
+// element, it keeps exp and the like out of the loop over the repeats. Both return acc_t.
 template <typename acc_t, typename Pre, typename Fn>
 void repeat_sums_cached(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const Pre& pre, const Fn& fn) {
   for_repeat_tiles(rows, out_rows, cols, [&](int64_t b, int64_t j0, int64_t n, int64_t repeats) {
@@ -211,6 +198,14 @@ void repeat_sums_cached(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out
     }
     std::copy(acc, acc + n, out + b * cols + j0);
   });
+}
+
+// repeat_sums_cached with nothing to cache: f(r, j) returns acc_t.
+template <typename acc_t, typename Fn>
+void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const Fn& fn) {
+  repeat_sums_cached<acc_t>(
+      rows, out_rows, cols, out, [](int64_t, int64_t) { return acc_t(0); },
+      [&](int64_t r, int64_t j, acc_t) { return fn(r, j); });
 }
 
 // repeat_sums of two operands' gradients in one walk: f(r, j) returns a pair (.first summed into
