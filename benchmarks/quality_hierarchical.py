@@ -1,6 +1,7 @@
 """Quality check of issue 20: a 2-level hierarchical VAE against the 1-level IWAE-paper VAE.
 
-Both models train on the 50 000 Larochelle binarised-MNIST training images for the same number
+Both models train on the 50 000 Larochelle binarised-MNIST training images (or, with
+``--data mnist-t10k``, on 8 000 grey-level MNIST images binarised once or at every batch) for the same number
 of epochs with the same objective (the single-sample ELBO unless ``--objective`` / ``--train-samples``
 say otherwise) and Adam (same batch size, learning rate, schedule and seed), then the
 validation NLL, -log p(x), is estimated by importance sampling with K samples per image on a
@@ -48,6 +49,28 @@ def load_split(data_dir: Path, split: str) -> torch.Tensor:
     raise FileNotFoundError(f"no binarized_mnist_{split}.amat(.gz) in {data_dir}")
 
 
+def load_data(args) -> "tuple[torch.Tensor, torch.Tensor, str | None, str]":
+    """(train, valid, the trainer's binarize mode, a description) for ``--data``.
+
+    mnist-t10k: the 10 000 grey-level MNIST test images split as ../shared/data/README says
+    (0-7999 train, 8000-9999 valid). The valid images are one Bernoulli draw of their grey
+    levels (a fixed seed, the same for every run); the training images are either one such draw
+    kept for every epoch ("fixed", a static binarisation like Larochelle's) or redrawn at every
+    batch ("dynamic", the binarisation behind the IWAE paper's Table 1).
+    """
+    if args.data == "binarized-mnist":
+        return (load_split(args.data_dir, "train"), load_split(args.data_dir, "valid")[: args.valid], None,
+                "binarized-mnist (Larochelle), 50000 train")
+    from fastvae.vae.data import binarize, default_mnist_dir, load_idx
+
+    grey, _ = load_idx(args.mnist_dir or default_mnist_dir(), "t10k")
+    valid = binarize(grey[8000:], "dynamic", torch.Generator().manual_seed(20_000))[: args.valid]
+    what = f"mnist-t10k grey 0-7999 train ({args.train_binarization} Bernoulli binarisation), 8000-9999 valid (one draw)"
+    if args.train_binarization == "dynamic":
+        return grey[:8000], valid, "dynamic", what
+    return binarize(grey[:8000], "dynamic", torch.Generator().manual_seed(10_000)), valid, None, what
+
+
 def build(model: str):
     from fastvae.vae import build_hierarchical_vae, build_mlp_vae
 
@@ -86,7 +109,12 @@ def main() -> None:
     p.add_argument("--lr-final", type=float, default=1e-4, help="last learning rate of a decaying schedule")
     p.add_argument("--free-bits", type=float, default=0.0, help="KL floor per latent dim, in nats (0: none)")
     p.add_argument("--tag", default="", help="suffix of the result file: DIR/<model><tag>.json")
+    p.add_argument("--data", choices=("binarized-mnist", "mnist-t10k"), default="binarized-mnist",
+                   help="Larochelle's static split, or the 10k grey MNIST test images (see load_data)")
+    p.add_argument("--train-binarization", choices=("fixed", "dynamic"), default="fixed",
+                   help="mnist-t10k: one Bernoulli draw of the training images, or a new draw per batch")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--mnist-dir", type=Path, default=None, help="mnist-t10k's folder (default: ../shared/data/mnist-t10k)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality-hierarchical")
     p.add_argument("--run-dir", type=Path, default=None,
                    help="where the Trainer writes checkpoint.pt and metrics.jsonl (default: a temporary directory)")
@@ -99,8 +127,7 @@ def main() -> None:
     if args.run_dir is None and args.eval_only:
         p.error("--eval-only needs --run-dir")
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"fastvae-quality-{args.model}-"))
-    train = load_split(args.data_dir, "train")
-    valid = load_split(args.data_dir, "valid")[: args.valid]
+    train, valid, binarize_mode, data_name = load_data(args)
     t0 = time.perf_counter()
     if args.eval_only:
         model, state = load_model(run_dir / "checkpoint.pt")
@@ -112,7 +139,7 @@ def main() -> None:
             from fastvae.vae import init_output_bias
             init_output_bias(model, train)
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             device="cpu", binarize=None, eval_samples=0, progress=False,
+                             device="cpu", binarize=binarize_mode, eval_samples=0, progress=False,
                              warmup=args.warmup, free_bits=args.free_bits, lr_schedule=args.lr_schedule,
                              lr_final=args.lr_final, objective=args.objective, num_samples=args.train_samples)
         trainer = Trainer(model, train, None, config, out_dir=run_dir)
@@ -126,7 +153,7 @@ def main() -> None:
         "lr_final": args.lr_final if args.lr_schedule != "constant" else None,
         "seed": args.seed, "output_bias": args.output_bias,
         "objective": objective_name(args.objective, args.train_samples), "warmup_epochs": args.warmup, "free_bits": args.free_bits,
-        "data": "binarized-mnist (Larochelle), 50000 train",
+        "data": data_name,
         "num_samples": args.num_samples, "train_seconds": summary.get("time"), "wall_train_seconds": train_time,
         "threads": args.threads, "run_dir": str(run_dir), "machine": platform.processor() or platform.machine(), "commit": commit,
     }
