@@ -9,6 +9,7 @@ with aligned and misaligned operands, once in thread order and once reversed. Ru
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Callable, Dict, List, Tuple
 
 import pytest
@@ -216,9 +217,10 @@ def _sample_ref(a):
     return [z.detach(), kl.detach(), *with_kl, *gz_only]
 
 
-def _kl_normal_make(shape, dtype):
-    b = shape[0] // _divisor(shape[0])  # the prior's log-variance broadcast over the rows
-    return dict(mq=torch.randn(shape).to(dtype), lq=torch.randn(shape).to(dtype), mp=torch.randn(shape).to(dtype),
+def _kl_normal_make(shape, dtype, shared=False):
+    b = shape[0] // _divisor(shape[0])  # the prior's log-variance (and, shared, its mean) broadcast over the rows
+    return dict(mq=torch.randn(shape).to(dtype), lq=torch.randn(shape).to(dtype),
+                mp=torch.randn(b if shared else shape[0], shape[1]).to(dtype),
                 lp=torch.randn(b, shape[1]).to(dtype), g=torch.randn(shape[0], dtype=_acc(dtype)),
                 state=torch.tensor([torch.randint(1 << 62, ()).item(), 8]), gz=torch.randn(K, *shape).to(dtype))
 
@@ -232,7 +234,7 @@ def _kl_normal_run(ops, a):
 
 def _kl_normal_ref(a):
     q_p = [a[k].requires_grad_() for k in ("mq", "lq", "mp", "lp")]
-    full = q_p[:3] + [q_p[3].repeat(q_p[0].shape[0] // q_p[3].shape[0], 1)]
+    full = q_p[:2] + [t.repeat(q_p[0].shape[0] // t.shape[0], 1) for t in q_p[2:]]
     y = R.kl_normal(*full)
     zeros = torch.zeros_like(q_p[0])
     eps = torch.ops.fastvae.reparameterize(zeros, zeros, K, None, a["state"])[0]
@@ -280,6 +282,8 @@ FAMILIES: Dict[str, Tuple[Callable, Callable, Callable]] = {
     "standard_normal_density": (_std_normal_make, _std_normal_run, _std_normal_ref),
     "sample_and_kl": (_sample_make, _sample_run, _sample_ref),
     "kl_normal": (_kl_normal_make, _kl_normal_run, _kl_normal_ref),
+    # A learned prior shared by the rows: both its gradients summed over the repeats in one walk.
+    "kl_normal_shared_prior": (partial(_kl_normal_make, shared=True), _kl_normal_run, _kl_normal_ref),
     "elbo": (_elbo_make, _elbo_run, _elbo_ref),
 }
 
@@ -441,6 +445,26 @@ def test_emulated_device_settings_are_restored():
     assert torch.ops.fastvae_emu._configure() == before
     with pytest.raises(RuntimeError, match="sm_count"):
         torch.ops.fastvae_emu._configure(0)
+
+
+@pytest.mark.parametrize("op", ["kl_normal_backward", "reparameterize_with_kl_normal_backward"])
+def test_a_shared_prior_takes_both_gradients_in_one_repeat_walk(op):
+    """A prior broadcast alike in mean and log-variance (a learned per-dim prior): the element pass,
+    then one partials launch for both operands and one sum of the partials; a prior with only
+    its mean broadcast sums that one operand (also two launches after the element pass)."""
+    mq, lq, g = torch.randn(12, 5), torch.randn(12, 5), torch.randn(12)
+    state, gz = torch.tensor([12345, 8]), torch.randn(12, 5)
+
+    def kernels(mp, lp):
+        torch.ops.fastvae_emu._launch_log()
+        args = (g, mq, lq, mp, lp) if op == "kl_normal_backward" else (gz, mq, lq, mp, lp, state, g)
+        getattr(torch.ops.fastvae_emu, op)(*args)
+        return [line.split(" ")[2] for line in torch.ops.fastvae_emu._launch_log()]
+
+    assert kernels(torch.randn(3, 5), torch.randn(3, 5)) == [
+        "row_map_kernel<V>", "repeat_pair_partials_kernel<acc_t>", "sum_partials_kernel<acc_t>"]
+    assert kernels(torch.randn(3, 5), torch.randn(12, 5)) == [
+        "row_map_kernel<V>", "repeat_partials_kernel<acc_t>", "sum_partials_kernel<acc_t>"]
 
 
 # ---------------------------------------------------------------- which launch path ran

@@ -189,6 +189,18 @@ struct PriorGradTerm {
   }
 };
 
+// Both prior operands' gradients of one element, for repeat_sums_pair.
+template <typename scalar_t>
+struct PriorGradPair {
+  using acc_t = at::opmath_type<scalar_t>;
+  Operands<scalar_t> a;
+  const acc_t* g;
+  __device__ AccPair<acc_t> operator()(int64_t r, int64_t j) const {
+    const auto d = a.grads(r, j, g[r]);
+    return {d.mu_p, d.logvar_p};
+  }
+};
+
 // The four gradients' tensors: q's and every-row priors' allocated (the kernels write them), the
 // broadcast priors' summed over the repeats afterwards by finish().
 struct GradTensors {
@@ -208,6 +220,13 @@ struct GradTensors {
   TensorQuad finish(const Operands<scalar_t>& a, const at::Tensor& mu_p, const at::Tensor& logvar_p, int64_t rows,
                     const acc_t* g) {
     const auto acc_opts = mu_p.options().dtype(acc_dtype(mu_p.scalar_type()));
+    if (!mp.defined() && !lp.defined() && mu_p.sizes() == logvar_p.sizes()) {
+      // Both broadcast alike: both sums from one walk (two launches, each term computed once).
+      auto sums = at::empty({2, mu_p.size(0), mu_p.size(1)}, acc_opts);
+      repeat_sums_pair<acc_t>(rows, mu_p.size(0), a.cols, sums.mutable_data_ptr<acc_t>(), acc_opts,
+                              PriorGradPair<scalar_t>{a, g});
+      return {mq, lq, sums[0].to(mu_p.scalar_type()), sums[1].to(logvar_p.scalar_type())};
+    }
     if (!mp.defined()) {
       auto sums = at::empty(mu_p.sizes(), acc_opts);
       repeat_sums<acc_t>(rows, mu_p.size(0), a.cols, sums.mutable_data_ptr<acc_t>(), acc_opts,

@@ -11,7 +11,8 @@
 //                fixed tree, the chunks added in order by a second pass. Deterministic, no atomics.
 //   row_map      every pack once, grid-stride.
 //   repeat_sums  out[b, j] = sum over r = b, b + out_rows, ... of f(r, j) (a plain element
-//                lambda): chunks of repeats summed into partials, then the partials in order.
+//                lambda): chunks of repeats summed into partials, then the partials in order;
+//                repeat_sums_pair two such sums from one walk.
 // The summation order of both sums is a function of the shapes (and of whether operands are
 // aligned for packs), never of the device: GPUs of one architecture give the same bits whatever
 // their SM count (other architectures run other machine code, whose fused multiply-adds may
@@ -273,6 +274,31 @@ __global__ void repeat_partials_kernel(int64_t out_elems, int64_t out_rows, int6
   partial[blockIdx.y * out_elems + idx] = s;
 }
 
+// Two sums of one walk (repeat_sums_pair): fn returns an AccPair, .a summed into the first
+// out_elems partials of a chunk, .b into the next out_elems; each in repeat_partials_kernel's order.
+template <typename acc_t>
+struct AccPair {
+  acc_t a, b;
+};
+
+template <typename acc_t, typename Fn>
+__global__ void repeat_pair_partials_kernel(int64_t out_elems, int64_t out_rows, int64_t cols, int64_t repeats,
+                                            int64_t per_chunk, double* partial, Fn fn) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= out_elems) return;
+  const int64_t b = idx / cols, j = idx % cols;
+  const int64_t k0 = blockIdx.y * per_chunk;
+  const int64_t k1 = repeats < k0 + per_chunk ? repeats : k0 + per_chunk;
+  double sa = 0, sb = 0;
+  for (int64_t k = k0; k < k1; ++k) {
+    const AccPair<acc_t> t = fn(k * out_rows + b, j);
+    sa += static_cast<double>(t.a);
+    sb += static_cast<double>(t.b);
+  }
+  partial[blockIdx.y * 2 * out_elems + idx] = sa;
+  partial[blockIdx.y * 2 * out_elems + out_elems + idx] = sb;
+}
+
 // Partials and their sum in double: a broadcast gradient sums many terms of both signs (the
 // upstream gradient of a mean-reduced loss), and float32 chunks lost 3e-4 of it at 65536 rows
 // (seen on an H200), where the CPU kernels, which sum in double, agree with float64.
@@ -289,30 +315,60 @@ __global__ void sum_partials_kernel(int64_t out_elems, int64_t chunks, const dou
 // so the summation order) do not depend on the device.
 constexpr int64_t kRepeatThreads = 128 * 2048;
 
-// out is (out_rows, cols) in acc_t. Few outputs with many repeats (a per-dim variance over a
-// large batch) split the repeats into up to 1024 chunks so that the GPU has enough threads.
-template <typename acc_t, typename Fn>
-void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const at::TensorOptions& acc_opts, Fn fn) {
+// Chunks of repeats per output element: few outputs with many repeats (a per-dim variance over a
+// large batch) split the repeats into up to 1024 chunks so that the GPU has enough threads. At
+// most 1024, under every GPU's grid-y limit of 65535 (the emulator may set less).
+inline int64_t repeat_chunks(int64_t repeats, int64_t out_elems) {
+  const int64_t max_chunks = std::min<int64_t>({repeats, 1024, at::cuda::getCurrentDeviceProperties()->maxGridSize[1]});
+  return std::clamp<int64_t>(kRepeatThreads / out_elems, 1, max_chunks);
+}
+
+// kSums (1 or 2) sums of fn over the repeats: the partials kernel over (out_elems, chunks), then
+// each of the kSums * out_elems outputs' chunk partials in order into out (contiguous). No rows:
+// every sum is empty, out is zeroed.
+template <typename acc_t, int kSums, typename Fn>
+void launch_repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const at::TensorOptions& acc_opts,
+                        const Fn& fn) {
+  static_assert(kSums == 1 || kSums == 2, "repeat_sums: one sum or a pair");
   const int64_t out_elems = out_rows * cols;
   if (out_elems == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t repeats = rows / out_rows;
   if (repeats == 0) {  // no rows: empty sums (and no chunk count of 0 to divide by)
-    C10_CUDA_CHECK(cudaMemsetAsync(out, 0, out_elems * sizeof(acc_t), stream));
+    C10_CUDA_CHECK(cudaMemsetAsync(out, 0, kSums * out_elems * sizeof(acc_t), stream));
     return;
   }
-  // At most 1024 chunks, under every GPU's grid-y limit of 65535 (the emulator may set less).
-  const int64_t max_chunks = std::min<int64_t>({repeats, 1024, at::cuda::getCurrentDeviceProperties()->maxGridSize[1]});
-  const int64_t chunks = std::clamp<int64_t>(kRepeatThreads / out_elems, 1, max_chunks);
+  const int64_t chunks = repeat_chunks(repeats, out_elems);
   const int64_t per_chunk = (repeats + chunks - 1) / chunks;
-  auto partial = at::empty({chunks * out_elems}, acc_opts.dtype(at::kDouble));
+  auto partial = at::empty({chunks * kSums * out_elems}, acc_opts.dtype(at::kDouble));
   const dim3 grid((out_elems + kThreads - 1) / kThreads, chunks);
-  FASTVAE_LAUNCH(grid, kThreads, 0, stream, repeat_partials_kernel<acc_t>)(out_elems, out_rows, cols, repeats, per_chunk,
-                                                                          partial.mutable_data_ptr<double>(), fn);
+  double* partial_ptr = partial.mutable_data_ptr<double>();
+  if constexpr (kSums == 1) {
+    FASTVAE_LAUNCH(grid, kThreads, 0, stream, repeat_partials_kernel<acc_t>)(out_elems, out_rows, cols, repeats,
+                                                                            per_chunk, partial_ptr, fn);
+  } else {
+    FASTVAE_LAUNCH(grid, kThreads, 0, stream, repeat_pair_partials_kernel<acc_t>)(out_elems, out_rows, cols, repeats,
+                                                                                 per_chunk, partial_ptr, fn);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  FASTVAE_LAUNCH((out_elems + kThreads - 1) / kThreads, kThreads, 0, stream, sum_partials_kernel<acc_t>)(
-      out_elems, chunks, partial.const_data_ptr<double>(), out);
+  FASTVAE_LAUNCH((kSums * out_elems + kThreads - 1) / kThreads, kThreads, 0, stream, sum_partials_kernel<acc_t>)(
+      kSums * out_elems, chunks, partial.const_data_ptr<double>(), out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// out is (out_rows, cols) in acc_t: out[b, j] = sum over the repeats of fn(r, j).
+template <typename acc_t, typename Fn>
+void repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const at::TensorOptions& acc_opts, Fn fn) {
+  launch_repeat_sums<acc_t, 1>(rows, out_rows, cols, out, acc_opts, fn);
+}
+
+// Two operands' broadcast gradients from one walk (both broadcast alike): fn(r, j) returns an
+// AccPair; out is (2, out_rows, cols), .a's sums first. Two launches instead of repeat_sums'
+// four, each sum in repeat_sums' order (the chunks depend on out_rows * cols alone).
+template <typename acc_t, typename Fn>
+void repeat_sums_pair(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out, const at::TensorOptions& acc_opts,
+                      Fn fn) {
+  launch_repeat_sums<acc_t, 2>(rows, out_rows, cols, out, acc_opts, fn);
 }
 
 }  // namespace cuda_detail
