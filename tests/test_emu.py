@@ -450,21 +450,26 @@ def test_emulated_device_settings_are_restored():
 @pytest.mark.parametrize("op", ["kl_normal_backward", "reparameterize_with_kl_normal_backward"])
 def test_a_shared_prior_takes_both_gradients_in_one_repeat_walk(op):
     """A prior broadcast alike in mean and log-variance (a learned per-dim prior): the element pass,
-    then one partials launch for both operands and one sum of the partials; a prior with only
-    its mean broadcast sums that one operand (also two launches after the element pass)."""
+    then one partials launch for both operands and one sum of their partials (not two of each);
+    a prior with only its mean broadcast sums that one operand."""
     mq, lq, g = torch.randn(12, 5), torch.randn(12, 5), torch.randn(12)
     state, gz = torch.tensor([12345, 8]), torch.randn(12, 5)
 
     def kernels(mp, lp):
+        """Each launch's kernel, with the number of sums its repeat walk takes (kSums)."""
         torch.ops.fastvae_emu._launch_log()
         args = (g, mq, lq, mp, lp) if op == "kl_normal_backward" else (gz, mq, lq, mp, lp, state, g)
         getattr(torch.ops.fastvae_emu, op)(*args)
-        return [line.split(" ")[2] for line in torch.ops.fastvae_emu._launch_log()]
+        taken = []
+        for line in torch.ops.fastvae_emu._launch_log():
+            sums = re.search(r"launch_repeat_sumsI\w+?Li(\d)E", line)
+            taken.append((line.split(" ", 2)[2].split(" @ ")[0], int(sums[1]) if sums else None))
+        return taken
 
-    assert kernels(torch.randn(3, 5), torch.randn(3, 5)) == [
-        "row_map_kernel<V>", "repeat_pair_partials_kernel<acc_t>", "sum_partials_kernel<acc_t>"]
-    assert kernels(torch.randn(3, 5), torch.randn(12, 5)) == [
-        "row_map_kernel<V>", "repeat_partials_kernel<acc_t>", "sum_partials_kernel<acc_t>"]
+    pair = [("repeat_partials_kernel<acc_t, kSums>", 2), ("sum_partials_kernel<acc_t>", 2)]
+    assert kernels(torch.randn(3, 5), torch.randn(3, 5)) == [("row_map_kernel<V>", None), *pair]
+    one = [("repeat_partials_kernel<acc_t, kSums>", 1), ("sum_partials_kernel<acc_t>", 1)]
+    assert kernels(torch.randn(3, 5), torch.randn(12, 5)) == [("row_map_kernel<V>", None), *one]
 
 
 # ---------------------------------------------------------------- which launch path ran

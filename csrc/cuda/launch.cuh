@@ -261,7 +261,25 @@ void row_map(int64_t rows, int64_t cols, const Fn& fn) {
 }
 
 // ---------------------------------------------------------------- broadcast-operand gradients
-template <typename acc_t, typename Fn>
+// Two sums of one walk (repeat_sums_pair): fn returns an AccPair, .a and .b summed apart.
+template <typename acc_t>
+struct AccPair {
+  acc_t a, b;
+};
+
+template <typename acc_t>
+__device__ inline void add_terms(double (&s)[1], acc_t t) {
+  s[0] += static_cast<double>(t);
+}
+template <typename acc_t>
+__device__ inline void add_terms(double (&s)[2], const AccPair<acc_t>& t) {
+  s[0] += static_cast<double>(t.a);
+  s[1] += static_cast<double>(t.b);
+}
+
+// Chunk blockIdx.y's sums of kSums terms for output element idx: partial[(chunk * kSums + q) *
+// out_elems + idx] holds sum q over the chunk's repeats, in repeat order.
+template <typename acc_t, int kSums, typename Fn>
 __global__ void repeat_partials_kernel(int64_t out_elems, int64_t out_rows, int64_t cols, int64_t repeats,
                                        int64_t per_chunk, double* partial, Fn fn) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -269,34 +287,9 @@ __global__ void repeat_partials_kernel(int64_t out_elems, int64_t out_rows, int6
   const int64_t b = idx / cols, j = idx % cols;
   const int64_t k0 = blockIdx.y * per_chunk;
   const int64_t k1 = repeats < k0 + per_chunk ? repeats : k0 + per_chunk;
-  double s = 0;
-  for (int64_t k = k0; k < k1; ++k) s += static_cast<double>(fn(k * out_rows + b, j));
-  partial[blockIdx.y * out_elems + idx] = s;
-}
-
-// Two sums of one walk (repeat_sums_pair): fn returns an AccPair, .a summed into the first
-// out_elems partials of a chunk, .b into the next out_elems; each in repeat_partials_kernel's order.
-template <typename acc_t>
-struct AccPair {
-  acc_t a, b;
-};
-
-template <typename acc_t, typename Fn>
-__global__ void repeat_pair_partials_kernel(int64_t out_elems, int64_t out_rows, int64_t cols, int64_t repeats,
-                                            int64_t per_chunk, double* partial, Fn fn) {
-  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx >= out_elems) return;
-  const int64_t b = idx / cols, j = idx % cols;
-  const int64_t k0 = blockIdx.y * per_chunk;
-  const int64_t k1 = repeats < k0 + per_chunk ? repeats : k0 + per_chunk;
-  double sa = 0, sb = 0;
-  for (int64_t k = k0; k < k1; ++k) {
-    const AccPair<acc_t> t = fn(k * out_rows + b, j);
-    sa += static_cast<double>(t.a);
-    sb += static_cast<double>(t.b);
-  }
-  partial[blockIdx.y * 2 * out_elems + idx] = sa;
-  partial[blockIdx.y * 2 * out_elems + out_elems + idx] = sb;
+  double s[kSums] = {};
+  for (int64_t k = k0; k < k1; ++k) add_terms<acc_t>(s, fn(k * out_rows + b, j));
+  for (int q = 0; q < kSums; ++q) partial[(blockIdx.y * kSums + q) * out_elems + idx] = s[q];
 }
 
 // Partials and their sum in double: a broadcast gradient sums many terms of both signs (the
@@ -342,14 +335,8 @@ void launch_repeat_sums(int64_t rows, int64_t out_rows, int64_t cols, acc_t* out
   const int64_t per_chunk = (repeats + chunks - 1) / chunks;
   auto partial = at::empty({chunks * kSums * out_elems}, acc_opts.dtype(at::kDouble));
   const dim3 grid((out_elems + kThreads - 1) / kThreads, chunks);
-  double* partial_ptr = partial.mutable_data_ptr<double>();
-  if constexpr (kSums == 1) {
-    FASTVAE_LAUNCH(grid, kThreads, 0, stream, repeat_partials_kernel<acc_t>)(out_elems, out_rows, cols, repeats,
-                                                                            per_chunk, partial_ptr, fn);
-  } else {
-    FASTVAE_LAUNCH(grid, kThreads, 0, stream, repeat_pair_partials_kernel<acc_t>)(out_elems, out_rows, cols, repeats,
-                                                                                 per_chunk, partial_ptr, fn);
-  }
+  FASTVAE_LAUNCH(grid, kThreads, 0, stream, repeat_partials_kernel<acc_t, kSums>)(
+      out_elems, out_rows, cols, repeats, per_chunk, partial.mutable_data_ptr<double>(), fn);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   FASTVAE_LAUNCH((kSums * out_elems + kThreads - 1) / kThreads, kThreads, 0, stream, sum_partials_kernel<acc_t>)(
       kSums * out_elems, chunks, partial.const_data_ptr<double>(), out);
