@@ -241,8 +241,11 @@ class HierarchicalVAE(VAE):
         dims, so the floor applies to the layer as a whole). beta, reduction, impl: as `VAE.loss`.
         objective / num_samples: "elbo" with K > 1 averages K Monte Carlo ELBOs (log p(x, z) -
         log q(z | x) of the whole hierarchy, the prior terms weighted by beta), "iwae" is the
-        importance-weighted bound over K such samples. gradient: only "reparam" (STL and DReG
-        are defined for a one-layer posterior); free bits only with the one-sample ELBO.
+        importance-weighted bound over K such samples. gradient: only "reparam". STL and DReG
+        stop q's parameters in log q while keeping its dependence on the samples; here q(z_l | .)
+        reads z_{l+1} through the prior's top-down network, so that needs a second top-down pass
+        with every parameter detached, which is not implemented. Free bits only with the
+        one-sample ELBO.
         """
         if objective == "elbo" and num_samples == 1 and gradient == "reparam":
             return super().loss(x, beta=beta, free_bits=free_bits, reduction=reduction, impl=impl)
@@ -250,7 +253,8 @@ class HierarchicalVAE(VAE):
         _check_choice("objective", objective, _OBJECTIVES)
         num_samples = check_int("num_samples", num_samples, 1)
         if gradient != "reparam":
-            raise ValueError(f"gradient must be 'reparam' for a HierarchicalVAE, got {gradient!r}")
+            raise ValueError(f"gradient must be 'reparam' for a HierarchicalVAE, got {gradient!r} "
+                             "(STL and DReG are implemented for the one-layer VAE only)")
         beta, free_bits = self._loss_args(beta, free_bits, reduction)
         if any(free_bits):
             raise ValueError("free_bits needs objective='elbo', num_samples=1 and gradient='reparam'")
