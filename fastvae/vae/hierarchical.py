@@ -32,13 +32,13 @@ from .. import functional as _F
 from .. import reference as _R
 from .._args import check_int, check_real
 from .inputs import check_choice as _check_choice
+from .hierarchical_estimators import stopped_q_bound
 from .model import _CHUNK_ELEMENTS, _REDUCTIONS, LOSS_IMPLS, VAE
+from .objectives import make_objective
 from .objectives import reduce as _reduce
 
 __all__ = ["HierarchicalVAE", "HierarchicalOutput"]
 
-#: `HierarchicalVAE.loss` objectives (with gradient="reparam").
-_OBJECTIVES = ("elbo", "iwae")
 _Pair = Tuple[torch.Tensor, torch.Tensor]
 # (mu_q, logvar_q, mu_p, logvar_p) -> (z, KL or None); the prior is None for the top layer.
 _Sampler = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]],
@@ -239,27 +239,24 @@ class HierarchicalVAE(VAE):
         free_bits: nats per latent dim, one number for every layer or one per layer; layer l's KL
         is floored at free_bits[l] * Z_l per example (the fused KL of a layer is summed over its
         dims, so the floor applies to the layer as a whole). beta, reduction, impl: as `VAE.loss`.
-        objective / num_samples: "elbo" with K > 1 averages K Monte Carlo ELBOs (log p(x, z) -
-        log q(z | x) of the whole hierarchy, the prior terms weighted by beta), "iwae" is the
-        importance-weighted bound over K such samples. gradient: only "reparam". STL and DReG
-        stop q's parameters in log q while keeping its dependence on the samples; here q(z_l | .)
-        reads z_{l+1} through the prior's top-down network, so that needs a second top-down pass
-        with every parameter detached, which is not implemented. Free bits only with the
-        one-sample ELBO.
+        objective / num_samples / gradient: "elbo" with K > 1 averages K Monte Carlo ELBOs
+        (log p(x, z) - log q(z | x) of the whole hierarchy, the prior terms weighted by beta),
+        "iwae" is the importance-weighted bound over K such samples; gradient "reparam", "stl"
+        (with "elbo") or "dreg" (with "iwae"), as `VAE.loss`: log q of every layer with all of
+        the model's parameters stopped and its samples live (`hierarchical_estimators`). Free
+        bits only with the one-sample reparameterised ELBO.
         """
         if objective == "elbo" and num_samples == 1 and gradient == "reparam":
             return super().loss(x, beta=beta, free_bits=free_bits, reduction=reduction, impl=impl)
         _check_choice("impl", impl, LOSS_IMPLS)
-        _check_choice("objective", objective, _OBJECTIVES)
-        num_samples = check_int("num_samples", num_samples, 1)
-        if gradient != "reparam":
-            raise ValueError(f"gradient must be 'reparam' for a HierarchicalVAE, got {gradient!r} "
-                             "(STL and DReG are implemented for the one-layer VAE only)")
+        chosen = make_objective(objective, num_samples, gradient)
         beta, free_bits = self._loss_args(beta, free_bits, reduction)
         if any(free_bits):
             raise ValueError("free_bits needs objective='elbo', num_samples=1 and gradient='reparam'")
         x = self._input(x)
-        log_px, log_ratio, _ = self._importance_terms(self._flat(x), self._bottom_up(x), num_samples,
+        if chosen.stops_q:
+            return _reduce(-stopped_q_bound(self, x, chosen, beta, fused=impl == "fused")[0], reduction)
+        log_px, log_ratio, _ = self._importance_terms(self._flat(x), self._bottom_up(x), chosen.num_samples,
                                                       fused=impl == "fused")
         log_w = log_px + beta * log_ratio
         if objective == "elbo":
