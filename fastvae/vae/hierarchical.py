@@ -261,7 +261,7 @@ class HierarchicalVAE(VAE):
         log_w = log_px + beta * log_ratio
         if objective == "elbo":
             return _reduce(-log_w.mean(0), reduction)
-        return _reduce(math.log(num_samples) - torch.logsumexp(log_w, dim=0), reduction)
+        return _reduce(-(_F if impl == "fused" else _R).iwae_bound(log_w)[0], reduction)
 
     # ------------------------------------------------------------------ importance sampling
     def _importance_terms(self, x_flat: torch.Tensor, hs: List[torch.Tensor], num_samples: int,
