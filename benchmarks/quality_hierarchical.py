@@ -79,11 +79,13 @@ def build(model: str):
     return build_mlp_vae(784, hidden=(200, 200), latent_dim=50, activation="tanh")
 
 
-def objective_name(objective: str, k: int) -> str:
+def objective_name(objective: str, k: int, gradient: str = "reparam") -> str:
     """The training objective as the result files name it."""
+    how = {"reparam": "reparameterised gradient", "dreg": "DReG gradient", "stl": "STL gradient"}[gradient]
     if objective == "iwae":
-        return f"IWAE bound, K={k}, reparameterised gradient"
-    return "single-sample ELBO" if k == 1 else f"ELBO averaged over K={k} samples"
+        return f"IWAE bound, K={k}, {how}"
+    name = "single-sample ELBO" if k == 1 else f"ELBO averaged over K={k} samples"
+    return name if gradient == "reparam" else f"{name}, {how}"
 
 
 def main() -> None:
@@ -102,7 +104,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=0,
                    help="KL warm-up: beta ramps linearly from 0 to 1 over this many epochs (0: none)")
     p.add_argument("--objective", choices=("elbo", "iwae"), default="elbo",
-                   help="training objective: the ELBO or the importance-weighted bound (reparameterised gradient)")
+                   help="training objective: the ELBO or the importance-weighted bound")
+    p.add_argument("--gradient", choices=("reparam", "stl", "dreg"), default="reparam",
+                   help="gradient estimator (stl with elbo, dreg with iwae)")
     p.add_argument("--train-samples", type=int, default=1, help="samples K per image in the training objective")
     p.add_argument("--lr-schedule", choices=("constant", "exponential", "cosine"), default="constant",
                    help="learning rate from --lr to --lr-final over the epochs (TrainConfig.lr_schedule)")
@@ -141,7 +145,8 @@ def main() -> None:
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              device="cpu", binarize=binarize_mode, eval_samples=0, progress=False,
                              warmup=args.warmup, free_bits=args.free_bits, lr_schedule=args.lr_schedule,
-                             lr_final=args.lr_final, objective=args.objective, num_samples=args.train_samples)
+                             lr_final=args.lr_final, objective=args.objective, num_samples=args.train_samples,
+                             gradient=args.gradient)
         trainer = Trainer(model, train, None, config, out_dir=run_dir)
         summary = trainer.fit()
         epochs = trainer.epoch
@@ -152,7 +157,7 @@ def main() -> None:
         "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "lr_schedule": args.lr_schedule,
         "lr_final": args.lr_final if args.lr_schedule != "constant" else None,
         "seed": args.seed, "output_bias": args.output_bias,
-        "objective": objective_name(args.objective, args.train_samples), "warmup_epochs": args.warmup, "free_bits": args.free_bits,
+        "objective": objective_name(args.objective, args.train_samples, args.gradient), "warmup_epochs": args.warmup, "free_bits": args.free_bits,
         "data": data_name,
         "num_samples": args.num_samples, "train_seconds": summary.get("time"), "wall_train_seconds": train_time,
         "threads": args.threads, "run_dir": str(run_dir), "machine": platform.processor() or platform.machine(), "commit": commit,
