@@ -151,12 +151,20 @@ class HierarchicalVAE(VAE):
             raise ValueError(f"the top bottom-up network must give (batch, features), got shape {tuple(hs[-1].shape)}")
         return _split(out)
 
+    def _prior(self, level: int, td: torch.Tensor) -> _Pair:
+        """p(z_l | z_{l+1})'s parameters for layer ``level`` (0-based) from the top-down features td."""
+        return _split(self.prior_heads[level](td))
+
+    def _posterior(self, level: int, h: torch.Tensor, td: torch.Tensor,
+                   head: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> _Pair:
+        """q(z_l | z_{l+1}, x)'s parameters from h_l and the top-down features td; ``head``
+        replaces the layer's own posterior head (STL / DReG pass it with detached weights)."""
+        return _split((head or self.post_heads[level])(torch.cat([h, td], dim=-1)))
+
     def _layer(self, level: int, h: torch.Tensor, z_above: torch.Tensor) -> Tuple[_Pair, _Pair]:
         """(posterior, prior) parameters of layer ``level`` (0-based) given h_l and z_{l+1}."""
         td = self.down[level](z_above)
-        prior = _split(self.prior_heads[level](td))
-        post = _split(self.post_heads[level](torch.cat([h, td], dim=-1)))
-        return post, prior
+        return self._posterior(level, h, td), self._prior(level, td)
 
     def _top_down(self, hs: List[torch.Tensor], sampler: _Sampler, decode: bool = True) -> HierarchicalOutput:
         mu, logvar = self._top(hs)
@@ -253,15 +261,15 @@ class HierarchicalVAE(VAE):
         beta, free_bits = self._loss_args(beta, free_bits, reduction)
         if any(free_bits):
             raise ValueError("free_bits needs objective='elbo', num_samples=1 and gradient='reparam'")
-        x = self._input(x)
+        x, fused = self._input(x), impl == "fused"
         if chosen.stops_q:
-            return _reduce(-stopped_q_bound(self, x, chosen, beta, fused=impl == "fused")[0], reduction)
+            return _reduce(-stopped_q_bound(self, x, chosen, beta, fused=fused)[0], reduction)
         log_px, log_ratio, _ = self._importance_terms(self._flat(x), self._bottom_up(x), chosen.num_samples,
-                                                      fused=impl == "fused")
+                                                      fused=fused)
         log_w = log_px + beta * log_ratio
         if objective == "elbo":
             return _reduce(-log_w.mean(0), reduction)
-        return _reduce(-(_F if impl == "fused" else _R).iwae_bound(log_w)[0], reduction)
+        return _reduce(-(_F if fused else _R).iwae_bound(log_w)[0], reduction)
 
     # ------------------------------------------------------------------ importance sampling
     def _importance_terms(self, x_flat: torch.Tensor, hs: List[torch.Tensor], num_samples: int,

@@ -21,7 +21,7 @@ keep sum_k w~_k d log w_k. Unfused (``fused=False``), hooks on the scored sample
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Tuple
+from typing import TYPE_CHECKING, Callable, List, Tuple
 
 import torch
 from torch import nn
@@ -37,46 +37,42 @@ if TYPE_CHECKING:  # the model module imports this one
 __all__ = ["stopped_q_bound"]
 
 
-def _detached(module: nn.Module) -> Dict[str, torch.Tensor]:
-    return {name: p.detach() for name, p in module.named_parameters()}
+def _detached(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """module as a function of its input, with its parameters detached."""
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    return lambda t: functional_call(module, params, (t,))
 
 
-def _halves(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(mu, logvar) of a head's output, contiguous for the fused ops."""
-    mu, logvar = t.chunk(2, dim=-1)
-    return mu.contiguous(), logvar.contiguous()
-
-
-def _draw(model: "HierarchicalVAE", hs: List[torch.Tensor], k: int, fused: bool) -> List[torch.Tensor]:
-    """K draws of the whole hierarchy from q with live parameters, bottom to top, (K, B, Z_l)."""
+def _draw(model: "HierarchicalVAE", hs: List[torch.Tensor], top: Tuple[torch.Tensor, torch.Tensor], k: int,
+          fused: bool) -> List[torch.Tensor]:
+    """K draws of the whole hierarchy from q with live parameters, bottom to top, (K, B, Z_l);
+    top: q(z_L | x)'s (mu, logvar)."""
     ops = _F if fused else _R
     b = hs[0].shape[0]
-    mu, logvar = model._top(hs)
-    z = ops.reparameterize(mu, logvar, num_samples=k)
+    z = ops.reparameterize(*top, num_samples=k)
     zs = [z]
     for level in reversed(range(model.levels - 1)):
         h = hs[level].expand(k, *hs[level].shape).reshape(k * b, -1)
-        td = model.down[level](z.reshape(k * b, -1))
-        mu, logvar = _halves(model.post_heads[level](torch.cat([h, td], dim=-1)))
+        mu, logvar = model._posterior(level, h, model.down[level](z.reshape(k * b, -1)))
         z = ops.reparameterize(mu, logvar).view(k, b, -1)
         zs.insert(0, z)
     return zs
 
 
-def _log_weights(model: "HierarchicalVAE", x_flat: torch.Tensor, hs: List[torch.Tensor], zs: List[torch.Tensor],
-                 beta: float, fused: bool) -> torch.Tensor:
+def _log_weights(model: "HierarchicalVAE", x_flat: torch.Tensor, hs: List[torch.Tensor],
+                 top: Tuple[torch.Tensor, torch.Tensor], zs: List[torch.Tensor], beta: float,
+                 fused: bool) -> torch.Tensor:
     """log p(x | z_1) + beta * (log p(z) - log q(z | x)), (K, B), q's parameters all detached."""
     ops = _F if fused else _R
     k, b = zs[0].shape[:2]
-    mu, logvar = (t.detach() for t in model._top(hs))
+    mu, logvar = (t.detach() for t in top)
     log_ratio = ops.standard_normal_log_density(zs[-1]) - ops.gaussian_log_density(zs[-1], mu, logvar)
     for level in reversed(range(model.levels - 1)):
         z_above, z = zs[level + 1].reshape(k * b, -1), zs[level].reshape(k * b, -1)
-        mu_p, logvar_p = _halves(model.prior_heads[level](model.down[level](z_above)))
-        td = functional_call(model.down[level], _detached(model.down[level]), (z_above,))
+        mu_p, logvar_p = model._prior(level, model.down[level](z_above))
         h = hs[level].detach().expand(k, *hs[level].shape).reshape(k * b, -1)
-        head = model.post_heads[level]
-        mu, logvar = _halves(functional_call(head, _detached(head), (torch.cat([h, td], dim=-1),)))
+        mu, logvar = model._posterior(level, h, _detached(model.down[level])(z_above),
+                                      head=_detached(model.post_heads[level]))
         log_ratio = log_ratio + (ops.gaussian_log_density(z, mu_p, logvar_p)
                                  - ops.gaussian_log_density(z, mu, logvar)).view(k, b)
     recon, obs_logvar = model._observation(model.decode(zs[0].reshape(k * b, -1)), (k, b))
@@ -89,7 +85,8 @@ def stopped_q_bound(model: "HierarchicalVAE", x: torch.Tensor, objective: Object
     """(bound (B,), log-weights (K, B)) of ``objective`` ("elbo" + "stl" or "iwae" + "dreg") on
     x (the model's input form), with the estimator's gradient routing."""
     hs = model._bottom_up(x)
-    zs = _draw(model, hs, objective.num_samples, fused)
+    top = model._top(hs)
+    zs = _draw(model, hs, top, objective.num_samples, fused)
     dreg = objective.gradient == "dreg"
     tokens = []
     if dreg and fused:
@@ -97,7 +94,7 @@ def stopped_q_bound(model: "HierarchicalVAE", x: torch.Tensor, objective: Object
         zs, tokens = [z for z, _ in gated], [t for _, t in gated]
     elif dreg:
         zs = [z.view_as(z) for z in zs]  # the scoring pass's own edges, for the hooks below
-    log_w = _log_weights(model, model._flat(x), hs, zs, beta, fused)
+    log_w = _log_weights(model, model._flat(x), hs, top, zs, beta, fused)
     if not dreg:
         return log_w.mean(0), log_w
     if fused:
