@@ -71,11 +71,21 @@ def load_data(args) -> "tuple[torch.Tensor, torch.Tensor, str | None, str]":
     return binarize(grey[:8000], "dynamic", torch.Generator().manual_seed(10_000)), valid, None, what
 
 
-def build(model: str):
+def parse_layers(hidden: str | None, latent_dims: str | None) -> dict:
+    """build_hierarchical_vae's widths from "200,200/50,50" and "50,25" (None: its defaults)."""
+    kwargs = {}
+    if hidden:
+        kwargs["hidden"] = [tuple(int(w) for w in layer.split(",")) for layer in hidden.split("/")]
+    if latent_dims:
+        kwargs["latent_dims"] = tuple(int(d) for d in latent_dims.split(","))
+    return kwargs
+
+
+def build(model: str, layers: dict | None = None):
     from fastvae.vae import build_hierarchical_vae, build_mlp_vae
 
     if model == "hierarchical":
-        return build_hierarchical_vae()  # the IWAE paper's two-layer model
+        return build_hierarchical_vae(**(layers or {}))  # default: the IWAE paper's two-layer model
     return build_mlp_vae(784, hidden=(200, 200), latent_dim=50, activation="tanh")
 
 
@@ -112,6 +122,11 @@ def main() -> None:
                    help="learning rate from --lr to --lr-final over the epochs (TrainConfig.lr_schedule)")
     p.add_argument("--lr-final", type=float, default=1e-4, help="last learning rate of a decaying schedule")
     p.add_argument("--free-bits", type=float, default=0.0, help="KL floor per latent dim, in nats (0: none)")
+    p.add_argument("--hidden", default=None,
+                   help='hierarchical: hidden widths per layer, bottom first, e.g. "200,200/50,50" '
+                        "(default: the IWAE paper's 100,100/50,50)")
+    p.add_argument("--latent-dims", default=None,
+                   help='hierarchical: latent dims per layer, bottom first, e.g. "50,25" (default: 100,50)')
     p.add_argument("--tag", default="", help="suffix of the result file: DIR/<model><tag>.json")
     p.add_argument("--data", choices=("binarized-mnist", "mnist-t10k"), default="binarized-mnist",
                    help="Larochelle's static split, or the 10k grey MNIST test images (see load_data)")
@@ -130,6 +145,8 @@ def main() -> None:
 
     if args.run_dir is None and args.eval_only:
         p.error("--eval-only needs --run-dir")
+    if args.model == "flat" and (args.hidden or args.latent_dims):
+        p.error("--hidden and --latent-dims shape the hierarchical model; the flat one is the IWAE paper's")
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"fastvae-quality-{args.model}-"))
     train, valid, binarize_mode, data_name = load_data(args)
     t0 = time.perf_counter()
@@ -138,7 +155,7 @@ def main() -> None:
         epochs, summary = state["epoch"], {"time": state["elapsed"]}
     else:
         torch.manual_seed(args.seed)
-        model = build(args.model)
+        model = build(args.model, parse_layers(args.hidden, args.latent_dims))
         if args.output_bias == "marginal":
             from fastvae.vae import init_output_bias
             init_output_bias(model, train)
