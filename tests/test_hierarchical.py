@@ -241,6 +241,28 @@ def test_cli_train_resume_eval_sample(tmp_path, capsys):
     assert "--levels needs --arch hierarchical" in capsys.readouterr().err
 
 
+def test_cli_hidden_per_level(tmp_path, capsys):
+    # "a,b/c" gives each stochastic layer its widths (bottom first); the latent dims still halve.
+    out = tmp_path / "run"
+    assert cli.main(["train", "--arch", "hierarchical", "--hidden", "16,12/6", "--latent-dim", "4", "--epochs", "1",
+                     "--eval-samples", "0", "--out", str(out), *FAST[2:]]) == 0
+    model, _ = load_model(out)
+    assert model.latent_dims == (4, 2) and model.config["hidden"] == [[16, 12], [6]]
+    assert cli.main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert load_model(out)[0].config["hidden"] == [[16, 12], [6]]
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--arch", "hierarchical", "--hidden", "16/8/4", "--levels", "2", "--epochs", "1",
+                  "--out", str(tmp_path / "bad"), *FAST[2:]])
+    assert "3 groups of widths for --levels 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--hidden", "16/8", "--epochs", "1", "--out", str(tmp_path / "mlp"), *FAST[2:]])
+    assert "needs --arch hierarchical" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--arch", "hierarchical", "--hidden", "16/0", "--epochs", "1",
+                  "--out", str(tmp_path / "zero"), *FAST[2:]])
+    assert "--hidden must be comma-separated positive integers" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(latent_dims=()), "latent_dims"),
     (dict(latent_dims=(4, 0), hidden=((8,), (4,))), "latent_dims"),

@@ -44,6 +44,17 @@ def _widths(name: str, value: Any) -> str:
     return value
 
 
+def level_widths(text_value: Any, flag: str) -> List[List[int]]:
+    """``"200,200/50,50"`` as [[200, 200], [50, 50]]: one group of widths per stochastic layer,
+    bottom first (no ``/``: one group)."""
+    return [csv_ints(group, flag) for group in str(text_value).split("/")]
+
+
+def _level_widths(name: str, value: Any) -> str:
+    level_widths(value, name)
+    return value
+
+
 def data_name(name: str, value: Any) -> str:
     """'digits', 'mnist', 'binarized-mnist', 'photos' or a path ending in .npz."""
     if not isinstance(value, str) or (value not in _NAMED_DATA and not value.endswith(".npz")):
@@ -76,7 +87,9 @@ class ModelOptions:
         2, "stochastic layers of a hierarchical VAE: layer l has --hidden and --latent-dim halved l times "
            "(--hidden 100,100 --latent-dim 100 --levels 2 is the IWAE paper's two-layer model)",
         integer(1, optional=True), cli_default="auto", default_help="2 with --arch hierarchical*")
-    hidden: str = option("400", "MLP hidden widths, comma-separated, e.g. 512,256", _widths)
+    hidden: str = option("400", "MLP hidden widths, comma-separated, e.g. 512,256; a hierarchical VAE takes one "
+                                "group per layer, bottom first, separated by '/' (e.g. 200,200/50,50), instead "
+                                "of halving", _level_widths)
     channels: str = option("32,64", "conv channels per stride-2 layer, comma-separated", _widths)
     activation: str = option("relu", "hidden activation", choice(*_ACTIVATIONS), choices=_ACTIVATIONS)
     latent_dim: int = option(20, "latent dimensions", integer(1), cli_default="auto",

@@ -14,7 +14,8 @@ from typing import Any, Callable, Dict, List
 from ..training.config import TrainConfig
 from .checks import CLIError, check_device
 from .flags import add_flags, check_values, defaults, fields_of, flag_name
-from .options import DISCRETE_LIKELIHOODS, HIERARCHICAL_ARCHS, DataOptions, ModelOptions, OutputOptions, csv_ints
+from .options import (DISCRETE_LIKELIHOODS, HIERARCHICAL_ARCHS, DataOptions, ModelOptions, OutputOptions, csv_ints,
+                      level_widths)
 from .recipes import RECIPES, recipe_settings
 
 __all__ = ["add_train_args", "cmd_train", "TRAIN_FIELDS"]
@@ -72,6 +73,9 @@ def check_train_flags(cfg: Dict[str, Any]) -> None:
                        f"whole-ELBO op: bernoulli or gaussian)")
     if cfg.get("levels") not in (None, "auto") and cfg.get("arch", "mlp") not in HIERARCHICAL_ARCHS:
         raise CLIError(f"--levels needs --arch {' or '.join(HIERARCHICAL_ARCHS)}")
+    if "/" in str(cfg.get("hidden", "")) and cfg.get("arch", "mlp") not in HIERARCHICAL_ARCHS:
+        raise CLIError(f"--hidden {cfg['hidden']} gives widths per stochastic layer ('/'); that needs --arch "
+                       f"{' or '.join(HIERARCHICAL_ARCHS)}")
     if cfg.get("device") is not None:
         check_device(cfg["device"], kernels=cfg.get("loss_impl", "fused") == "fused")
     if cfg.get("amp"):
@@ -159,7 +163,12 @@ def _build_model(cfg: Dict[str, Any], image_shape, input_dim: int):
 def _build_hierarchical(cfg: Dict[str, Any], image_shape, input_dim: int, common: Dict[str, Any]):
     from ..vae.hierarchical_builders import build_hierarchical_vae, halved_levels
 
-    latent_dims, hidden = halved_levels(cfg["levels"], csv_ints(cfg["hidden"], "--hidden"), common.pop("latent_dim"))
+    groups = level_widths(cfg["hidden"], "--hidden")
+    latent_dims, hidden = halved_levels(cfg["levels"], groups[0], common.pop("latent_dim"))
+    if len(groups) > 1:  # widths given per layer; the latent dims still halve
+        if len(groups) != cfg["levels"]:
+            raise ValueError(f"--hidden {cfg['hidden']} has {len(groups)} groups of widths for --levels {cfg['levels']}")
+        hidden = groups
     if cfg["arch"] == "hierarchical":
         return build_hierarchical_vae(input_dim=input_dim, latent_dims=latent_dims, hidden=hidden,
                                       data_shape=image_shape, **common)
