@@ -39,3 +39,11 @@ def test_grey_mnist_split_fixed_and_dynamic():
 def test_larochelle_split_is_read_as_is():
     train, valid, mode, name = Q.load_data(_args(data="binarized-mnist", valid=300))
     assert train.shape == (50000, 784) and valid.shape == (300, 784) and mode is None and "Larochelle" in name
+
+
+def test_hidden_and_latent_dims_shape_the_hierarchical_model():
+    layers = Q.parse_layers("200,200/50,50", "50,25")
+    assert layers == {"hidden": [(200, 200), (50, 50)], "latent_dims": (50, 25)}
+    model = Q.build("hierarchical", layers)
+    assert model.config["hidden"] == [[200, 200], [50, 50]] and model.latent_dims == (50, 25)
+    assert Q.parse_layers(None, None) == {} and Q.build("hierarchical").config["hidden"] == [[100, 100], [50, 50]]
