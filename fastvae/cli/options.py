@@ -84,7 +84,8 @@ class ModelOptions:
                               "VAE (--levels stochastic layers; its data end fully connected or convolutional)",
                        choice(*_ARCHS), choices=_ARCHS)
     levels: Optional[int] = option(
-        2, "stochastic layers of a hierarchical VAE: layer l has --hidden and --latent-dim halved l times "
+        2, "stochastic layers of a hierarchical VAE: layer l has --latent-dim and --hidden (unless given per "
+           "layer) halved l times "
            "(--hidden 100,100 --latent-dim 100 --levels 2 is the IWAE paper's two-layer model)",
         integer(1, optional=True), cli_default="auto", default_help="2 with --arch hierarchical*")
     hidden: str = option("400", "MLP hidden widths, comma-separated, e.g. 512,256; a hierarchical VAE takes one "
