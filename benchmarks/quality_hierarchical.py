@@ -13,7 +13,8 @@ Both start with the decoder's output bias at the training data's marginal logits
     python benchmarks/quality_hierarchical.py --model flat --epochs 10 --out DIR
 
 Models (Burda et al. 2016, tanh): "hierarchical" is 784-100-100 -> z_1 (100) -> 50-50 -> z_2 (50)
-(`build_hierarchical_vae()`), "flat" is 784-200-200 -> z (50) (`build_mlp_vae`). Each run writes
+(`build_hierarchical_vae()`; ``--hidden 200,200/50,50 --latent-dims 50,25`` gives it the flat model's
+bottom layer), "flat" is 784-200-200 -> z (50) (`build_mlp_vae`). Each run writes
 ``DIR/<model>.json`` (the Trainer's checkpoint and metrics go to ``--run-dir``); run it with
 ``--threads 1`` beside other work. ``--eval-only`` re-evaluates the checkpoint in ``--run-dir``.
 """
