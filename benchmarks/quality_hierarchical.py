@@ -21,7 +21,6 @@ bottom layer), "flat" is 784-200-200 -> z (50) (`build_mlp_vae`). Each run write
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import platform
 import subprocess
@@ -30,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,14 +38,12 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "binarized-mnist"
 
 def load_split(data_dir: Path, split: str) -> torch.Tensor:
     """One split of the .amat files (plain or gzipped) as a float32 (N, 784) tensor of 0/1."""
-    for name in (f"binarized_mnist_{split}.amat", f"binarized_mnist_{split}.amat.gz"):
-        path = data_dir / name
-        if path.is_file():
-            opener = gzip.open if name.endswith(".gz") else open
-            with opener(path, "rb") as f:
-                values = np.array(f.read().split(), dtype=np.float32)
-            return torch.from_numpy(values.reshape(-1, 784))
-    raise FileNotFoundError(f"no binarized_mnist_{split}.amat(.gz) in {data_dir}")
+    from fastvae.vae.amat import find_amat, read_amat
+
+    path = find_amat(data_dir, split)
+    if path is None:
+        raise FileNotFoundError(f"no binarized_mnist_{split}.amat(.gz) in {data_dir}")
+    return read_amat(path)
 
 
 def load_data(args) -> "tuple[torch.Tensor, torch.Tensor, str | None, str]":
