@@ -70,11 +70,13 @@ def load_data(args) -> "tuple[torch.Tensor, torch.Tensor, str | None, str]":
 
 def parse_layers(hidden: str | None, latent_dims: str | None) -> dict:
     """build_hierarchical_vae's widths from "200,200/50,50" and "50,25" (None: its defaults)."""
+    from fastvae.cli.options import csv_ints, level_widths  # the command line's parsers of the same forms
+
     kwargs = {}
     if hidden:
-        kwargs["hidden"] = [tuple(int(w) for w in layer.split(",")) for layer in hidden.split("/")]
+        kwargs["hidden"] = [tuple(group) for group in level_widths(hidden, "--hidden")]
     if latent_dims:
-        kwargs["latent_dims"] = tuple(int(d) for d in latent_dims.split(","))
+        kwargs["latent_dims"] = tuple(csv_ints(latent_dims, "--latent-dims"))
     return kwargs
 
 
