@@ -81,17 +81,27 @@ def test_trainer_runs_each_objective_and_stops_at_its_time_budget(tmp_path):
 
 
 # ---------------------------------------------------------------------- CLI
+def test_iwae_recipe_builds_the_two_layer_model_of_its_doc(tmp_path):
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--recipe", "iwae-mnist", "--data", "digits", "--max-steps", "2", "--batch-size", "20",
+                   "--eval-samples", "2", "--out", str(out), "--no-progress", "--device", "cpu", "--no-plots"])
+    assert rc == 0
+    mcfg = load_checkpoint(out)["model_config"]
+    assert mcfg["arch"] == "hierarchical" and mcfg["latent_dims"] == [50, 25]
+    assert mcfg["hidden"] == [[200, 200], [50, 50]] and mcfg["activation"] == "tanh"
+
+
 def test_recipe_sets_every_setting_and_flags_override_it(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = cli.main(["train", "--recipe", "iwae-mnist", "--data", "digits", "--max-steps", "3", "--batch-size", "20",
-                   "--eval-samples", "4", "--ll-every", "1", "--out", str(out), *FAST])
+    rc = cli.main(["train", "--recipe", "iwae-mnist-1layer", "--data", "digits", "--max-steps", "3",
+                   "--batch-size", "20", "--eval-samples", "4", "--ll-every", "1", "--out", str(out), *FAST])
     assert rc == 0
     state = load_checkpoint(out)
-    tcfg, recipe = state["train_config"], RECIPES["iwae-mnist"]
+    tcfg, recipe = state["train_config"], RECIPES["iwae-mnist-1layer"]
     for name in ("objective", "num_samples", "gradient", "lr", "lr_schedule", "time_budget", "warmup"):
         assert tcfg[name] == recipe[name]
     assert tcfg["batch_size"] == 20 and tcfg["max_steps"] == 3  # given flags win
-    assert state["model_config"]["latent_dim"] == recipe["latent_dim"]
+    assert state["model_config"]["arch"] == "mlp" and state["model_config"]["latent_dim"] == recipe["latent_dim"]
     assert state["model_config"]["hidden"] == [16] and state["model_config"]["activation"] == "tanh"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "test_log_likelihood" in records[0] and math.isfinite(records[0]["test_log_likelihood"])

@@ -32,7 +32,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """The flags of ``fastvae train``, grouped as its help shows them."""
     p.add_argument("--recipe", default=None, choices=tuple(RECIPES),
                    help="a named preset of data, model, objective and schedule (" + "; ".join(
-                       f"{name}: {r['objective']} K={r['num_samples']} {r['gradient']}" for name, r in RECIPES.items())
+                       f"{name}: {r['arch']} {r['hidden']}, {r['objective']} K={r['num_samples']} {r['gradient']}"
+                       for name, r in RECIPES.items())
                    + "); flags given with it override its settings")
     add_flags(p, DataOptions, ("data", "data_dir", "npz_key"))
     add_flags(p.add_argument_group("optimisation"), TrainConfig,
