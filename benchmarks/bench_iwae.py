@@ -22,6 +22,7 @@ import torch.nn.functional as TF  # noqa: E402
 from torch.distributions import Normal  # noqa: E402
 
 import fastvae  # noqa: E402
+from fastvae.bench.report import environment  # noqa: E402
 from fastvae.bench.timing import peak_memory_mb, time_interleaved  # noqa: E402
 
 IMPLS = ("fused_reparam", "fused_dreg", "eager", "compile")
@@ -73,8 +74,8 @@ def run(k: int, batch: int, steps: int, device: torch.device, compile: bool = Tr
     # busy machine do not inflate.
     thread_cpu = device.type == "cpu" and torch.get_num_threads() == 1
     t = time_interleaved(fns, device, warmup=2, repeats=steps, thread_cpu=thread_cpu)
-    row: Dict[str, object] = {"k": k, "batch": batch, "device": str(device), "threads": torch.get_num_threads(),
-                              "other_load": t.other_load, "torch": torch.__version__}
+    row: Dict[str, object] = {"k": k, "batch": batch, "steps": steps, "device": str(device),
+                              "threads": torch.get_num_threads(), "other_load": t.other_load, "torch": torch.__version__}
     for impl in impls:
         row[f"{impl}_ms"] = t.median[impl]
         if t.thread_cpu:
@@ -104,7 +105,7 @@ def main() -> int:
     row = run(args.k, args.batch, args.steps, torch.device(args.device), compile=not args.no_compile)
     if args.out:  # before printing: a long run's numbers are kept whatever happens next
         with open(args.out, "w") as f:
-            json.dump(row, f, indent=1)
+            json.dump({**row, "environment": environment(torch.device(args.device))}, f, indent=1)
     print(f"IWAE k={row['k']} step, 784-200-200-50 tanh MLP, B={row['batch']}, {row['device']}, "
           f"{row['threads']} thread(s), other load {row['other_load']}")
     print(f"{'impl':<14} {'ms/step':>9} {'CPU ms':>9} {'peak MiB':>9}")
