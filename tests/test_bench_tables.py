@@ -2,21 +2,18 @@
 (parsed back from the generated markdown, never compared as pinned strings)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
-import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
 
+from tests.scripts import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("bench_tables", ROOT / "benchmarks" / "tables.py")
-tables = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = tables  # dataclasses look their module up
-_spec.loader.exec_module(tables)
+tables = load_script("tables")
 
 SHAPES = {"mnist": [{"B": 128, "D": 784, "Z": 20}, {"B": 1024, "D": 784, "Z": 20}],
           "short_rows": [{"B": 65536, "D": 64, "Z": 16}]}

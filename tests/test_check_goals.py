@@ -2,16 +2,13 @@
 the library's report code)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "check_goals.py"
-_spec = importlib.util.spec_from_file_location("check_goals", SCRIPT)
-check_goals = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(check_goals)
+from tests.scripts import load_script
+
+check_goals = load_script("check_goals")
 
 
 def _fake_report(device_type: str, elbo_ratio: float) -> dict:

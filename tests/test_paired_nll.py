@@ -1,7 +1,6 @@
 """benchmarks/paired_nll.py: two checkpoints scored on the same images, the paired difference."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,11 +10,9 @@ import torch
 
 from fastvae.training import Trainer, TrainConfig, load_model
 from fastvae.vae import build_hierarchical_vae, build_mlp_vae
+from tests.scripts import load_script
 
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("paired_nll", ROOT / "benchmarks" / "paired_nll.py")
-P = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(P)
+P = load_script("paired_nll")
 
 
 def _checkpoint(model, data, out: Path) -> Path:

@@ -3,17 +3,16 @@ models (Larochelle's split, or the grey MNIST test images binarised once or per 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.scripts import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
-_spec = importlib.util.spec_from_file_location("quality_hierarchical", ROOT / "benchmarks" / "quality_hierarchical.py")
-Q = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(Q)
+Q = load_script("quality_hierarchical")
 
 
 def _args(**kw) -> argparse.Namespace:

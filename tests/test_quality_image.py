@@ -2,21 +2,17 @@
 into a VAE, its one-channel formula, bits/dim and the results table."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
 
 from fastvae import reference as R
 from fastvae.vae import build_conv_vae
+from tests.scripts import load_script
 
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("quality_image", ROOT / "benchmarks" / "quality_image.py")
-Q = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(Q)
+Q = load_script("quality_image")
 
 
 def _model(channels: int, seed: int = 0):
